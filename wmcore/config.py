@@ -1,0 +1,83 @@
+"""Gate thresholds: dataclass defaults < ``pyproject.toml [tool.wmcore]`` < per-model table < overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import WMError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits of the drift gates and the evaluation settings they assume."""
+
+    threshold: float = 0.5  # drift horizon threshold on the cosine
+    horizon: int = 30
+    step1_min: float = 0.85  # closed-loop step-1 cosine
+    monotone_tol: float = 0.02  # see metrics.max_rise
+    closed_open_tol: float = 0.01
+    skill_min: float = 0.0  # closed-loop step-1 MSE skill against copy-last
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def find_pyproject(start: str | os.PathLike | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` with a ``[tool.wmcore]`` table, from ``start`` upwards."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        p = d / "pyproject.toml"
+        if p.is_file() and "wmcore" in _read(p).get("tool", {}):
+            return p
+    return None
+
+
+def load_thresholds(
+    model: str | None = None,
+    pyproject: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Thresholds:
+    """Resolve the thresholds for ``model`` (its name before any ``:`` or ``[``)."""
+    path = Path(pyproject) if pyproject else find_pyproject()
+    table = _read(path).get("tool", {}).get("wmcore", {}) if path else {}
+    merged: dict[str, Any] = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    unknown_tables = set(k for k, v in table.items() if isinstance(v, dict)) - {"models", "compare"}
+    if unknown_tables:
+        raise WMError(f"{path}: unknown tables [tool.wmcore.{sorted(unknown_tables)[0]}]; expected models or compare")
+    if model:
+        key = model.split(":")[0].split("[")[0]
+        merged.update(table.get("models", {}).get(key, {}))
+    merged.update(overrides or {})
+    fields = {f.name: f.type for f in dataclasses.fields(Thresholds)}
+    bad = sorted(set(merged) - set(fields))
+    if bad:
+        raise WMError(
+            f"{path or 'overrides'}: unknown threshold(s) {bad} for model {model!r}; known: {sorted(fields)}"
+        )
+    out: dict[str, Any] = {}
+    for k, v in merged.items():
+        typ = int if fields[k] in ("int", int) else float
+        try:
+            out[k] = typ(v)
+        except (TypeError, ValueError):
+            raise WMError(f"threshold {k}={v!r}: expected a number") from None
+    return Thresholds(**out)
+
+
+def _read(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise WMError(f"{path}: not valid TOML ({e}); fix the file") from None

@@ -1,0 +1,182 @@
+"""One evaluation: episodes + model -> latents -> open and closed loop -> metrics -> DriftReport.
+
+This is the glue that the pytest plugin and the CLI share; a user's script can call it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import metrics as M
+from .config import Thresholds
+from .data import Batch, Episode, content_sha256, stack
+from .errors import WMError
+from .protocol import WorldModel
+from .report import DriftReport, environment
+from .rollout import block_actions, closed_loop, make_actions, open_loop, subsample
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to roll out. ``batch_size`` is episodes per encoder/rollout call (memory, not results)."""
+
+    horizon: int = 30
+    context: int = 1
+    window: int | None = None
+    action_source: str = "recorded"
+    seed: int = 0
+    use_cache: bool = True
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Episodes seen at the model's step: latents ``[B, S+1, N, D]``, actions ``[B, S, A]`` (from the
+    chosen source), states ``[B, S+1, St]`` or None, and what identifies the data."""
+
+    latents: Tensor
+    actions: Tensor
+    states: Tensor | None
+    ids: list[str]
+    data_sha256: str
+    fps: float
+
+
+def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalConfig) -> Prepared:
+    """Subsample frames by the model's frameskip, block the actions, encode, pick the action source."""
+    batch = episodes if isinstance(episodes, Batch) else stack(episodes)
+    k = model.frameskip
+    actions = block_actions(batch.actions, k)
+    s = actions.shape[1]
+    need = cfg.context + cfg.horizon
+    if s + 1 < need:
+        raise WMError(
+            f"episodes have {batch.actions.shape[1]} recorded steps = {s} model steps at frameskip {k}; "
+            f"horizon {cfg.horizon} after {cfg.context} context frame(s) needs {need - 1} model steps. "
+            f"Use --wm-horizon <= {s + 1 - cfg.context} or longer episodes"
+        )
+    frames = subsample(batch.frames, k)[:, : s + 1]
+    states = subsample(batch.states, k)[:, : s + 1] if batch.states is not None else None
+    dtype = getattr(torch, cfg.dtype)
+    with torch.inference_mode():
+        chunks = [
+            model.encode(frames[i : i + cfg.batch_size].to(cfg.device)).to(dtype)
+            for i in range(0, frames.shape[0], cfg.batch_size)
+        ]
+    latents = torch.cat(chunks)
+    if not torch.isfinite(latents).all():
+        raise WMError(f"model {model.name!r}: the encoder produced NaN or inf latents for this data")
+    return Prepared(
+        latents=latents,
+        actions=make_actions(cfg.action_source, actions, cfg.seed).to(cfg.device, dtype),
+        states=states.to(cfg.device, dtype) if states is not None else None,
+        ids=batch.ids,
+        data_sha256=content_sha256(batch.frames, batch.actions, batch.states),
+        fps=batch.fps,
+    )
+
+
+def rollouts(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> tuple[Tensor, Tensor]:
+    """Open- and closed-loop predictions, each ``[B, H, N, D]`` for frames C..C+H-1."""
+    c, h, bs = cfg.context, cfg.horizon, cfg.batch_size
+    opened, closed = [], []
+    with torch.inference_mode():
+        for i in range(0, prep.latents.shape[0], bs):
+            z, a = prep.latents[i : i + bs], prep.actions[i : i + bs]
+            st = prep.states[i : i + bs] if prep.states is not None else None
+            # open loop gets states only when the model can propagate them
+            st_open = st if st is not None and hasattr(model, "propagate_state") else None
+            opened.append(open_loop(model, z[:, :c], a, h, window=cfg.window, states=st_open, use_cache=cfg.use_cache))
+            closed.append(closed_loop(model, z, a, h, context=c, window=cfg.window, states=st, use_cache=cfg.use_cache))
+    return torch.cat(opened), torch.cat(closed)
+
+
+def evaluate(
+    model: WorldModel,
+    episodes: Sequence[Episode] | Batch | Prepared,
+    cfg: EvalConfig = EvalConfig(),
+    thresholds: Thresholds = Thresholds(),
+    *,
+    spec: str | None = None,
+    data_id: str = "episodes",
+) -> DriftReport:
+    """Run both loops and every metric and gate; return the DriftReport (nothing is written)."""
+    t0 = time.perf_counter()
+    prep = episodes if isinstance(episodes, Prepared) else prepare(model, episodes, cfg)
+    t1 = time.perf_counter()
+    pred_open, pred_closed = rollouts(model, prep, cfg)
+    t2 = time.perf_counter()
+    return build_report(
+        model, prep, pred_open, pred_closed, cfg, thresholds, spec=spec, data_id=data_id,
+        timings={"encode_s": t1 - t0, "rollout_s": t2 - t1},
+    )
+
+
+def build_report(
+    model: WorldModel,
+    prep: Prepared,
+    pred_open: Tensor,
+    pred_closed: Tensor,
+    cfg: EvalConfig,
+    thresholds: Thresholds,
+    *,
+    spec: str | None = None,
+    data_id: str = "episodes",
+    timings: dict | None = None,
+) -> DriftReport:
+    """Metrics, baselines, chance level and gates from finished rollouts ``[B, H, N, D]``."""
+    c, h = cfg.context, cfg.horizon
+    z = prep.latents
+    target = z[:, c : c + h]
+    last, first = M.copy_last(z, h, c), M.copy_first(z, h, c)
+    mean = M.latent_mean(z)
+    common = dict(mean=mean, threshold=thresholds.threshold, n_boot=thresholds.bootstrap, seed=thresholds.seed)
+    loops = {
+        "open_loop": M.loop_stats(pred_open, target, baselines={"copy_first": first, "copy_last": last}, **common),
+        "closed_loop": M.loop_stats(pred_closed, target, baselines={"copy_last": last}, **common),
+        "copy_last": M.loop_stats(last, target, **common),
+        "copy_first": M.loop_stats(first, target, **common),
+    }
+    cl, op = loops["closed_loop"], loops["open_loop"]
+    gates = [
+        M.gate_step1(cl.cosine, thresholds.step1_min),
+        M.gate_monotone(op.cosine, thresholds.monotone_tol),
+        M.gate_closed_ge_open(cl.cosine, op.cosine, thresholds.closed_open_tol),
+        M.gate_skill(cl.skill["copy_last"], thresholds.skill_min),
+    ]
+    fp = model.fingerprint()
+    return DriftReport(
+        model={
+            "name": model.name,
+            "spec": spec or model.name,
+            "fingerprint": fp,
+            "frameskip": model.frameskip,
+            "action_dim": model.action_dim,
+            "tokens_per_frame": model.tokens_per_frame,
+            "max_context": model.max_context,
+        },
+        data={
+            "id": data_id,
+            "sha256": prep.data_sha256,
+            "episodes": len(prep.ids),
+            "episode_ids": prep.ids,
+            "model_steps": int(prep.actions.shape[1]),
+            "fps": prep.fps,
+        },
+        config=dataclasses.asdict(cfg),
+        thresholds=thresholds.to_dict(),
+        loops=loops,
+        chance_level=M.chance_level(z, seed=thresholds.seed),
+        chance_level_centred=M.chance_level(z.double() - mean, seed=thresholds.seed),
+        gates=gates,
+        environment=environment(cfg.device, cfg.dtype),
+        timings=dict(timings or {}),
+    )

@@ -1,0 +1,189 @@
+"""DriftReport: one evaluation's curves, summaries, gates and reproducibility metadata, as JSON.
+
+The JSON is versioned (``schema``, ``schema_version``); ``load`` refuses other schemas and versions
+with a message saying what was found. Curves are lists of length H indexed by step - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import WMError
+from .fsio import write_new
+from .metrics import Gate, LoopStats
+
+SCHEMA = "wmcore.drift_report"
+SCHEMA_VERSION = 1
+STEP_INDEX = "curves[i] is rollout step i+1; step k predicts frame context-1+k (frame k for context 1)"
+LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Everything one evaluation measured. ``loops`` maps open_loop / closed_loop / copy_last /
+    copy_first to their LoopStats."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    config: dict[str, Any]
+    thresholds: dict[str, Any]
+    loops: dict[str, LoopStats]
+    chance_level: float
+    chance_level_centred: float
+    gates: list[Gate]
+    environment: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def horizon(self) -> int:
+        return len(self.loops["open_loop"].cosine)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per loop: cosine at steps 1, 10 (if H >= 10) and H, centred step-1 cosine, AUC, drift horizon."""
+        h = self.horizon
+        out = {}
+        for name, s in self.loops.items():
+            row = {"step1": s.cosine[0], f"step{h}": s.cosine[-1], "centred_step1": s.centred_cosine[0]}
+            if h >= 10:
+                row["step10"] = s.cosine[9]
+            row.update(auc=s.auc, drift_horizon=s.drift_horizon)
+            out[name] = row
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created or _now(),
+            "step_index": STEP_INDEX,
+            "model": self.model,
+            "data": self.data,
+            "config": self.config,
+            "thresholds": self.thresholds,
+            "environment": self.environment,
+            "chance_level": self.chance_level,
+            "chance_level_centred": self.chance_level_centred,
+            "loops": {k: dataclasses.asdict(v) for k, v in self.loops.items()},
+            "summary": self.summary(),
+            "gates": [dataclasses.asdict(g) for g in self.gates],
+            "passed": self.passed,
+            "timings": self.timings,
+        }
+
+    def to_json(self) -> str:
+        """Strict JSON: a value that is not finite (a skill score against a zero-error baseline) is null."""
+        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False, default=_jsonable)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically to a new file; an existing file is never replaced."""
+        return write_new(path, (self.to_json() + "\n").encode())
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "report") -> "DriftReport":
+        if not isinstance(d, dict):
+            raise WMError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        if d.get("schema") != SCHEMA:
+            raise WMError(f"{source}: not a wmcore drift report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise WMError(
+                f"{source}: drift report schema_version {d.get('schema_version')!r}; this wmcore "
+                f"({__version__}) reads version {SCHEMA_VERSION}"
+            )
+        try:
+            loops = {k: LoopStats(**v) for k, v in d["loops"].items()}
+            missing = [k for k in ("open_loop", "closed_loop") if k not in loops]
+            if missing:
+                raise KeyError(f"loops.{missing[0]}")
+            h = len(loops["open_loop"].cosine)
+            for k, s in loops.items():
+                if len(s.cosine) != h:
+                    raise WMError(f"{source}: loop {k} has {len(s.cosine)} steps, open_loop has {h}")
+            return cls(
+                model=d["model"],
+                data=d["data"],
+                config=d["config"],
+                thresholds=d["thresholds"],
+                loops=loops,
+                chance_level=float(d["chance_level"]),
+                chance_level_centred=float(d["chance_level_centred"]),
+                gates=[Gate(**g) for g in d["gates"]],
+                environment=d.get("environment", {}),
+                timings=d.get("timings", {}),
+                created=d.get("created", ""),
+            )
+        except KeyError as e:
+            raise WMError(f"{source}: drift report lacks field {e.args[0]}; was it written by wmcore?") from None
+        except TypeError as e:
+            raise WMError(f"{source}: drift report has malformed fields ({e})") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DriftReport":
+        p = Path(path)
+        if not p.is_file():
+            raise WMError(f"{p}: no such report file")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WMError(f"{p}: not valid JSON ({e}); was the file truncated?") from None
+        return cls.from_dict(d, source=str(p))
+
+
+def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+    """Versions and hardware that a reader needs to reproduce a run."""
+    import torch
+
+    env: dict[str, Any] = {
+        "wmcore": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": device,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    except ImportError:
+        env["transformers"] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _jsonable(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
