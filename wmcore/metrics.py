@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # --- per-step similarity and error -------------------------------------------------------------
@@ -23,7 +22,22 @@ def cosine(pred: Tensor, target: Tensor) -> Tensor:
     Computed in float64; a zero vector has cosine 0 with anything.
     """
     _same_shape(pred, target)
-    return F.cosine_similarity(pred.double(), target.double(), dim=-1, eps=1e-12).mean(-1)
+    return _token_cosine(pred, target).mean(-1)
+
+
+def _token_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine over the last dim, exact for any scale: each vector is first divided by its largest
+    entry, so neither tiny nor huge norms under- or overflow (a fixed eps would bias tiny vectors)."""
+    a, b = _unit_scale(a.double()), _unit_scale(b.double())
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    dot = (a * b).sum(-1)
+    ok = (na > 0) & (nb > 0)
+    return torch.where(ok, dot / torch.where(ok, na * nb, torch.ones_like(na)), torch.zeros_like(dot))
+
+
+def _unit_scale(x: Tensor) -> Tensor:
+    m = x.abs().amax(-1, keepdim=True)
+    return x / torch.where(m > 0, m, torch.ones_like(m))
 
 
 def centred_cosine(pred: Tensor, target: Tensor, mean: Tensor) -> Tensor:
@@ -112,7 +126,7 @@ def chance_level(latents: Tensor, n_pairs: int = 1000, seed: int = 0) -> float:
         room = t - gap - t1  # choices for t2 in [t1 + gap, t - 1], at least 1
         t2 = t1 + gap + (torch.rand(n_pairs, generator=g, dtype=torch.float64) * room).long()
     a, z = latents[e1, t1], latents[e2, t2]  # [P, N, D]
-    return float(F.cosine_similarity(a.double(), z.double(), dim=-1, eps=1e-12).mean())
+    return float(_token_cosine(a, z).mean())
 
 
 # --- curve summaries ---------------------------------------------------------------------------
@@ -123,7 +137,7 @@ def drift_horizon(curve_: Tensor, threshold: float = 0.5) -> int | None:
 
     None is distinct from H: "still above at step H" is not "fell at step H".
     """
-    below = (torch.as_tensor(curve_) < threshold).nonzero()
+    below = (torch.as_tensor(curve_, dtype=torch.float64) < threshold).nonzero()
     return int(below[0, 0]) + 1 if len(below) else None
 
 

@@ -101,7 +101,8 @@ def world_latents(cfg: AnalyticConfig, episodes: int, steps: int, seed: int = 0)
     phase = 2 * math.pi * torch.rand(episodes, n, d // 2, generator=g, dtype=torch.float64)
     u = torch.stack((r * phase.cos(), r * phase.sin()), -1).reshape(episodes, n, d)
     steps_noise = torch.randn(episodes, steps, cfg.action_dim, generator=g, dtype=torch.float64)
-    actions = torch.cumsum(0.3 * steps_noise, 1).clamp(-1, 1)
+    # rounded to float32 first: the world must run on exactly the actions that it hands out
+    actions = torch.cumsum(0.3 * steps_noise, 1).clamp(-1, 1).float().double()
     gain = torch.tensor(cfg.gain, dtype=torch.float64)
     zs = [u]
     for t in range(steps):
