@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .errors import WMError
+from ..errors import WMError
 
 
 @dataclass(frozen=True)
