@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -13,7 +14,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .report import DriftReport
 
     report = DriftReport.load(args.report)
-    out = args.out or args.report.rsplit(".", 1)[0] + ".png"
+    out = args.out or Path(args.report).with_suffix(".png")
     print(plot_drift(report, out))
     return 0
 

@@ -67,15 +67,23 @@ def load_thresholds(
         )
     out: dict[str, Any] = {}
     for k, v in merged.items():
-        typ = int if fields[k] in ("int", int) else float
-        try:
-            out[k] = typ(v)
-        except (TypeError, ValueError):
-            raise WMError(f"threshold {k}={v!r}: expected a number") from None
+        want_int = fields[k] in ("int", int)
+        if isinstance(v, str):  # from a command line
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not want_int or float(v).is_integer())
+        if not ok:
+            kind = " (an integer)" if want_int else ""
+            raise WMError(f"{path or 'overrides'}: threshold {k}={v!r}: expected a number{kind}")
+        out[k] = int(v) if want_int else float(v)
     return Thresholds(**out)
 
 
 def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise WMError(f"{path}: no such pyproject.toml; pass an existing file or none (defaults)")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

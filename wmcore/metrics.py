@@ -275,7 +275,7 @@ def gate_step1(curve_: list[float], minimum: float, label: str = "closed loop") 
 
 def gate_monotone(curve_: list[float], tol: float, label: str = "open loop") -> Gate:
     """The curve must decay monotonically up to ``tol`` (see ``max_rise``)."""
-    rise, step = max_rise(torch.tensor(curve_))
+    rise, step = max_rise(curve_)
     ok = rise <= tol
     where = f" at step {step}" if step else ""
     msg = f"{label} climbs {rise:.4f}{where} above an earlier step (tolerance {tol:.4f}); curve {_fmt(curve_)}"
@@ -284,7 +284,7 @@ def gate_monotone(curve_: list[float], tol: float, label: str = "open loop") -> 
 
 def gate_closed_ge_open(closed: list[float], open_: list[float], tol: float) -> Gate:
     """Closed loop must not fall below open loop by more than ``tol`` at any step."""
-    gap, step = worst_gap(torch.tensor(closed), torch.tensor(open_))
+    gap, step = worst_gap(closed, open_)
     ok = gap >= -tol
     msg = (
         f"closed - open cosine is {gap:+.4f} at step {step} (must be >= {-tol:+.4f}); "

@@ -105,26 +105,35 @@ class DriftReport:
                 f"({__version__}) reads version {SCHEMA_VERSION}"
             )
         try:
+            if not isinstance(d["loops"], dict) or not all(isinstance(v, dict) for v in d["loops"].values()):
+                raise WMError(f"{source}: drift report field 'loops' must map loop names to objects")
             loops = {k: LoopStats(**v) for k, v in d["loops"].items()}
             missing = [k for k in ("open_loop", "closed_loop") if k not in loops]
             if missing:
                 raise KeyError(f"loops.{missing[0]}")
             h = len(loops["open_loop"].cosine)
             for k, s in loops.items():
-                if len(s.cosine) != h:
-                    raise WMError(f"{source}: loop {k} has {len(s.cosine)} steps, open_loop has {h}")
+                for curve_name in ("cosine", "cosine_lo", "cosine_hi", "centred_cosine", "l1", "mse"):
+                    n = len(getattr(s, curve_name))
+                    if n != h:
+                        raise WMError(f"{source}: loops.{k}.{curve_name} has {n} steps, open_loop has {h}")
+            numbers = {}
+            for key in ("chance_level", "chance_level_centred"):
+                try:
+                    numbers[key] = float(d[key])
+                except (TypeError, ValueError):
+                    raise WMError(f"{source}: drift report field {key!r} must be a number, found {d[key]!r}") from None
             return cls(
                 model=d["model"],
                 data=d["data"],
                 config=d["config"],
                 thresholds=d["thresholds"],
                 loops=loops,
-                chance_level=float(d["chance_level"]),
-                chance_level_centred=float(d["chance_level_centred"]),
                 gates=[Gate(**g) for g in d["gates"]],
                 environment=d.get("environment", {}),
                 timings=d.get("timings", {}),
                 created=d.get("created", ""),
+                **numbers,
             )
         except KeyError as e:
             raise WMError(f"{source}: drift report lacks field {e.args[0]}; was it written by wmcore?") from None
@@ -137,8 +146,8 @@ class DriftReport:
         if not p.is_file():
             raise WMError(f"{p}: no such report file")
         try:
-            d = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            d = json.loads(p.read_text(), parse_constant=_reject_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
             raise WMError(f"{p}: not valid JSON ({e}); was the file truncated?") from None
         return cls.from_dict(d, source=str(p))
 
@@ -169,6 +178,10 @@ def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def _finite(o: Any) -> Any:

@@ -1,0 +1,137 @@
+"""The ``wmcore`` command: show / plot exit codes, output files, bad input, version, console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import wmcore
+from wmcore.cli import main
+from wmcore.config import Thresholds
+from wmcore.evaluate import EvalConfig, evaluate
+from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
+
+H = 10
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reports():
+    cfg = AnalyticConfig()
+    episodes = make_episodes(cfg, episodes=4, steps=H + 2, seed=0)
+    ok = evaluate(AnalyticModel(cfg, name="cli-model"), episodes, EvalConfig(horizon=H), Thresholds(bootstrap=200))
+    # no cosine reaches 1.01: the step-1 gate must fail
+    bad = evaluate(
+        AnalyticModel(cfg, name="cli-model"), episodes, EvalConfig(horizon=H), Thresholds(bootstrap=200, step1_min=1.01)
+    )
+    return ok, bad
+
+
+@pytest.fixture()
+def passing(reports, tmp_path):
+    return reports[0].save(tmp_path / "pass.json")
+
+
+@pytest.fixture()
+def failing(reports, tmp_path):
+    return reports[1].save(tmp_path / "fail.json")
+
+
+def test_show_passing_report(passing, reports, capsys):
+    assert reports[0].passed
+    assert main(["show", str(passing)]) == 0
+    out = capsys.readouterr().out
+    assert "cli-model" in out
+    for g in reports[0].gates:
+        assert f"[PASS] {g.name}: {g.message}" in out
+    assert "[FAIL]" not in out
+    # the summary rows show the measured step-1 cosine of each loop
+    for loop, row in reports[0].summary().items():
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(loop))
+        assert f"step1={row['step1']:.3f}" in line
+
+
+def test_show_failing_report_exits_1(failing, capsys):
+    assert main(["show", str(failing)]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] step1_cosine" in out
+    assert "[PASS] monotone_decay" in out
+
+
+def test_plot_default_name(passing, capsys):
+    assert main(["plot", str(passing)]) == 0
+    png = passing.with_suffix(".png")
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert str(png) in capsys.readouterr().out
+
+
+def test_plot_out_option(passing, tmp_path):
+    out = tmp_path / "figs" / "drift.png"
+    assert main(["plot", str(passing), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert not passing.with_suffix(".png").exists()
+
+
+def test_plot_refuses_to_overwrite(passing, capsys):
+    png = passing.with_suffix(".png")
+    png.write_bytes(b"not yours")
+    assert main(["plot", str(passing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wmcore: error:") and "exists" in err and str(png) in err
+    assert png.read_bytes() == b"not yours"
+    out = passing.parent / "other.png"
+    out.write_bytes(b"mine")
+    assert main(["plot", str(passing), "--out", str(out)]) == 2
+    assert out.read_bytes() == b"mine"
+
+
+def test_plot_default_name_for_a_report_without_extension(reports, tmp_path):
+    report = reports[0].save(tmp_path / "runs.v2" / "report")
+    assert main(["plot", str(report)]) == 0
+    assert not (tmp_path / "runs.png").exists(), "written next to the run directory instead of into it"
+    assert (tmp_path / "runs.v2" / "report.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_missing_report_exits_2(command, tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert main([command, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wmcore: error:") and str(missing) in err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_corrupt_report_exits_2(command, passing, capsys):
+    text = passing.read_text()
+    passing.unlink()
+    passing.write_text(text[: len(text) // 3])
+    assert main([command, str(passing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wmcore: error:") and str(passing) in err and "JSON" in err
+    assert not passing.with_suffix(".png").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wmcore {wmcore.__version__}"
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "wmcore"
+    assert script.exists(), f"console script not installed next to {sys.executable}"
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "plot" in r.stdout and "show" in r.stdout

@@ -1,0 +1,183 @@
+"""Thresholds: defaults < [tool.wmcore] < [tool.wmcore.models.NAME] < overrides; bad files and keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from wmcore.config import Thresholds, find_pyproject, load_thresholds
+from wmcore.errors import WMError
+
+FIELDS = sorted(f.name for f in dataclasses.fields(Thresholds))
+
+PYPROJECT = """\
+[project]
+name = "someone-elses-project"
+
+[tool.wmcore]
+threshold = 0.4
+horizon = 20
+step1_min = 0.9
+
+[tool.wmcore.models.mymodel]
+step1_min = 0.97
+bootstrap = 50
+
+[tool.wmcore.models.other]
+threshold = 0.6
+"""
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def pyproject(tmp_path):
+    return _write(tmp_path / "proj" / "pyproject.toml", PYPROJECT)
+
+
+def test_defaults_without_any_pyproject(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_pyproject() is None  # the premise: nothing above tmp_path configures wmcore
+    assert load_thresholds() == Thresholds()
+    assert load_thresholds("mymodel:weights.pt") == Thresholds()
+
+
+def test_defaults_are_sane():
+    t = Thresholds()
+    assert 0 < t.threshold < 1 and 0 < t.step1_min <= 1
+    assert isinstance(t.horizon, int) and t.horizon >= 1
+    assert isinstance(t.bootstrap, int) and t.bootstrap >= 1
+    assert t.to_dict() == {f: getattr(t, f) for f in FIELDS}
+
+
+def test_global_table_applies_to_any_model(pyproject):
+    t = load_thresholds("unlisted", pyproject=pyproject)
+    assert (t.threshold, t.horizon, t.step1_min) == (0.4, 20, 0.9)
+    assert t.bootstrap == Thresholds().bootstrap and t.seed == Thresholds().seed
+    assert isinstance(t.horizon, int)
+    assert load_thresholds(None, pyproject=pyproject) == t
+
+
+def test_model_table_overrides_the_global_values(pyproject):
+    t = load_thresholds("mymodel", pyproject=pyproject)
+    assert t.step1_min == 0.97 and t.bootstrap == 50
+    assert t.threshold == 0.4 and t.horizon == 20  # global values still apply
+    assert isinstance(t.bootstrap, int)
+    # one model's table does not leak into another's
+    o = load_thresholds("other", pyproject=pyproject)
+    assert o.threshold == 0.6 and o.step1_min == 0.9 and o.bootstrap == Thresholds().bootstrap
+
+
+@pytest.mark.parametrize("spec", ["mymodel:/ckpt/weights.safetensors", "mymodel[delta=0.1,offset=0.3]", "mymodel[a=1]:path"])
+def test_spec_forms_resolve_to_the_model_name(pyproject, spec):
+    assert load_thresholds(spec, pyproject=pyproject) == load_thresholds("mymodel", pyproject=pyproject)
+    assert load_thresholds(spec, pyproject=pyproject).step1_min == 0.97
+
+
+def test_model_name_must_match_exactly(pyproject):
+    # "mymodel2" is not "mymodel": it gets the global values only
+    assert load_thresholds("mymodel2", pyproject=pyproject).step1_min == 0.9
+
+
+def test_overrides_beat_the_file(pyproject):
+    t = load_thresholds("mymodel", pyproject=pyproject, overrides={"step1_min": 0.5, "threshold": "0.25", "horizon": "7"})
+    assert t.step1_min == 0.5 and t.threshold == 0.25 and t.horizon == 7
+    assert isinstance(t.horizon, int) and isinstance(t.threshold, float)
+    assert t.bootstrap == 50  # not overridden: the model table still applies
+
+
+def test_overrides_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = load_thresholds(overrides={"seed": 5})
+    assert t == dataclasses.replace(Thresholds(), seed=5)
+
+
+@pytest.mark.parametrize(
+    "text, bad",
+    [
+        ("[tool.wmcore]\nthreshhold = 0.4\n", "threshhold"),
+        ("[tool.wmcore.models.mymodel]\nstep_min = 0.9\n", "step_min"),
+    ],
+)
+def test_unknown_key_lists_the_known_ones(tmp_path, text, bad):
+    p = _write(tmp_path / "pyproject.toml", text)
+    with pytest.raises(WMError) as e:
+        load_thresholds("mymodel", pyproject=p)
+    msg = str(e.value)
+    assert bad in msg and str(p) in msg
+    assert all(f in msg for f in FIELDS), msg
+
+
+def test_unknown_override_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WMError, match="bogus") as e:
+        load_thresholds(overrides={"bogus": 1})
+    assert all(f in str(e.value) for f in FIELDS)
+
+
+def test_unknown_table_is_an_error(tmp_path):
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore.gatez]\nthreshold = 0.4\n")
+    with pytest.raises(WMError, match="gatez"):
+        load_thresholds(pyproject=p)
+
+
+@pytest.mark.parametrize(
+    "text, overrides",
+    [
+        ('[tool.wmcore]\nthreshold = "high"\n', None),
+        ("[tool.wmcore]\nhorizon = [1, 2]\n", None),
+        ("[tool.wmcore]\n", {"step1_min": "most"}),
+    ],
+)
+def test_non_numeric_value_is_an_error(tmp_path, text, overrides):
+    p = _write(tmp_path / "pyproject.toml", text)
+    with pytest.raises(WMError, match="expected a number"):
+        load_thresholds(pyproject=p, overrides=overrides)
+
+
+def test_non_integer_count_is_an_error(tmp_path):
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore]\nhorizon = 2.7\n")
+    try:
+        t = load_thresholds(pyproject=p)
+    except WMError as e:
+        assert "horizon" in str(e)
+    else:
+        raise AssertionError(f"horizon = 2.7 was accepted as {t.horizon}")
+
+
+def test_invalid_toml_is_an_error(tmp_path):
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore\nthreshold = = 0.4\n")
+    with pytest.raises(WMError, match="TOML") as e:
+        load_thresholds(pyproject=p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_explicit_pyproject_is_an_error(tmp_path):
+    with pytest.raises(WMError, match="nope.toml"):
+        load_thresholds(pyproject=tmp_path / "nope.toml")
+
+
+def test_find_pyproject_walks_upwards_and_skips_other_projects(tmp_path, monkeypatch):
+    root = _write(tmp_path / "repo" / "pyproject.toml", PYPROJECT)
+    _write(tmp_path / "repo" / "sub" / "pyproject.toml", '[project]\nname = "sub"\n\n[tool.black]\nline-length = 99\n')
+    deep = tmp_path / "repo" / "sub" / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_pyproject(deep) == root.resolve()
+    assert find_pyproject(tmp_path / "repo" / "sub") == root.resolve()
+    assert find_pyproject(tmp_path) is None
+    # without an argument it starts at the working directory, and load_thresholds uses what it finds
+    monkeypatch.chdir(deep)
+    assert find_pyproject() == root.resolve()
+    assert load_thresholds("mymodel") == load_thresholds("mymodel", pyproject=root)
+
+
+def test_find_pyproject_prefers_the_nearest_configured_one(tmp_path):
+    _write(tmp_path / "repo" / "pyproject.toml", PYPROJECT)
+    near = _write(tmp_path / "repo" / "pkg" / "pyproject.toml", "[tool.wmcore]\nthreshold = 0.3\n")
+    assert find_pyproject(tmp_path / "repo" / "pkg") == near.resolve()
+    assert load_thresholds(pyproject=find_pyproject(tmp_path / "repo" / "pkg")).threshold == 0.3

@@ -1,0 +1,297 @@
+"""DriftReport: JSON round trip, strict JSON, reproducibility metadata, summary, bad files, no clobbering."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from wmcore.config import Thresholds
+from wmcore.data import content_sha256, stack
+from wmcore.errors import WMError
+from wmcore.evaluate import EvalConfig, evaluate
+from wmcore.models.analytic import AnalyticConfig, AnalyticModel, expected_open_cosine, make_episodes
+from wmcore.report import SCHEMA, SCHEMA_VERSION, DriftReport
+
+H = 12  # > 10, so that summary's step 10 and step H are different steps
+FAST = Thresholds(bootstrap=200)
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _reject_constant(name):
+    raise AssertionError(f"non-strict JSON constant {name}")
+
+
+def strict_loads(text: str):
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+@pytest.fixture(scope="module")
+def world():
+    cfg = AnalyticConfig()
+    episodes = make_episodes(cfg, episodes=4, steps=H + 2, seed=0)
+    return cfg, episodes
+
+
+@pytest.fixture(scope="module")
+def report(world):
+    cfg, episodes = world
+    return evaluate(
+        AnalyticModel(cfg), episodes, EvalConfig(horizon=H, seed=3), FAST, spec="analytic:delta=0.05", data_id="unit"
+    )
+
+
+@pytest.fixture(scope="module")
+def failing_report(world):
+    cfg, episodes = world
+    return evaluate(AnalyticModel(cfg), episodes, EvalConfig(horizon=H), Thresholds(bootstrap=200, step1_min=1.01))
+
+
+@pytest.fixture(scope="module")
+def inf_skill_report():
+    # a static world: copy-last is exact (MSE 0) while the model turns by delta, so skill is -inf
+    cfg = AnalyticConfig(omega=0.0, gain=(0.0, 0.0), delta=0.05)
+    return evaluate(AnalyticModel(cfg), make_episodes(cfg, episodes=3, steps=6, seed=1), EvalConfig(horizon=5), FAST)
+
+
+@pytest.fixture()
+def saved(report, tmp_path):
+    path = tmp_path / "report.json"
+    report.save(path)
+    return path
+
+
+def _write_variant(tmp_path, report, mutate, name="bad.json"):
+    d = strict_loads(report.to_json())
+    mutate(d)
+    p = tmp_path / name
+    p.write_text(json.dumps(d))
+    return p
+
+
+# --- round trip ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["report", "failing_report"])
+def test_save_load_round_trip_preserves_everything(which, request, tmp_path):
+    r = request.getfixturevalue(which)
+    path = r.save(tmp_path / "r.json")
+    back = DriftReport.load(path)
+    assert back.loops == r.loops
+    assert back.gates == r.gates
+    assert back.summary() == r.summary()
+    assert back.passed == r.passed
+    assert back.horizon == r.horizon == H
+    assert back.model == r.model and back.data == r.data and back.config == r.config
+    assert back.thresholds == r.thresholds and back.environment == r.environment
+    assert back.chance_level == r.chance_level and back.chance_level_centred == r.chance_level_centred
+    # the file records the creation time; the loaded report keeps it and writes it back unchanged
+    on_disk = strict_loads(path.read_text())
+    assert back.created == on_disk["created"] != ""
+    assert strict_loads(back.to_json()) == on_disk
+
+
+def test_failing_report_round_trips_as_failed(failing_report, tmp_path):
+    assert not failing_report.passed
+    d = strict_loads(failing_report.to_json())
+    assert d["passed"] is False
+    failed = [g["name"] for g in d["gates"] if not g["passed"]]
+    assert failed == ["step1_cosine"]
+    back = DriftReport.from_dict(d)
+    assert not back.passed and [g.name for g in back.gates if not g.passed] == ["step1_cosine"]
+
+
+def test_json_fields_match_the_report(report):
+    d = strict_loads(report.to_json())
+    assert d["schema"] == SCHEMA and d["schema_version"] == SCHEMA_VERSION
+    assert "step" in d["step_index"]
+    assert d["passed"] is report.passed is True
+    assert d["summary"] == report.summary()
+    assert set(d["loops"]) == {"open_loop", "closed_loop", "copy_last", "copy_first"}
+    for name, s in report.loops.items():
+        assert d["loops"][name]["cosine"] == s.cosine
+        assert len(d["loops"][name]["cosine"]) == H
+    assert [g["name"] for g in d["gates"]] == [g.name for g in report.gates]
+
+
+# --- strict JSON --------------------------------------------------------------------------------
+
+
+def test_non_finite_skill_becomes_null_and_json_is_strict(inf_skill_report, tmp_path):
+    skill = inf_skill_report.loops["closed_loop"].skill["copy_last"]
+    assert skill[0] == -math.inf  # the premise: a zero-error baseline makes the skill -inf
+    text = inf_skill_report.to_json()
+    d = strict_loads(text)  # raises on NaN / Infinity / -Infinity
+    assert d["loops"]["closed_loop"]["skill"]["copy_last"] == [None] * 5
+    gate = next(g for g in d["gates"] if g["name"] == "skill_vs_copy_last")
+    assert gate["measured"] is None and gate["passed"] is False
+    # finite values are untouched
+    assert d["loops"]["closed_loop"]["cosine"] == inf_skill_report.loops["closed_loop"].cosine
+    # the file on disk is strict too, and loads back
+    p = inf_skill_report.save(tmp_path / "inf.json")
+    strict_loads(p.read_text())
+    back = DriftReport.load(p)
+    assert back.loops["closed_loop"].skill["copy_last"][0] is None
+    assert not back.passed
+
+
+# --- reproducibility metadata -------------------------------------------------------------------
+
+
+def test_reproducibility_metadata(report, world):
+    cfg, episodes = world
+    d = strict_loads(report.to_json())
+    m = d["model"]
+    assert m["spec"] == "analytic:delta=0.05" and m["name"] == "analytic"
+    assert HEX64.fullmatch(m["fingerprint"])
+    assert m["fingerprint"] == AnalyticModel(cfg).fingerprint()
+    assert m["fingerprint"] != AnalyticModel(AnalyticConfig(delta=0.06)).fingerprint()
+    b = stack(episodes)
+    assert HEX64.fullmatch(d["data"]["sha256"])
+    assert d["data"]["sha256"] == content_sha256(b.frames, b.actions, b.states)
+    assert d["data"]["id"] == "unit" and d["data"]["episodes"] == 4
+    assert d["config"]["seed"] == 3 and d["config"]["horizon"] == H
+    assert d["config"]["action_source"] == "recorded"
+    assert d["thresholds"]["seed"] == FAST.seed and d["thresholds"]["bootstrap"] == 200
+    env = d["environment"]
+    assert env["torch"] == torch.__version__
+    assert "transformers" in env
+    try:
+        import transformers
+    except ImportError:
+        assert env["transformers"] is None
+    else:
+        assert env["transformers"] == transformers.__version__
+    assert env["device"] == "cpu" and env["dtype"] == "float32"
+
+
+# --- summary ------------------------------------------------------------------------------------
+
+
+def test_summary_reads_steps_1_10_and_H(report, world):
+    cfg, _ = world
+    s = report.summary()
+    assert set(s) == set(report.loops)
+    for name, loop in report.loops.items():
+        row = s[name]
+        assert row["step1"] == loop.cosine[0]
+        assert row["step10"] == loop.cosine[9]
+        assert row[f"step{H}"] == loop.cosine[H - 1]
+        assert row["centred_step1"] == loop.centred_cosine[0]
+        assert row["auc"] == loop.auc and row["drift_horizon"] == loop.drift_horizon
+    # and the open-loop values are the analytic answer cos(k delta), up to uint8 quantisation
+    want = expected_open_cosine(cfg, H)
+    for k in (1, 10, H):
+        assert s["open_loop"][f"step{k}"] == pytest.approx(float(want[k - 1]), abs=0.01)
+    assert s["open_loop"]["step1"] > s["open_loop"]["step10"] > s["open_loop"][f"step{H}"]
+
+
+def test_summary_of_a_short_horizon_has_no_step10(inf_skill_report):
+    s = inf_skill_report.summary()["open_loop"]
+    assert "step10" not in s
+    assert s["step5"] == inf_skill_report.loops["open_loop"].cosine[4]
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+
+def _load_error(path) -> str:
+    with pytest.raises(WMError) as e:
+        DriftReport.load(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    return msg
+
+
+def test_load_missing_file(tmp_path):
+    assert "no such" in _load_error(tmp_path / "absent.json")
+
+
+def test_load_truncated_json(saved, tmp_path):
+    text = saved.read_text()
+    p = tmp_path / "truncated.json"
+    p.write_text(text[: len(text) // 2])
+    assert "not valid JSON" in _load_error(p)
+
+
+def test_load_binary_garbage(tmp_path):
+    p = tmp_path / "garbage.json"
+    p.write_bytes(b"\xff\xfe\x00\x81 not json")
+    assert "not valid JSON" in _load_error(p)
+
+
+def test_load_a_json_array(tmp_path):
+    p = tmp_path / "list.json"
+    p.write_text("[1, 2, 3]")
+    assert "expected a JSON object" in _load_error(p)
+
+
+def test_load_another_schema(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d.update(schema="pytest-benchmark"))
+    msg = _load_error(p)
+    assert "pytest-benchmark" in msg and SCHEMA in msg
+
+
+def test_load_another_schema_version(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
+    msg = _load_error(p)
+    assert "schema_version" in msg and str(SCHEMA_VERSION + 1) in msg
+
+
+@pytest.mark.parametrize("field", ["gates", "model", "chance_level", "loops"])
+def test_load_a_report_missing_a_field(report, tmp_path, field):
+    p = _write_variant(tmp_path, report, lambda d: d.pop(field))
+    msg = _load_error(p)
+    assert "lacks field" in msg and field in msg
+
+
+def test_load_a_report_missing_the_closed_loop(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d["loops"].pop("closed_loop"))
+    assert "closed_loop" in _load_error(p)
+
+
+def test_load_a_loop_missing_a_field(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d["loops"]["open_loop"].pop("auc"))
+    msg = _load_error(p)
+    assert "malformed" in msg and "auc" in msg
+
+
+def test_load_a_loop_of_another_length(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d["loops"]["closed_loop"]["cosine"].pop())
+    msg = _load_error(p)
+    assert "closed_loop" in msg and f"{H - 1} steps" in msg and f"open_loop has {H}" in msg
+
+
+def test_load_loops_that_are_not_an_object(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d.update(loops=["open_loop"]))
+    assert "loops" in _load_error(p)
+
+
+def test_load_a_non_numeric_chance_level(report, tmp_path):
+    p = _write_variant(tmp_path, report, lambda d: d.update(chance_level="high"))
+    assert "chance_level" in _load_error(p)
+
+
+# --- no clobbering ------------------------------------------------------------------------------
+
+
+def test_save_refuses_to_overwrite_and_leaves_no_temp_files(report, tmp_path):
+    p = tmp_path / "report.json"
+    p.write_bytes(b"precious")
+    with pytest.raises(WMError, match="exists"):
+        report.save(p)
+    assert p.read_bytes() == b"precious"
+    q = report.save(tmp_path / "second.json")
+    first = q.read_bytes()
+    with pytest.raises(WMError, match="exists"):
+        report.save(q)
+    assert q.read_bytes() == first
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["report.json", "second.json"]
+
+
+def test_save_creates_parent_directories(report, tmp_path):
+    p = report.save(tmp_path / "runs" / "a" / "report.json")
+    assert p.is_file() and DriftReport.load(p).loops == report.loops
