@@ -22,7 +22,15 @@ def _load_analytic(arg: str) -> WorldModel:
     return AnalyticModel(cfg, name="analytic" + (f"[{arg}]" if arg else ""))
 
 
-FAMILIES: dict[str, Callable[[str], WorldModel]] = {"analytic": _load_analytic}
+def _load_lewm(arg: str) -> WorldModel:
+    from .lewm import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'lewm' needs a checkpoint directory: lewm:DIR (config.json + weights)")
+    return load_world_model(arg)
+
+
+FAMILIES: dict[str, Callable[[str], WorldModel]] = {"analytic": _load_analytic, "lewm": _load_lewm}
 
 
 def load(spec: str) -> WorldModel:
