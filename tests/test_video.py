@@ -1,0 +1,496 @@
+"""wmcore.video: both readers agree, sampling and preprocessing are right, bad input says what to fix."""
+
+import os
+import re
+import types
+
+import av
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wmcore import video
+from wmcore.errors import WMError
+from wmcore.video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VideoInfo,
+    preprocess,
+    read_video,
+    sample_indices,
+    to_unit_float,
+    video_info,
+    write_video,
+)
+
+T, H, W = 20, 48, 64
+
+needs_decord = pytest.mark.skipif(video._decord is None, reason="decord is not installed here")
+
+
+def moving_blocks(t=T, h=H, w=W):
+    """uint8 [t, h, w, 3]: a horizontal red gradient with a green and a blue block that move."""
+    frames = np.zeros((t, h, w, 3), np.uint8)
+    frames[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, None, :]
+    for k in range(t):
+        frames[k, 8:24, 2 * k:2 * k + 16, 1] = 255
+        frames[k, 28:44, w - 16 - k:w - k, 2] = 200
+    return frames
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    frames = moving_blocks()
+    path = write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, fps=10)
+    return path, frames
+
+
+def named(path):
+    """A regex matching ``path`` literally: error messages must name the input."""
+    return re.escape(str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def test_read_video_is_close_to_what_was_written(clip):
+    path, frames = clip
+    got = read_video(path)
+    assert got.dtype == torch.uint8 and got.shape == (T, H, W, 3)
+    err = np.abs(got.numpy().astype(np.float64)[:, None] - frames[None]).mean((2, 3, 4))  # [read, written]
+    assert np.diag(err).max() < 6  # every frame, not just on average
+    assert (err.argmin(1) == np.arange(T)).all()  # each read frame is closest to its own original
+
+
+@needs_decord
+def test_decord_and_pyav_return_identical_frames(clip):
+    path, _ = clip
+    a = read_video(path, backend="decord")
+    b = read_video(path, backend="pyav")
+    assert a.shape == (T, H, W, 3)
+    assert torch.equal(a, b)
+
+
+@needs_decord
+@pytest.mark.parametrize("indices", [[13, 2, 19, 2, 7], np.array([19, 0]), torch.tensor([5]), range(3, 12, 4)])
+def test_both_backends_agree_on_unsorted_subsets(clip, indices):
+    path, _ = clip
+    everything = read_video(path, backend="pyav")
+    expect = everything[torch.as_tensor(list(indices))]
+    for backend in ("decord", "pyav", "auto"):
+        assert torch.equal(read_video(path, indices, backend=backend), expect), backend
+
+
+def test_auto_falls_back_to_pyav_without_decord(clip, monkeypatch, tmp_path):
+    path, _ = clip
+    expect = read_video(path, backend="pyav")
+    monkeypatch.setattr(video, "_decord", None)
+    assert torch.equal(read_video(path), expect)
+    assert torch.equal(read_video(path, [4, 1]), expect[[4, 1]])
+    assert video_info(path).backend == "pyav"
+    with pytest.raises(WMError, match="decord is not installed"):
+        read_video(path, backend="decord")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(WMError, match="PyAV cannot decode it") as e:
+        read_video(bad)
+    assert "decord failed" not in str(e.value)  # a missing decord did not fail, it was not there
+
+
+def _exploding_reader(*args, **kwargs):
+    raise RuntimeError("decord exploded")
+
+
+def _empty_reader(*args, **kwargs):
+    return []  # what decord would say of a file whose frame count it cannot find
+
+
+@pytest.mark.parametrize("reader,reason", [(_exploding_reader, "decord exploded"), (_empty_reader, "0 frames")])
+def test_auto_falls_back_to_pyav_when_decord_fails(clip, monkeypatch, reader, reason):
+    path, _ = clip
+    expect = read_video(path, backend="pyav")
+    monkeypatch.setattr(video, "_decord", types.SimpleNamespace(VideoReader=reader, cpu=lambda i: None))
+    assert torch.equal(read_video(path), expect)
+    assert video_info(path).backend == "pyav"
+    with pytest.raises(WMError, match="decord cannot decode it.*" + reason):
+        read_video(path, backend="decord")
+
+
+@needs_decord
+def test_auto_reads_mpeg_ts_that_decord_cannot(tmp_path):
+    # decord gives up on MPEG-TS ("Unable to handle EOF ... DECORD_REWIND_RETRY_MAX"): a real fallback
+    path = write_video(tmp_path / "clip.ts", moving_blocks())
+    with pytest.raises(WMError, match="decord cannot decode it"):
+        read_video(path, backend="decord")
+    assert torch.equal(read_video(path), read_video(path, backend="pyav"))
+    assert video_info(path) == VideoInfo(T, 10.0, H, W, "pyav")
+
+
+def test_pyav_counts_frames_where_the_container_does_not_record_them(tmp_path):
+    path = write_video(tmp_path / "clip.mkv", moving_blocks())
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0  # Matroska keeps no frame count
+    assert video_info(path, backend="pyav").num_frames == T
+
+
+@needs_decord
+def test_backends_agree_across_keyframes(tmp_path):
+    # a keyframe every 8 frames with B-frames: decord seeks for unsorted indices, PyAV decodes in order
+    path = tmp_path / "gop.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt, s.gop_size = W, H, "yuv420p", 8
+        s.options = {"crf": "18", "bf": "3"}
+        for f in moving_blocks(40):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    everything = read_video(path, backend="pyav")
+    assert everything.shape[0] == 40
+    idx = [33, 3, 17, 9, 39, 0, 16, 33]
+    assert torch.equal(read_video(path, idx, backend="decord"), everything[idx])
+
+
+def test_pyav_stops_decoding_after_the_last_requested_frame(clip, monkeypatch):
+    path, _ = clip
+    decoded = []
+    real_open = av.open
+
+    class Counting:  # the container PyAV opens, counting the frames it hands out
+        def __init__(self, *args, **kwargs):
+            self.container = real_open(*args, **kwargs)
+            self.streams = self.container.streams
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+
+        def decode(self, *args, **kwargs):
+            for frame in self.container.decode(*args, **kwargs):
+                decoded.append(frame)
+                yield frame
+
+    monkeypatch.setattr(video.av, "open", Counting)
+    assert read_video(path, [5, 2], backend="pyav").shape == (2, H, W, 3)
+    assert len(decoded) == 6
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", pytest.param("decord", marks=needs_decord)])
+def test_video_info(clip, backend):
+    path, _ = clip
+    info = video_info(path, backend=backend)
+    assert (info.num_frames, info.fps, info.height, info.width) == (T, 10.0, H, W)
+    assert info.backend == {"auto": "decord" if video._decord else "pyav"}.get(backend, backend)
+    with pytest.raises(Exception):  # frozen: a recorded VideoInfo cannot drift
+        info.num_frames = 1
+    assert isinstance(info, VideoInfo)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input to the readers
+
+
+def test_missing_path(tmp_path):
+    p = tmp_path / "nope.mp4"
+    with pytest.raises(WMError, match=named(p) + ".*no such file.*check the path"):
+        read_video(p)
+    with pytest.raises(WMError, match="no such file"):
+        video_info(p)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(WMError, match="directory"):
+        read_video(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.mp4"
+    p.touch()
+    with pytest.raises(WMError, match=named(p) + r".*empty file \(0 bytes\).*again"):
+        read_video(p)
+
+
+@pytest.mark.parametrize("content", [np.random.default_rng(0).bytes(4000), b"just some text, not a video\n"])
+def test_corrupt_file_names_both_backends(tmp_path, content):
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(content)
+    if video._decord is not None:
+        with pytest.raises(WMError, match=named(p) + ".*decord failed.*PyAV failed too.*ffprobe") as e:
+            read_video(p)
+        assert "InvalidData" in str(e.value)  # PyAV's own reason is passed on
+    with pytest.raises(WMError, match=named(p) + ".*PyAV cannot decode it.*expected a video file"):
+        read_video(p, backend="pyav")
+    with pytest.raises(WMError, match="cannot decode"):
+        video_info(p)
+
+
+def _zero_frame_video(path, codec):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        c.start_encoding()
+    return path
+
+
+@pytest.mark.parametrize("name,codec", [("zero.mp4", "libx264"), ("zero.avi", "mpeg4")])
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_video_with_zero_frames(tmp_path, name, codec, backend):
+    # the mp4 muxer drops a stream that got no packets; the avi keeps an empty video stream
+    p = _zero_frame_video(tmp_path / name, codec)
+    assert p.stat().st_size > 0
+    with pytest.raises(WMError, match=named(p) + ".*0 frames"):
+        read_video(p, backend=backend)
+    with pytest.raises(WMError, match="0 frames"):
+        video_info(p, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", pytest.param("decord", marks=needs_decord)])
+def test_index_past_the_end(clip, backend):
+    path, _ = clip
+    with pytest.raises(WMError, match=named(path) + r".*index 25 is past the end.*has 20 frames.*0\.\.19"):
+        read_video(path, [3, 25, 1], backend=backend)
+    with pytest.raises(WMError, match="index 20 is past the end"):
+        read_video(path, [20], backend=backend)
+
+
+def test_negative_index(clip):
+    path, _ = clip
+    with pytest.raises(WMError, match=named(path) + ".*index -1 is negative.*num_frames - k"):
+        read_video(path, [0, -1])
+
+
+@pytest.mark.parametrize(
+    "indices,found",
+    [
+        ([[0, 1]], r"\[0, 1\] \(list\)"),
+        ([0.5], r"0\.5 \(float\)"),
+        ([True, False], r"True \(bool\)"),
+        (np.array([1.0, 2.0]), "float64 array of shape"),
+        (torch.tensor([[0, 1]]), r"int64 array of shape \(1, 2\)"),
+        ("012", "str"),
+        (3, "int 3"),
+    ],
+)
+def test_indices_must_be_1d_ints(clip, indices, found):
+    path, _ = clip
+    with pytest.raises(WMError, match=named(path) + ".*indices must be 1-D ints, found.*" + found + ".*e.g."):
+        read_video(path, indices)
+
+
+def test_empty_indices_and_unknown_backend(clip):
+    path, _ = clip
+    with pytest.raises(WMError, match="indices is empty"):
+        read_video(path, [])
+    with pytest.raises(WMError, match="backend='ffmpeg'.*auto, decord, pyav"):
+        read_video(path, backend="ffmpeg")
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+
+def test_sample_indices_30_to_4_fps():
+    # 30 / 4 = 7.5 frames apart: 0, 7.5, 15, 22.5, ... rounded half up
+    assert sample_indices(60, 30, 4) == [0, 8, 15, 23, 30, 38, 45, 53]
+    assert sample_indices(60, 30, 4, start=2) == [2, 10, 17, 25, 32, 40, 47, 55]
+    assert sample_indices(61, 30.0, 4.0) == [0, 8, 15, 23, 30, 38, 45, 53, 60]
+    assert sample_indices(60, 30, 10) == list(range(0, 60, 3))
+
+
+def test_sample_indices_every_frame_and_cap():
+    assert sample_indices(5, 30) == [0, 1, 2, 3, 4]
+    assert sample_indices(5, 30, start=3) == [3, 4]
+    assert sample_indices(60, 30, 4, max_frames=3) == [0, 8, 15]
+    assert sample_indices(5, 30, max_frames=2) == [0, 1]
+    assert sample_indices(60, 30, 30) == list(range(60))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_frames=st.integers(1, 400),
+    src=st.floats(1, 120),
+    ratio=st.floats(0.01, 1),
+    start_frac=st.floats(0, 0.999),
+)
+def test_sample_indices_properties(num_frames, src, ratio, start_frac):
+    target = src * ratio
+    start = int(start_frac * num_frames)
+    idx = sample_indices(num_frames, src, target, start=start)
+    step = src / target
+    assert idx[0] == start and idx[-1] < num_frames
+    gaps = np.diff(idx)
+    assert np.all(gaps >= np.floor(step) - 1e-9) and np.all(gaps <= np.ceil(step) + 1e-9)
+    assert idx[-1] + np.ceil(step) >= num_frames  # the next one would be past the end
+    assert abs(len(idx) - (num_frames - start) / step) <= 1
+
+
+def test_sample_indices_target_above_source():
+    with pytest.raises(WMError, match="target_fps=60 is above src_fps=30.*cannot make up frames"):
+        sample_indices(100, 30, 60)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_frames=0, src_fps=30), "num_frames=0"),
+        (dict(num_frames=10, src_fps=0), "src_fps=0"),
+        (dict(num_frames=10, src_fps=float("nan")), "src_fps=nan"),
+        (dict(num_frames=10, src_fps=30, target_fps=-4), "target_fps=-4"),
+        (dict(num_frames=10, src_fps=30, max_frames=0), "max_frames=0"),
+        (dict(num_frames=10, src_fps=30, start=10), r"start=10, expected an int in 0\.\.9"),
+        (dict(num_frames=10, src_fps=30, start=-1), "start=-1"),
+    ],
+)
+def test_sample_indices_bad_arguments(kwargs, match):
+    with pytest.raises(WMError, match="sample_indices: " + match) as e:
+        sample_indices(**kwargs)
+    assert "expected" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def test_preprocess_shapes_any_leading_dims():
+    frames = torch.from_numpy(moving_blocks(4))
+    out = preprocess(frames)
+    assert out.shape == (4, 3, 256, 256) and out.dtype == torch.float32
+    assert preprocess(frames[None].expand(2, 4, H, W, 3)).shape == (2, 4, 3, 256, 256)
+    assert preprocess(frames[0], crop_size=224).shape == (3, 224, 224)
+    assert preprocess(frames.numpy(), crop_size=32).shape == (4, 3, 32, 32)
+    batched = preprocess(torch.stack([frames, frames.flip(0)]), crop_size=32)
+    assert torch.equal(batched[1], preprocess(frames.flip(0), crop_size=32))  # batch items stay apart
+
+
+def test_preprocess_constant_colour_is_exact():
+    colour = torch.tensor([200, 17, 90], dtype=torch.uint8)
+    frames = colour.expand(2, 50, 70, 3).clone()
+    out = preprocess(frames, crop_size=32)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expect = ((colour.float() / 255 - mean) / std).view(3, 1, 1).expand(2, 3, 32, 32)
+    torch.testing.assert_close(out, expect, rtol=0, atol=1e-6)
+
+
+def test_default_resize_follows_vjepa2():
+    # 292 = int(256 * 256 / 224): a 292-pixel square is only cropped, never resampled
+    frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 292, 292, 3), dtype=np.uint8))
+    crop = frames[:, 18:274, 18:274]
+    torch.testing.assert_close(preprocess(frames), preprocess(crop, resize_short=256), rtol=0, atol=0)
+
+
+def three_bands(h=40, w=80):
+    """uint8 [h, w, 3]: red in columns < 30, green in 30..49, blue from 50: not symmetric on purpose."""
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[:, :30, 0] = 255
+    frame[:, 30:50, 1] = 255
+    frame[:, 50:, 2] = 255
+    return torch.from_numpy(frame)
+
+
+def test_preprocess_keeps_aspect_ratio_and_crops_the_centre():
+    # 40x80 -> short side 20 gives 20x40 (bands red < 15, green 15..24, blue from 25); the centred
+    # 16-crop takes columns 12..27: red, red, red, green x 10, blue, blue, blue. Squashing to a square
+    # or cropping a corner gives other bands.
+    out = preprocess(three_bands(), crop_size=16, resize_short=20, mean=(0, 0, 0), std=(1, 1, 1))
+    colour = out.argmax(0)  # [16, 16]: 0 red, 1 green, 2 blue
+    assert torch.all(colour == colour[0])  # bands are vertical
+    assert colour[0].tolist() == [0] * 3 + [1] * 10 + [2] * 3
+    assert torch.all(out[1, :, 5:9] == 1.0)  # well inside the green band: pure green, no blur
+
+
+def test_preprocess_resized_pixels_are_whole_uint8_steps():
+    # the reference processor resizes uint8 frames, so before scaling every pixel is an integer
+    out = preprocess(torch.from_numpy(moving_blocks(2)), crop_size=32, resize_short=40, mean=(0, 0, 0), std=(1, 1, 1))
+    levels = out * 255
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
+    assert len(levels.unique()) > 20  # really resampled: a gradient, not a few flat colours
+
+
+def test_preprocess_tall_frames_are_the_transpose_of_wide_ones():
+    wide = three_bands()
+    out = preprocess(wide, crop_size=16, resize_short=20)
+    torch.testing.assert_close(preprocess(wide.transpose(0, 1), crop_size=16, resize_short=20), out.transpose(1, 2))
+
+
+def test_to_unit_float():
+    frames = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)  # [1, 1, 1, 3]
+    out = to_unit_float(frames)
+    assert out.shape == (1, 3, 1, 1) and out.dtype == torch.float32
+    assert out.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+
+
+@pytest.mark.parametrize(
+    "frames,found",
+    [
+        (torch.zeros(2, 8, 8, 3), r"torch\.float32 of shape \(2, 8, 8, 3\)"),
+        (torch.zeros(2, 8, 8, 4, dtype=torch.uint8), r"torch\.uint8 of shape \(2, 8, 8, 4\)"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), r"\(2, 3, 8, 8\)"),
+        (torch.zeros(8, 3, dtype=torch.uint8), r"\(8, 3\)"),
+        ([[1, 2, 3]], "list"),
+    ],
+)
+def test_preprocess_rejects_wrong_frames(frames, found):
+    with pytest.raises(WMError, match=r"frames: expected .*uint8.*\[\.\.\., H, W, 3\], found .*" + found):
+        preprocess(frames)
+    with pytest.raises(WMError, match="found .*" + found):
+        to_unit_float(frames)
+
+
+def test_preprocess_rejects_a_crop_larger_than_the_resize():
+    frames = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
+    with pytest.raises(WMError, match="resize_short=100, expected an int >= crop_size=128"):
+        preprocess(frames, crop_size=128, resize_short=100)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def test_write_video_refuses_to_overwrite(clip, tmp_path):
+    _, frames = clip
+    p = tmp_path / "taken.mp4"
+    p.write_bytes(b"precious")
+    with pytest.raises(WMError, match=named(p) + ".*exists already.*overwrite=True"):
+        write_video(p, frames)
+    assert p.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["taken.mp4"]  # no temporary left behind
+
+
+def test_write_video_overwrite_replaces(clip, tmp_path):
+    _, frames = clip
+    p = write_video(tmp_path / "v.mp4", frames[:4])
+    write_video(p, frames[:6], fps=5, overwrite=True)
+    info = video_info(p, backend="pyav")
+    assert (info.num_frames, info.fps) == (6, 5.0)
+    assert os.listdir(tmp_path) == ["v.mp4"]
+
+
+@pytest.mark.parametrize(
+    "frames,match",
+    [
+        (np.zeros((2, 47, 64, 3), np.uint8), "even height and width, found 47x64"),
+        (np.zeros((2, 48, 63, 3), np.uint8), "found 48x63"),
+        (np.zeros((0, 48, 64, 3), np.uint8), "T >= 1"),
+        (np.zeros((48, 64, 3), np.uint8), r"\[T, H, W, 3\].*\(48, 64, 3\)"),
+        (np.zeros((2, 48, 64, 3), np.float32), "expected uint8"),
+    ],
+)
+def test_write_video_rejects_bad_frames(tmp_path, frames, match):
+    with pytest.raises(WMError, match=match):
+        write_video(tmp_path / "x.mp4", frames)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_video_rejects_bad_settings(tmp_path):
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(WMError, match="fps=0"):
+        write_video(tmp_path / "x.mp4", frames, fps=0)
+    with pytest.raises(WMError, match="crf=99.*0..51"):
+        write_video(tmp_path / "x.mp4", frames, crf=99)
+    with pytest.raises(WMError, match="encoding failed"):
+        write_video(tmp_path / "x.notacontainer", frames)
+    assert os.listdir(tmp_path) == []
