@@ -4,13 +4,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+GYM_PUSHT := gym-pusht==0.1.8
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wmcore-installed
-KEY := $(shell $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(open('pyproject.toml','rb').read() + sys.argv[1].encode()).hexdigest()[:16])" "$(TORCH_SPEC)")
+KEY := $(shell $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(open('pyproject.toml','rb').read() + sys.argv[1].encode()).hexdigest()[:16])" "$(TORCH_SPEC) $(GYM_PUSHT)")
 BENCH_ARGS ?=
 TEST_ARGS ?=
+# The recipe of the embedded default model (fixtures/models/pusht-lewm, see its MODEL_CARD.md).
+PUSHT_TRAIN ?= data/pusht-train
+TRAIN_OUT ?= runs/train-pusht-lewm
 
-.PHONY: bench test setup clean
+.PHONY: bench test setup clean train pusht-data
 
 bench: setup
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
@@ -24,8 +28,17 @@ setup:
 	echo "wmcore: setting up $(VENV) (torch: $(TORCH_SPEC))"; \
 	[ -x "$(BIN)/python" ] || $(PYTHON) -m venv $(VENV); \
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC); \
-	$(BIN)/python -m pip install --quiet -e '.[dev]'; \
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim]'; \
+	$(BIN)/python -m pip install --quiet --no-deps $(GYM_PUSHT); \
 	echo "$(KEY)" > "$(STAMP)"
+
+# Training episodes (seeds 0..149; the committed evaluation set fixtures/pusht uses 10000..10031).
+pusht-data: setup
+	@[ -f $(PUSHT_TRAIN)/index.json ] || $(BIN)/wmcore make-fixtures pusht --out $(PUSHT_TRAIN) --episodes 150 --steps 300 --seed 0
+
+# Trains into $(TRAIN_OUT) (resumable: rerun to continue); the model lands in $(TRAIN_OUT)/model.
+train: pusht-data
+	$(BIN)/wmcore train --data $(PUSHT_TRAIN) --out $(TRAIN_OUT) --name pusht-lewm --seed 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -181,3 +181,16 @@ def test_find_pyproject_prefers_the_nearest_configured_one(tmp_path):
     near = _write(tmp_path / "repo" / "pkg" / "pyproject.toml", "[tool.wmcore]\nthreshold = 0.3\n")
     assert find_pyproject(tmp_path / "repo" / "pkg") == near.resolve()
     assert load_thresholds(pyproject=find_pyproject(tmp_path / "repo" / "pkg")).threshold == 0.3
+
+
+def test_optional_gates_are_off_by_default_and_typed_when_set(tmp_path):
+    assert Thresholds().skill_mean_min is None and Thresholds().horizon_min is None
+    p = _write(
+        tmp_path / "pyproject.toml",
+        "[tool.wmcore]\nskill_mean_min = 0\n[tool.wmcore.models.m]\nhorizon_min = 12\nopen_skill_mean_min = 0.1\n",
+    )
+    t = load_thresholds("m", pyproject=p)
+    assert t.skill_mean_min == 0.0 and isinstance(t.skill_mean_min, float)
+    assert t.horizon_min == 12 and isinstance(t.horizon_min, int) and t.open_skill_mean_min == 0.1
+    with pytest.raises(WMError, match="horizon_min"):
+        load_thresholds("m", pyproject=p, overrides={"horizon_min": "2.5"})

@@ -41,6 +41,20 @@ def test_drift_horizon_of_the_analytic_world(analytic):
     assert s["step1"] == r.loops["open_loop"].cosine[0] and s["drift_horizon"] == 18
 
 
+def test_optional_gates_join_the_report_when_configured(analytic):
+    cfg, model, episodes = analytic
+    plain = evaluate(model, episodes, EvalConfig(horizon=23), FAST)
+    names = {g.name for g in plain.gates}
+    assert "drift_horizon" not in names and not any(n.startswith("mean_skill") for n in names)
+    t = Thresholds(bootstrap=200, skill_mean_min=0.0, open_skill_mean_min=0.0, horizon_min=18)
+    r = evaluate(model, episodes, EvalConfig(horizon=23), t)
+    by = {g.name: g for g in r.gates}
+    assert by["drift_horizon"].passed and by["drift_horizon"].measured == 18  # see the test above
+    assert {"mean_skill_closed_loop_vs_copy_last", "mean_skill_open_loop_vs_copy_first"} <= set(by)
+    late = evaluate(model, episodes, EvalConfig(horizon=23), Thresholds(bootstrap=200, horizon_min=19))
+    assert not late.passed and not {g.name: g for g in late.gates}["drift_horizon"].passed
+
+
 def test_report_metadata_and_baselines(analytic):
     cfg, model, episodes = analytic
     r = evaluate(model, episodes, EvalConfig(horizon=10, action_source="zeros", seed=7), FAST, spec="analytic:x", data_id="d")

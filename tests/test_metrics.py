@@ -120,6 +120,23 @@ def test_gate_messages_show_measurement_and_limit():
     assert g.passed and g.name == "skill_vs_copy_last"
 
 
+def test_mean_skill_gate_averages_the_first_steps():
+    curve = [0.6, 0.2, -0.1, -0.3, -5.0]  # mean of the first 4 = 0.1; with step 5 it turns negative
+    g = M.gate_mean_skill(curve, 4, 0.0, "copy_first", "open loop")
+    assert g.passed and g.measured == pytest.approx(0.1) and g.name == "mean_skill_open_loop_vs_copy_first"
+    assert "1..4" in g.message and "+0.1000" in g.message
+    g = M.gate_mean_skill(curve, 10, 0.0, "copy_first", "open loop")  # fewer steps than asked: all of them
+    assert not g.passed and g.measured == pytest.approx(sum(curve) / 5) and "1..5" in g.message
+
+
+def test_horizon_gate_treats_never_as_beyond_the_horizon():
+    assert M.gate_horizon(None, 30, 30, 0.5).passed  # never fell below 0.5 within 30 steps
+    assert M.gate_horizon(None, 30, 30, 0.5).measured == 31
+    g = M.gate_horizon(7, 10, 30, 0.5)
+    assert not g.passed and "step 7" in g.message and "10" in g.message
+    assert M.gate_horizon(10, 10, 30, 0.5).passed
+
+
 # --- confidence intervals ------------------------------------------------------------------------
 
 

@@ -65,6 +65,28 @@ def test_read_video_is_close_to_what_was_written(clip):
     assert (err.argmin(1) == np.arange(T)).all()  # each read frame is closest to its own original
 
 
+@pytest.mark.parametrize("backend", ["pyav", pytest.param("decord", marks=needs_decord)])
+def test_rgb24_at_crf0_is_bit_exact(tmp_path, backend):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)  # noise: nothing to hide an error in
+    path = write_video(tmp_path / "x.mp4", frames, fps=10, crf=0, pix_fmt="rgb24")
+    assert np.array_equal(read_video(path, backend=backend).numpy(), frames)
+
+
+def test_yuv420p_loses_colour_detail_that_rgb24_keeps(tmp_path):
+    frames = moving_blocks()
+    frames[:, 1::2, :, 2] = 255  # one-pixel blue stripes: chroma at half resolution cannot hold them
+    lossy = read_video(write_video(tmp_path / "a.mp4", frames, crf=0)).numpy().astype(int)
+    exact = read_video(write_video(tmp_path / "b.mp4", frames, crf=0, pix_fmt="rgb24")).numpy().astype(int)
+    assert np.abs(lossy - frames).max() > 50 and np.array_equal(exact, frames)
+
+
+def test_unknown_pix_fmt(tmp_path):
+    with pytest.raises(WMError, match="pix_fmt='yuv422'.*rgb24"):
+        write_video(tmp_path / "x.mp4", moving_blocks(), pix_fmt="yuv422")
+    assert not (tmp_path / "x.mp4").exists()
+
+
 @needs_decord
 def test_decord_and_pyav_return_identical_frames(clip):
     path, _ = clip

@@ -19,10 +19,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
-    from .report import DriftReport
-
-    r = DriftReport.load(args.report)
+def _print_report(r) -> None:
     print(f"model {r.model.get('name')}  data {r.data.get('id')}  ({r.data.get('episodes')} episodes, H={r.horizon})")
     print(f"chance level {r.chance_level:.3f} (centred {r.chance_level_centred:.3f})")
     for loop, row in r.summary().items():
@@ -30,7 +27,57 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"  {loop:<12} {cells}")
     for g in r.gates:
         print(f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .report import DriftReport, markdown_table
+
+    r = DriftReport.load(args.report)
+    print(markdown_table(r)) if args.markdown else _print_report(r)
     return 0 if r.passed else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .config import load_thresholds
+    from .data import DEFAULT_DATA, load as load_data
+    from .evaluate import EvalConfig, evaluate
+    from .fsio import new_run_dir
+    from .models import load
+    from .plot import plot_drift
+
+    model = load(args.model)
+    if args.device != "cpu" or args.dtype != "float32":
+        import torch
+
+        model = model.to(args.device, getattr(torch, args.dtype))
+    data = args.data or DEFAULT_DATA
+    print(f"loading {data} ...", file=sys.stderr, flush=True)
+    episodes = load_data(data, limit=args.episodes, camera=args.camera)
+    thresholds = load_thresholds(model.name)
+    cfg = EvalConfig(horizon=args.horizon or thresholds.horizon, action_source=args.actions, device=args.device, dtype=args.dtype)
+    print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
+    r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
+    out = Path(args.out) if args.out else new_run_dir(Path("runs"))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{model.name}-{args.actions}"
+    _print_report(r)
+    print(r.save(out / f"{stem}.json"))
+    print(plot_drift(r, out / f"{stem}.png"))
+    return 0 if r.passed else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    return train_main(args.rest)
+
+
+def _cmd_make_fixtures(args: argparse.Namespace) -> int:
+    if args.kind != "pusht":
+        raise ValueError(f"make-fixtures: unknown kind {args.kind!r}; available: pusht")
+    from .data.pusht import main as pusht_main
+
+    return pusht_main(args.rest, prog="wmcore make-fixtures pusht")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +90,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_plot)
     ss = sub.add_parser("show", help="print a saved DriftReport's summary and gates (exit 1 if a gate failed)")
     ss.add_argument("report")
+    ss.add_argument("--markdown", action="store_true", help="print the curves as a Markdown table instead")
     ss.set_defaults(func=_cmd_show)
+    se = sub.add_parser("evaluate", help="roll a model out on episodes, print the drift summary and gates, "
+                        "write the DriftReport JSON and drift PNG (exit 1 if a gate failed)")
+    se.add_argument("--model", default="pusht-lewm", help="model spec: embedded name or FAMILY:PATH (default pusht-lewm)")
+    se.add_argument("--data", help="episode directory, LeRobot dataset, or fixtures set name (default pusht)")
+    se.add_argument("--camera", help="camera key of a LeRobot dataset with several")
+    se.add_argument("--horizon", type=int, help="model steps to roll out (default: [tool.wmcore] horizon)")
+    se.add_argument("--episodes", type=int, help="use the first N episodes (default all)")
+    se.add_argument("--actions", default="recorded", choices=["recorded", "zeros", "random"], help="action source")
+    se.add_argument("--device", default="cpu")
+    se.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
+    se.set_defaults(func=_cmd_evaluate)
+    st = sub.add_parser("train", add_help=False, help="train the LeWorldModel-style default on PushT episodes "
+                        "(wmcore train --help for its options)")
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    st.set_defaults(func=_cmd_train)
+    sm = sub.add_parser("make-fixtures", add_help=False, help="generate episode sets: make-fixtures pusht --out DIR "
+                        "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
+    sm.add_argument("kind", nargs="?", default="pusht")
+    sm.add_argument("rest", nargs=argparse.REMAINDER)
+    sm.set_defaults(func=_cmd_make_fixtures)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("train", "make-fixtures"):
+        # these own their options (argparse's REMAINDER would not pass a leading --help through)
+        kind = argv[1] if argv[0] == "make-fixtures" and len(argv) > 1 and not argv[1].startswith("-") else "pusht"
+        rest = argv[2:] if argv[0] == "make-fixtures" and len(argv) > 1 and argv[1] == kind else argv[1:]
+        args = argparse.Namespace(func=_cmd_train if argv[0] == "train" else _cmd_make_fixtures, kind=kind, rest=rest)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ValueError as e:  # WMError included: bad input the user can fix

@@ -26,6 +26,11 @@ class Thresholds:
     monotone_tol: float = 0.02  # see metrics.max_rise
     closed_open_tol: float = 0.01
     skill_min: float = 0.0  # closed-loop step-1 MSE skill against copy-last
+    # optional gates (None = not asserted)
+    skill_steps: int = 10  # the steps 1..skill_steps averaged by the two mean-skill gates
+    skill_mean_min: float | None = None  # closed loop: mean MSE skill against copy-last
+    open_skill_mean_min: float | None = None  # open loop: mean MSE skill against copy-first
+    horizon_min: int | None = None  # open-loop drift horizon at `threshold` (never reached passes)
     bootstrap: int = 1000
     seed: int = 0
 
@@ -67,7 +72,7 @@ def load_thresholds(
         )
     out: dict[str, Any] = {}
     for k, v in merged.items():
-        want_int = fields[k] in ("int", int)
+        want_int = fields[k] in ("int", int, "int | None")
         if isinstance(v, str):  # from a command line
             try:
                 v = float(v)

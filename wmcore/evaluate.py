@@ -152,6 +152,13 @@ def build_report(
         M.gate_closed_ge_open(cl.cosine, op.cosine, thresholds.closed_open_tol),
         M.gate_skill(cl.skill["copy_last"], thresholds.skill_min),
     ]
+    t = thresholds
+    if t.skill_mean_min is not None:
+        gates.append(M.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop"))
+    if t.open_skill_mean_min is not None:
+        gates.append(M.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop"))
+    if t.horizon_min is not None:
+        gates.append(M.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
     fp = model.fingerprint()
     return DriftReport(
         model={

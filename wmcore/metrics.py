@@ -301,6 +301,30 @@ def gate_skill(skill_curve: list[float], minimum: float, baseline: str = "copy_l
     return Gate(f"skill_vs_{baseline}", ok, v, minimum, msg)
 
 
+def gate_mean_skill(
+    skill_curve: list[float], steps: int, minimum: float, baseline: str, label: str
+) -> Gate:
+    """The MSE skill against ``baseline`` averaged over steps 1..``steps`` must be at least ``minimum``."""
+    n = min(steps, len(skill_curve))
+    v = float(sum(skill_curve[:n]) / n)
+    ok = v >= minimum
+    msg = (
+        f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is {v:+.4f} {'>=' if ok else '<'} "
+        f"min {minimum:+.4f}; curve {_fmt(skill_curve[:n])}"
+    )
+    return Gate(f"mean_skill_{label.replace(' ', '_')}_vs_{baseline}", ok, v, minimum, msg)
+
+
+def gate_horizon(horizon: int | None, minimum: int, h: int, threshold: float, label: str = "open loop") -> Gate:
+    """The drift horizon (first step below ``threshold``) must be at least ``minimum``; a curve that
+    never falls below it within the ``h`` steps passes (measured is then ``h + 1``)."""
+    v = h + 1 if horizon is None else horizon
+    ok = v >= minimum
+    where = f"never falls below {threshold:g} within {h} steps" if horizon is None else f"falls below {threshold:g} at step {horizon}"
+    msg = f"{label} {where}; need step >= {minimum}"
+    return Gate("drift_horizon", ok, float(v), float(minimum), msg)
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
-"""The drift plot: cosine vs rollout step, open and closed loop with CI bands, baselines, threshold."""
+"""The drift plot (cosine vs rollout step, open and closed loop with CI bands, baselines, threshold)
+and the comparison overlay (several models' curves on one axes, for `wmcore compare`)."""
 
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -65,6 +67,70 @@ def drift_figure(report: DriftReport):
 def plot_drift(report: DriftReport, path: str | os.PathLike) -> Path:
     """Write the drift plot of ``report`` as a PNG to a new file ``path`` (never overwritten)."""
     fig = drift_figure(report)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return write_new(path, buf.getvalue())
+
+
+# --- comparison overlay ------------------------------------------------------------------------
+
+#: One model's curves in an overlay: (legend label, open-loop cosine [H], closed-loop cosine [H]).
+Curves = tuple[str, Sequence[float], Sequence[float]]
+#: One panel of an overlay: (the curves it overlays, drift threshold, panel title).
+Panel = tuple[Sequence[Curves], float, str]
+
+_OVERLAY_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+
+
+def overlay_axes(ax, curves: Sequence[Curves], threshold: float = 0.5, title: str = "") -> None:
+    """Draw several models' curves on one axes: open loop solid, closed loop dashed, one colour per
+    model (in order: old, new, ...), the threshold line, y from 0 to 1."""
+    if not curves:
+        raise ValueError("overlay: no curves to draw")
+    h = max(len(o) for _, o, _ in curves)
+    for i, (label, open_, closed) in enumerate(curves):
+        colour = _OVERLAY_COLOURS[i % len(_OVERLAY_COLOURS)]
+        under = i == 0 and len(curves) > 1  # drawn wide and light, so an identical later curve still shows it
+        lw, alpha = (3.5, 0.55) if under else (1.8, 1.0)
+        ax.plot(range(1, len(open_) + 1), list(open_), color=colour, lw=lw, alpha=alpha, marker="o", ms=3,
+                label=f"{label}, open loop")
+        ax.plot(range(1, len(closed) + 1), list(closed), color=colour, lw=lw, alpha=alpha, ls="-",
+                label=f"{label}, closed loop")
+    ax.axhline(threshold, color="red", ls=":", lw=1.2, label=f"threshold {threshold:g}")
+    ax.set_xlim(0.5, h + 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("rollout step")
+    ax.set_ylabel("cosine to ground-truth latent")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def overlay_figure(panels: Sequence[Panel], title: str = ""):
+    """A Figure with one overlay panel per ``(curves, threshold, title)`` (caller closes it)."""
+    if not panels:
+        raise ValueError("overlay: no panels to draw")
+    n = len(panels)
+    cols = 1 if n == 1 else 2
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 4.5 * rows), dpi=110, squeeze=False)
+    for ax, (curves, threshold, panel_title) in zip(axes.flat, panels):
+        overlay_axes(ax, curves, threshold, panel_title)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overlay(panels: Sequence[Panel], path: str | os.PathLike, title: str = "") -> Path:
+    """Write the overlay of ``panels`` (see ``overlay_figure``) as a PNG to a new file ``path``
+    (never overwritten)."""
+    fig = overlay_figure(panels, title)
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

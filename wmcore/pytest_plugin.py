@@ -1,11 +1,25 @@
-"""pytest plugin (entry point ``pytest11``): artifact directory, thresholds, and recording of reports.
+"""pytest plugin (entry point ``pytest11``): which models and data a bench run measures, thresholds,
+and the recording of reports.
 
-Registered options:
+Options (all in the ``wmcore`` group of ``pytest --help``):
+  --wm-model SPEC      model to benchmark, repeatable (default: the embedded pusht-lewm)
+  --wm-data PATH       episode directory, LeRobot dataset, or a fixtures/ set name (default: pusht)
+  --wm-camera KEY      camera of a LeRobot dataset with several
+  --wm-horizon H       rollout horizon in model steps (default: [tool.wmcore] horizon, 30)
+  --wm-episodes N      use the first N episodes (default: all)
+  --wm-actions SRC     action source, repeatable: recorded, zeros, random (default: recorded, random)
+  --wm-device DEV      cpu, cuda, cuda:1, ... (default cpu)
+  --wm-dtype DT        float32, bfloat16, float16 (default float32)
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
+
+Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
+models and action sources, and ``wm_model`` / ``wm_episodes`` / ``wm_prepared`` for the (session-cached)
+loaded model, episodes and encoded ground truth.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +30,159 @@ from .fsio import new_run_dir
 from .report import DriftReport
 
 _WRITTEN = pytest.StashKey[list]()
+_SETTINGS = pytest.StashKey["Settings"]()
+ACTION_SOURCES = ("recorded", "zeros", "random")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved ``--wm-*`` options."""
+
+    models: tuple[str, ...]
+    data: str
+    camera: str | None
+    horizon: int | None
+    episodes: int | None
+    actions: tuple[str, ...]
+    device: str
+    dtype: str
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wmcore", "world-model drift benchmarks")
-    g.addoption(
-        "--wm-artifacts",
-        default="runs",
-        metavar="DIR",
-        help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
-        "and DriftReport JSONs (default: runs)",
-    )
+    g.addoption("--wm-model", action="append", default=None, metavar="SPEC",
+                help="model to benchmark, repeatable: an embedded name (pusht-lewm) or FAMILY:PATH "
+                "(lewm:DIR, analytic:...); default pusht-lewm")
+    g.addoption("--wm-data", default=None, metavar="PATH",
+                help="episodes: a directory with index.json (wmcore make-fixtures), a LeRobot dataset root "
+                "(meta/info.json), or a fixtures/ set name; default pusht (the held-out PushT set)")
+    g.addoption("--wm-camera", default=None, metavar="KEY", help="camera key of a LeRobot dataset with several")
+    g.addoption("--wm-horizon", type=int, default=None, metavar="H",
+                help="rollout horizon in model steps (default: horizon in [tool.wmcore], 30)")
+    g.addoption("--wm-episodes", type=int, default=None, metavar="N", help="use only the first N episodes")
+    g.addoption("--wm-actions", action="append", default=None, metavar="SRC",
+                help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: recorded and random)")
+    g.addoption("--wm-device", default="cpu", metavar="DEV", help="torch device (default cpu)")
+    g.addoption("--wm-dtype", default="float32", metavar="DT", help=f"one of {', '.join(DTYPES)} (default float32)")
+    g.addoption("--wm-artifacts", default="runs", metavar="DIR",
+                help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
+                "and DriftReport JSONs (default: runs)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
+    from .data import DEFAULT_DATA
+    from .models import DEFAULT_MODEL, EMBEDDED, FAMILIES
+
+    o = config.getoption
+    models = tuple(o("wm_model") or [DEFAULT_MODEL])
+    for spec in models:
+        if spec not in EMBEDDED and spec.partition(":")[0] not in FAMILIES:
+            raise pytest.UsageError(
+                f"--wm-model {spec!r}: unknown model spec; use an embedded name {sorted(EMBEDDED)} or "
+                f"FAMILY:PATH with a family in {sorted(FAMILIES)}"
+            )
+    actions = tuple(o("wm_actions") or ["recorded", "random"])
+    bad = [a for a in actions if a not in ACTION_SOURCES]
+    if bad:
+        raise pytest.UsageError(f"--wm-actions {bad[0]!r}: expected one of {', '.join(ACTION_SOURCES)}")
+    if o("wm_dtype") not in DTYPES:
+        raise pytest.UsageError(f"--wm-dtype {o('wm_dtype')!r}: expected one of {', '.join(DTYPES)}")
+    for name in ("wm_horizon", "wm_episodes"):
+        if o(name) is not None and o(name) < 1:
+            raise pytest.UsageError(f"--{name.replace('_', '-')} must be >= 1, found {o(name)}")
+    data = o("wm_data") or DEFAULT_DATA
+    if o("wm_data") is not None and not Path(data).exists():
+        raise pytest.UsageError(f"--wm-data {data!r}: no such file or directory")
+    config.stash[_SETTINGS] = Settings(
+        models=models, data=data, camera=o("wm_camera"), horizon=o("wm_horizon"), episodes=o("wm_episodes"),
+        actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    s = metafunc.config.stash.get(_SETTINGS, None)
+    if s is None:
+        return
+    if "wm_model_spec" in metafunc.fixturenames:
+        metafunc.parametrize("wm_model_spec", list(s.models), ids=list(s.models), scope="session")
+    if "wm_action_source" in metafunc.fixturenames:
+        metafunc.parametrize("wm_action_source", list(s.actions), ids=list(s.actions), scope="session")
+
+
+@pytest.fixture(scope="session")
+def wm_settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[_SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def _wm_cache() -> dict:
+    return {}
+
+
+@pytest.fixture(scope="session")
+def wm_model(wm_model_spec: str, wm_settings: Settings, _wm_cache: dict):
+    """The loaded model of ``wm_model_spec``, on the chosen device and dtype (once per session)."""
+    import torch
+
+    key = ("model", wm_model_spec)
+    if key not in _wm_cache:
+        from .models import load
+
+        m = load(wm_model_spec)
+        if hasattr(m, "to"):
+            m = m.to(wm_settings.device, getattr(torch, wm_settings.dtype))
+        _wm_cache[key] = m
+    return _wm_cache[key]
+
+
+@pytest.fixture(scope="session")
+def wm_episodes(wm_settings: Settings, _wm_cache: dict):
+    """The episodes of ``--wm-data`` (once per session)."""
+    if "episodes" not in _wm_cache:
+        from .data import load
+
+        _wm_cache["episodes"] = load(wm_settings.data, limit=wm_settings.episodes, camera=wm_settings.camera)
+    return _wm_cache["episodes"]
+
+
+@pytest.fixture(scope="session")
+def wm_eval_config(wm_settings: Settings, wm_thresholds):
+    """``wm_eval_config(model_name, action_source) -> EvalConfig`` from the options and thresholds."""
+    from .evaluate import EvalConfig
+
+    def make(model: str, source: str = "recorded") -> EvalConfig:
+        h = wm_settings.horizon or wm_thresholds(model).horizon
+        return EvalConfig(horizon=h, action_source=source, device=wm_settings.device, dtype=wm_settings.dtype)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def wm_prepared(wm_model, wm_model_spec: str, wm_episodes, wm_eval_config, _wm_cache: dict):
+    """``wm_prepared(action_source) -> (EvalConfig, Prepared)``: encoded ground truth of the episodes for
+    this model and action source (encoded once per model; action sources share the latents)."""
+    import dataclasses
+
+    from .evaluate import prepare
+
+    def get(source: str = "recorded"):
+        cfg = wm_eval_config(wm_model.name, source)
+        key = ("prepared", wm_model_spec, cfg)
+        if key not in _wm_cache:
+            base = ("prepared", wm_model_spec, dataclasses.replace(cfg, action_source="recorded"))
+            if source != "recorded" and base in _wm_cache:
+                from .rollout import make_actions
+
+                p = _wm_cache[base]
+                recorded = p.actions
+                _wm_cache[key] = dataclasses.replace(p, actions=make_actions(source, recorded.float().cpu(), cfg.seed).to(recorded))
+            else:
+                _wm_cache[key] = prepare(wm_model, wm_episodes, cfg)
+        return cfg, _wm_cache[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")

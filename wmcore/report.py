@@ -200,3 +200,34 @@ def _jsonable(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def markdown_table(report: DriftReport, steps: tuple[int, ...] = (1, 2, 5, 10, 20, 30)) -> str:
+    """The curves at a few steps as a Markdown table: cosine (and centred cosine) per loop and
+    baseline, MSE skill of each loop against its baselines; chance level and drift horizons below."""
+    h = report.horizon
+    cols = [s for s in steps if s <= h] + ([h] if h not in steps else [])
+    head = "| curve | " + " | ".join(f"step {s}" for s in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+
+    def row(label: str, curve: list[float], fmt: str = "{:.3f}") -> None:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(curve[s - 1]) for s in cols) + " |")
+
+    for name in ("closed_loop", "open_loop", "copy_last", "copy_first"):
+        if name in report.loops:
+            row(f"cosine, {name.replace('_', ' ')}", report.loops[name].cosine)
+    for name in ("closed_loop", "open_loop", "copy_last", "copy_first"):
+        if name in report.loops:
+            row(f"centred cosine, {name.replace('_', ' ')}", report.loops[name].centred_cosine)
+    for name in ("closed_loop", "open_loop"):
+        for base, curve in report.loops[name].skill.items():
+            row(f"MSE skill, {name.replace('_', ' ')} vs {base.replace('_', ' ')}", curve, "{:+.3f}")
+    horizons = ", ".join(
+        f"{n.replace('_', ' ')} {'never' if s.drift_horizon is None else s.drift_horizon}" for n, s in report.loops.items()
+    )
+    lines.append("")
+    lines.append(
+        f"Chance level {report.chance_level:.3f} (centred {report.chance_level_centred:.3f}); drift horizon at "
+        f"{report.thresholds.get('threshold', 0.5)}: {horizons} (within {h} steps)."
+    )
+    return "\n".join(lines)

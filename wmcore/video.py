@@ -363,8 +363,13 @@ def write_video(
     fps: float = 10,
     crf: int = 18,
     overwrite: bool = False,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
-    """Encode uint8 frames ``[T, H, W, 3]`` (T >= 1; H, W even) to H.264 (yuv420p) at ``path``.
+    """Encode uint8 frames ``[T, H, W, 3]`` (T >= 1; H, W even) to H.264 at ``path``.
+
+    pix_fmt: ``yuv420p`` (default; plays everywhere; colour at half resolution, so small coloured
+    shapes get fringes), ``yuv444p`` (full-resolution colour; RGB -> YUV rounding of a level or two),
+    or ``rgb24`` (libx264rgb: H.264 in RGB, with ``crf=0`` bit-exact lossless; the data-set format).
 
     The container follows the suffix (.mp4, .mkv, ...). The file is written under a temporary name
     in the same directory and renamed, so a reader never sees half a video; an existing ``path`` is
@@ -376,10 +381,12 @@ def write_video(
         raise WMError(f"write_video({path}): expected frames [T, H, W, 3] with T >= 1, found shape {tuple(frames.shape)}")
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
-        raise WMError(f"write_video({path}): yuv420p needs an even height and width, found {h}x{w}; "
+        raise WMError(f"write_video({path}): H.264 needs an even height and width, found {h}x{w}; "
                       "crop or pad the frames by one pixel")
     if not (_is_real(fps) and math.isfinite(fps) and fps > 0):
         raise WMError(f"write_video({path}): fps={fps!r}, expected a positive number")
+    if pix_fmt not in PIX_FMTS:
+        raise WMError(f"write_video({path}): pix_fmt={pix_fmt!r}, expected one of {sorted(PIX_FMTS)}")
     if not _is_int(crf) or not 0 <= crf <= 51:
         raise WMError(f"write_video({path}): crf={crf!r}, expected an int in 0..51 (lower is better quality)")
     if path.exists() and not overwrite:
@@ -389,7 +396,7 @@ def write_video(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        _encode(tmp, frames.cpu().numpy(), fps, crf, path)
+        _encode(tmp, frames.cpu().numpy(), fps, crf, path, pix_fmt)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -407,13 +414,16 @@ def write_video(
     return path
 
 
-def _encode(tmp: str, frames: np.ndarray, fps: float, crf: int, path: Path) -> None:
+PIX_FMTS = {"yuv420p": "libx264", "yuv444p": "libx264", "rgb24": "libx264rgb"}
+
+
+def _encode(tmp: str, frames: np.ndarray, fps: float, crf: int, path: Path, pix_fmt: str = "yuv420p") -> None:
     try:
         with av.open(tmp, "w") as container:
             # 1001 admits NTSC rates (30000/1001) and decimal ones (29.97 -> 2997/100)
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream = container.add_stream(PIX_FMTS[pix_fmt], rate=Fraction(fps).limit_denominator(1001))
             stream.height, stream.width = frames.shape[1:3]
-            stream.pix_fmt = "yuv420p"
+            stream.pix_fmt = pix_fmt
             stream.options = {"crf": str(crf)}
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

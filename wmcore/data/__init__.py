@@ -107,3 +107,38 @@ def content_sha256(*tensors: Tensor | None) -> str:
         h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
+
+
+def load(path: str, limit: int | None = None, camera: str | None = None) -> list[Episode]:
+    """Episodes from ``path``: an episode directory (``index.json``, see ``wmcore.data.episodes``), a
+    local LeRobot dataset (``meta/info.json``), or the name of a set in ``fixtures/`` (``pusht``)."""
+    import os
+    from pathlib import Path
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise WMError(f"limit: expected a positive number of episodes (or None for all), found {limit!r}")
+    path = os.fspath(path)
+    p = Path(path)
+    if not p.exists() and "/" not in path and os.sep not in path:
+        from ..models import fixtures_dir
+
+        if (fixtures_dir() / path).is_dir():
+            p = fixtures_dir() / path
+    if not p.exists():
+        raise WMError(f"data path {path!r} does not exist; give an episode directory, a LeRobot dataset or 'pusht'")
+    if (p / "index.json").is_file():
+        from .episodes import load_episodes
+
+        return load_episodes(p, limit=limit)
+    if (p / "meta" / "info.json").is_file():
+        from .lerobot import load_lerobot
+
+        eps = load_lerobot(p, camera=camera)
+        return eps if limit is None else eps[:limit]
+    raise WMError(
+        f"{p}: neither an episode directory (index.json) nor a LeRobot dataset (meta/info.json); "
+        "generate episodes with `wmcore make-fixtures pusht` or point at a LeRobot dataset root"
+    )

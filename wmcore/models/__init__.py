@@ -1,11 +1,14 @@
 """Model registry: ``load(spec)`` turns a model spec string into a WorldModel.
 
-A spec is ``NAME`` (an embedded model) or ``FAMILY:ARG`` (a family with a path or options), e.g.
-``analytic``, ``analytic:delta=0.1,offset=0.3``. Families register a loader here.
+A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
+family with a path or options), e.g. ``pusht-lewm``, ``lewm:path/to/dir``, ``analytic``,
+``analytic:delta=0.1,offset=0.3``. Families register a loader here.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 from ..errors import WMError
@@ -32,13 +35,39 @@ def _load_lewm(arg: str) -> WorldModel:
 
 FAMILIES: dict[str, Callable[[str], WorldModel]] = {"analytic": _load_analytic, "lewm": _load_lewm}
 
+# Embedded models: NAME -> family whose loader reads fixtures/models/NAME.
+EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm"}
+DEFAULT_MODEL = "pusht-lewm"
+
+
+def fixtures_dir() -> Path:
+    """The repository's ``fixtures/`` (or ``$WMCORE_FIXTURES``): embedded models and episode sets."""
+    env = os.environ.get("WMCORE_FIXTURES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "fixtures"
+
+
+def _load_embedded(name: str) -> WorldModel:
+    d = fixtures_dir() / "models" / name
+    if not d.is_dir():
+        raise WMError(
+            f"embedded model {name!r}: {d} is missing; run from a wmcore checkout (or set WMCORE_FIXTURES "
+            "to its fixtures/ directory), or retrain it with `make train`"
+        )
+    if EMBEDDED[name] == "lewm":
+        from .lewm import load_world_model
+
+        return load_world_model(d, name=name)
+    return FAMILIES[EMBEDDED[name]](str(d))
+
 
 def load(spec: str) -> WorldModel:
     """Load a model from its spec (see the module docstring). Unknown specs raise WMError."""
+    if spec in EMBEDDED:
+        return _load_embedded(spec)
     family, _, arg = spec.partition(":")
     if family not in FAMILIES:
         raise WMError(
-            f"unknown model spec {spec!r}: the family {family!r} is not one of {sorted(FAMILIES)}; "
-            "write NAME or FAMILY:PATH"
+            f"unknown model spec {spec!r}: not an embedded model {sorted(EMBEDDED)} and the family "
+            f"{family!r} is not one of {sorted(FAMILIES)}; write NAME or FAMILY:PATH"
         )
     return FAMILIES[family](arg)

@@ -1,0 +1,45 @@
+"""Drift suite: each model (``--wm-model``, default the embedded pusht-lewm) on the episodes of
+``--wm-data`` (default the held-out PushT set in fixtures/pusht), per action source.
+
+Each case times the open- plus closed-loop rollout with pytest-benchmark, writes the drift plot and
+the DriftReport into the run directory, and records the curves, gates and metadata in the
+benchmark's ``extra_info``. With recorded actions the gates of ``[tool.wmcore]`` (and the model's own
+table) must hold; other action sources are measured and recorded, and must do worse than recorded
+actions in closed loop: a model that ignores its actions has not learned action-conditioned dynamics.
+"""
+
+from __future__ import annotations
+
+from wmcore.evaluate import build_report, rollouts
+
+_REPORTS: dict = {}  # (model spec, action source) -> DriftReport of this session
+
+
+def _data_id(settings) -> str:
+    return f"{settings.data}" + (f"[:{settings.episodes}]" if settings.episodes else "")
+
+
+def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared, wm_thresholds, wm_record, wm_settings):
+    cfg, prep = wm_prepared(wm_action_source)
+    thresholds = wm_thresholds(wm_model.name)
+    pred_open, pred_closed = benchmark.pedantic(rollouts, args=(wm_model, prep, cfg), rounds=3, warmup_rounds=1)
+    report = build_report(wm_model, prep, pred_open, pred_closed, cfg, thresholds, spec=wm_model_spec, data_id=_data_id(wm_settings))
+    benchmark.extra_info["rollout_steps_per_s"] = 2 * cfg.horizon * len(prep.ids) / benchmark.stats.stats.median
+    wm_record(report, f"{wm_model.name}-{wm_action_source}", benchmark)
+    _REPORTS[(wm_model_spec, wm_action_source)] = report
+
+    if wm_action_source == "recorded":
+        failed = [f"{g.name}: {g.message}" for g in report.gates if not g.passed]
+        assert not failed, f"{wm_model.name} on {_data_id(wm_settings)}: gates failed:\n" + "\n".join(failed)
+    else:
+        ref_report = _REPORTS.get((wm_model_spec, "recorded"))
+        if ref_report is None:  # recorded actions not benchmarked in this session
+            rcfg, ref = wm_prepared("recorded")
+            ref_report = build_report(wm_model, ref, *rollouts(wm_model, ref, rcfg), rcfg, thresholds)
+        got, want = report.loops["closed_loop"].skill["copy_last"], ref_report.loops["closed_loop"].skill["copy_last"]
+        n = min(10, len(got))
+        assert sum(got[:n]) / n < sum(want[:n]) / n, (
+            f"{wm_model.name}: closed-loop skill vs copy-last over steps 1..{n} with {wm_action_source} actions "
+            f"({sum(got[:n]) / n:+.3f}) is not below that with recorded actions ({sum(want[:n]) / n:+.3f}): "
+            "the model ignores its actions"
+        )

@@ -1,0 +1,108 @@
+"""The pytest plugin end to end (pytester): options, usage errors, the bench suite on a model with a
+known answer, its artifacts and the pytest-benchmark record, and a degraded model failing the gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wmcore.data.episodes import save_episode, write_index
+from wmcore.models.analytic import AnalyticConfig, make_episodes
+
+pytest_plugins = ["pytester"]
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+HORIZON = 12
+
+
+@pytest.fixture(scope="module")
+def analytic_set(tmp_path_factory) -> Path:
+    """Episodes of the analytic world written in the episode format (lossless: the model reads back
+    exactly the latents it would have computed)."""
+    d = tmp_path_factory.mktemp("data") / "analytic"
+    d.mkdir()
+    eps = make_episodes(AnalyticConfig(delta=0.05), episodes=4, steps=HORIZON + 4, seed=3)
+    entries = [save_episode(d, i, e, seed=i) for i, e in enumerate(eps)]
+    write_index(d, {"fps": 10.0, "height": eps[0].frames.shape[1], "width": eps[0].frames.shape[2]}, entries)
+    return d
+
+
+@pytest.fixture
+def bench(pytester):
+    pytester.makepyfile(test_drift=BENCH.read_text())
+    return pytester
+
+
+def _run(bench, *args):
+    return bench.runpytest("--benchmark-only", "-p", "no:cacheprovider", *args)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--wm-model", "nope"], "--wm-model 'nope': unknown model spec"),
+        (["--wm-model", "lewn:/x"], "unknown model spec"),
+        (["--wm-actions", "sideways"], "--wm-actions 'sideways': expected one of recorded, zeros, random"),
+        (["--wm-dtype", "float8"], "--wm-dtype 'float8'"),
+        (["--wm-data", "/no/such/dir"], "--wm-data '/no/such/dir': no such file or directory"),
+        (["--wm-horizon", "0"], "--wm-horizon must be >= 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(bench, args, message):
+    r = _run(bench, *args)
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in r.stderr.str()
+
+
+def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path):
+    bj = tmp_path / "bench.json"
+    r = _run(bench, "--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set),
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), f"--benchmark-json={bj}")
+    r.assert_outcomes(passed=2)  # recorded and random actions
+    doc = json.loads(bj.read_text())
+    by = {b["param"]: b for b in doc["benchmarks"]}
+    assert set(by) == {"analytic:delta=0.05-recorded", "analytic:delta=0.05-random"}
+    rec = by["analytic:delta=0.05-recorded"]["extra_info"]["wmcore"]
+    assert rec["passed"] and rec["config"]["horizon"] == HORIZON and rec["config"]["action_source"] == "recorded"
+    assert len(rec["curves"]["open_loop"]) == HORIZON and rec["thresholds"]["step1_min"] == 0.85
+    assert rec["data"]["episodes"] == 4 and rec["model"]["spec"] == "analytic:delta=0.05"
+    # the analytic answer: closed loop is off by delta at every step, so its cosine is cos(0.05)
+    assert rec["curves"]["closed_loop"][0] == pytest.approx(0.99875, abs=2e-3)
+    runs = list((tmp_path / "art").glob("run-*"))
+    assert len(runs) == 1
+    names = sorted(p.name for p in runs[0].iterdir())
+    assert len([n for n in names if n.endswith(".png")]) == 2 and len([n for n in names if n.endswith(".json")]) == 2
+    assert "wmcore artifacts" in r.stdout.str()
+
+
+def test_a_degraded_model_fails_with_a_readable_message(bench, analytic_set, tmp_path):
+    r = _run(bench, "--wm-model", "analytic:delta=1.2", "--wm-data", str(analytic_set), "--wm-actions", "recorded",
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"))
+    r.assert_outcomes(failed=1)
+    out = r.stdout.str()
+    assert "gates failed" in out and "closed loop step-1 cosine 0.36" in out and "< min 0.8500" in out
+
+
+NOACT_CONFTEST = """
+import torch
+from wmcore.models import FAMILIES
+from wmcore.models.analytic import AnalyticModel, parse_spec
+
+
+class IgnoresActions(AnalyticModel):
+    def _advance(self, z, action):
+        return super()._advance(z, torch.zeros_like(action))
+
+
+FAMILIES["noact"] = lambda arg: IgnoresActions(parse_spec(arg), name="noact")
+"""
+
+
+def test_a_model_that_ignores_its_actions_fails_the_action_check(bench, analytic_set, tmp_path):
+    bench.makeconftest(NOACT_CONFTEST)  # a user's own model family, registered from a conftest
+    r = _run(bench, "--wm-model", "noact:delta=0.05", "--wm-data", str(analytic_set),
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-actions", "random")
+    r.assert_outcomes(failed=1)
+    assert "the model ignores its actions" in r.stdout.str()

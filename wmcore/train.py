@@ -1,0 +1,326 @@
+"""The recipe that trains the embedded default: a LeWorldModel-style JEPA on PushT episodes.
+
+``wmcore train --data DIR --out DIR`` (or ``python -m wmcore.train``). Seeded, resumable (a checkpoint
+every ``--val-every`` steps; rerunning the same command continues), a held-out validation curve, a
+progress line per validation, BatchNorm statistics recalibrated at the end (the running averages
+lag the weights and would bias evaluation), then ``config.json`` + ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data.episodes import load_episodes
+from .errors import WMError
+from .models.lewm import LeWMConfig, LeWorldModel, recalibrate_bn, save_pretrained
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the model's own live in LeWMConfig."""
+
+    steps: int = 5000  # optimiser steps (about 45 min on 2 CPU cores)
+    batch: int = 32  # windows per step
+    window: int = 4  # model steps per training window (history + 1)
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    warmup: int = 200
+    val_every: int = 250
+    log_every: int = 50
+    val_episodes: int = 12  # the last episodes of the data set, never trained on
+    seed: int = 0
+    threads: int = 0  # 0 = torch's default
+    time_limit_min: float = 0.0  # 0 = none; stops cleanly (and saves) when exceeded
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> WMError:
+            return WMError(f"TrainConfig.{name}: expected {want}, found {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
+                raise bad(f.name, "an integer")
+            if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise bad(f.name, "a finite number")
+        for name in ("steps", "batch", "val_every", "log_every", "val_episodes"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        if self.window < 2:
+            raise bad("window", "at least 2 model steps (a frame and the next one it predicts)")
+        if self.lr <= 0:
+            raise bad("lr", "a learning rate > 0")
+        for name in ("weight_decay", "warmup", "seed", "threads", "time_limit_min"):
+            if getattr(self, name) < 0:
+                raise bad(name, "a value >= 0")
+
+
+class Windows:
+    """Training windows: ``window`` frames ``frameskip`` recorded steps apart, at any start offset.
+
+    frames uint8 ``[E, T+1, 3, S, S]`` (already at the model's resolution) and actions ``[E, T, A]``;
+    a window yields pixels ``[W, 3, S, S]`` and action blocks ``[W, frameskip * A]`` (block t is the k
+    recorded actions that lead from window frame t to t+1; the last block is unused by the loss).
+    """
+
+    def __init__(self, frames: torch.Tensor, actions: torch.Tensor, window: int, frameskip: int):
+        self.frames, self.actions, self.window, self.k = frames, actions, window, frameskip
+        span = (window - 1) * frameskip + frameskip  # last block needs k actions after the last frame
+        self.starts = actions.shape[1] - span + 1
+        if self.starts < 1:
+            raise WMError(
+                f"episodes have {actions.shape[1]} steps; a window of {window} model steps at frameskip "
+                f"{frameskip} needs {span}: generate longer episodes"
+            )
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        e = torch.randint(0, self.frames.shape[0], (n,), generator=g)
+        s = torch.randint(0, self.starts, (n,), generator=g)
+        return self.take(e, s)
+
+    def take(self, e: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = s[:, None] + self.k * torch.arange(self.window)  # [n, W] frame indices
+        pix = self.frames[e[:, None], idx]  # [n, W, 3, S, S] uint8
+        aidx = idx[..., None] + torch.arange(self.k)  # [n, W, k]
+        act = self.actions[e[:, None, None], aidx]  # [n, W, k, A]
+        return pix, act.flatten(2)
+
+
+def to_model_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> uint8 ``[T, 3, size, size]`` (antialiased bilinear resize)."""
+    x = frames.permute(0, 3, 1, 2).float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, device: str = "auto", log=print) -> Path:
+    """Train, checkpointing into ``out_dir``; returns the directory of the finished model."""
+    out = Path(out_dir)
+    final = out / "model"
+    if (final / "model.safetensors").exists():
+        raise WMError(f"{final}: a finished model is already there; choose another --out (nothing is overwritten)")
+    dev = _device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    episodes = load_episodes(data_dir)
+    if len(episodes) <= cfg.val_episodes:
+        raise WMError(f"{data_dir}: {len(episodes)} episodes; need more than the {cfg.val_episodes} held out for validation")
+    widths = sorted({int(e.actions.shape[-1]) for e in episodes})
+    if len(widths) > 1:
+        raise WMError(f"{data_dir}: episodes have different action widths {widths}; a data set needs one")
+    steps = min(e.steps for e in episodes)
+    frames = torch.stack([to_model_frames(e.frames[: steps + 1], model_cfg.image_size) for e in episodes])
+    actions = torch.stack([e.actions[:steps].float() for e in episodes])
+    ntr = len(episodes) - cfg.val_episodes
+    if actions.shape[-1] * model_cfg.frameskip != model_cfg.action_dim:
+        raise WMError(
+            f"{data_dir}: actions have {actions.shape[-1]} dimensions; the model expects "
+            f"{model_cfg.action_dim // model_cfg.frameskip} per recorded step (action_dim / frameskip)"
+        )
+    if model_cfg.action_mean is None:  # normalise by the training split; stored in config.json
+        flat = actions[:ntr].reshape(-1, actions.shape[-1]).double()
+        model_cfg = dataclasses.replace(
+            model_cfg,
+            action_mean=tuple(float(x) for x in flat.mean(0)),
+            action_std=tuple(float(x) for x in flat.std(0).clamp_min(1e-6)),
+        )
+    k = model_cfg.frameskip
+    amean = torch.tensor(model_cfg.action_mean).repeat(k)
+    astd = torch.tensor(model_cfg.action_std).repeat(k)
+    train_w = Windows(frames[:ntr], actions[:ntr], cfg.window, model_cfg.frameskip)
+    val_w = Windows(frames[ntr:], actions[ntr:], cfg.window, model_cfg.frameskip)
+    gv = torch.Generator().manual_seed(cfg.seed + 1)
+    val_batches = [(p, (a - amean) / astd) for p, a in (val_w.sample(cfg.batch, gv) for _ in range(4))]
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
+
+    model = LeWorldModel(model_cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    start, history = 0, []
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        # on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["model_config"] != dataclasses.asdict(model_cfg) or state["train_config"] != dataclasses.asdict(cfg):
+            raise WMError(f"{ckpt}: was written with other settings; use the same command or another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)  # ... which is the CUDA one on a GPU
+        start, history = int(state["step"]), json.loads(state["history"])
+        log(f"resuming from step {start}")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"training {n_params / 1e6:.2f}M parameters on {ntr} episodes ({cfg.val_episodes} held out), device {dev}")
+    t0, step = time.perf_counter(), start
+    mean_loss = history[-1]["train_loss"] if history else None  # the running average goes on
+    for step in range(start, cfg.steps):
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step, cfg)
+        pix, act = train_w.sample(cfg.batch, g)
+        model.train()
+        losses = model.loss(_pixels(pix, dev, model_cfg), ((act - amean) / astd).to(dev), generator=g)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        v = float(losses["total"].detach())
+        mean_loss = v if mean_loss is None else 0.98 * mean_loss + 0.02 * v
+        done = step + 1
+        over_time = cfg.time_limit_min and (time.perf_counter() - t0) > 60 * cfg.time_limit_min
+        validate = done % cfg.val_every == 0 or done == cfg.steps or over_time
+        if done % cfg.log_every == 0 and not validate:  # a validation step prints its own line
+            rate = (done - start) / (time.perf_counter() - t0)
+            log(f"step {done}/{cfg.steps}  train {mean_loss:.4f}  {rate:.2f} it/s  eta {(cfg.steps - done) / rate / 60:.1f} min")
+        if validate:
+            val = _validate(model, val_batches, dev, model_cfg)
+            history.append({"step": done, "train_loss": mean_loss, **val, "elapsed_s": time.perf_counter() - t0})
+            rate = (done - start) / (time.perf_counter() - t0)
+            eta = (cfg.steps - done) / max(rate, 1e-9)
+            log(
+                f"step {done}/{cfg.steps}  train {mean_loss:.4f}  val pred {val['val_pred']:.4f} "
+                f"sigreg {val['val_sigreg']:.3f} cos {val['val_cos']:.3f}  {rate:.2f} it/s  eta {eta / 60:.1f} min"
+            )
+            _save_checkpoint(ckpt, model, opt, g, done, history, model_cfg, cfg)
+            (out / "train_log.json").write_text(json.dumps(history, indent=1))
+        if over_time:
+            log(f"time limit of {cfg.time_limit_min} min reached at step {done}")
+            break
+
+    gb = torch.Generator().manual_seed(cfg.seed + 2)
+    calib = [train_w.sample(cfg.batch, gb) for _ in range(50)]
+    recalibrate_bn(model, [(_pixels(p, dev, model_cfg), ((a - amean) / astd).to(dev)) for p, a in calib])
+    model.eval()
+    save_pretrained(model.cpu(), final)
+    log(f"saved {final}")
+    return final
+
+
+def _device(device: str) -> torch.device:
+    """``auto`` (cuda if available, else cpu) or a torch device string that this machine has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise WMError(f"device {device!r} is not a torch device ({e}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WMError(f"device {device!r}: CUDA is not available here; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise WMError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _pixels(pix: torch.Tensor, dev: torch.device, cfg: LeWMConfig) -> torch.Tensor:
+    """uint8 ``[B, W, 3, S, S]`` -> normalised float on the device."""
+    mean = torch.tensor(cfg.image_mean, device=dev).view(1, 1, 3, 1, 1)
+    std = torch.tensor(cfg.image_std, device=dev).view(1, 1, 3, 1, 1)
+    return (pix.to(dev).float() / 255 - mean) / std
+
+
+@torch.no_grad()
+def _validate(model: LeWorldModel, batches, dev, cfg: LeWMConfig) -> dict:
+    """Held-out loss terms and teacher-forced next-embedding cosine, with the training-mode BN
+    statistics of the batch itself (the running averages are only fixed at the end)."""
+    model.train()  # BN in batch-statistics mode, no parameter changes under no_grad
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()  # but a deterministic predictor
+    pred = sig = cos = 0.0
+    for pix, act in batches:
+        p = _pixels(pix, dev, cfg)
+        losses = model.loss(p, act.to(dev))
+        emb = model.embed(p)
+        nxt = model.predict_next(emb, act.to(dev))
+        cos += float(torch.nn.functional.cosine_similarity(nxt[:, :-1], emb[:, 1:], dim=-1).mean())
+        pred += float(losses["pred"])
+        sig += float(losses["sigreg"])
+    n = len(batches)
+    return {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n}
+
+
+def _save_checkpoint(path: Path, model, opt, g, step, history, model_cfg, cfg) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": g.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(next(model.parameters()).device)
+            if next(model.parameters()).is_cuda else None,
+            "step": step,
+            "history": json.dumps(history),
+            "model_config": dataclasses.asdict(model_cfg),
+            "train_config": dataclasses.asdict(cfg),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # the checkpoint is ours to replace; a crash mid-write leaves the old one
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wmcore train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="directory of episodes (python -m wmcore.data.pusht)")
+    p.add_argument("--out", required=True, help="training directory: checkpoint, log, and model/ at the end")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default {f.default})")
+    p.add_argument("--name", default="lewm", help="the model's name in reports and plots (default lewm)")
+    p.add_argument("--model-config", help="JSON file of LeWMConfig fields to override the defaults")
+    return p
+
+
+def _model_overrides(path: str) -> dict:
+    """The ``--model-config`` JSON: an object of LeWMConfig fields."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WMError(f"--model-config {path}: not a readable JSON file ({e})") from None
+    known = {f.name for f in dataclasses.fields(LeWMConfig)}
+    unknown = sorted(set(d) - known) if isinstance(d, dict) else None
+    if unknown is None or unknown:
+        raise WMError(
+            f"--model-config {path}: expected a JSON object of LeWMConfig fields; "
+            f"unknown: {unknown if unknown is not None else type(d).__name__}; known: {sorted(known)}"
+        )
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        overrides = _model_overrides(args.model_config) if args.model_config else {}
+        mcfg = LeWMConfig(**{"name": args.name, **overrides})
+        train(args.data, args.out, mcfg, tcfg, device=args.device, log=lambda s: print(s, flush=True))
+    except ValueError as e:
+        print(f"wmcore train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
