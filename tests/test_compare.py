@@ -24,6 +24,9 @@ from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes 
 from wmcore.plot import overlay_figure, plot_overlay  # noqa: E402
 from wmcore.report import DriftReport  # noqa: E402
 
+pytest_plugins = ["pytester"]
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
 H = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GOOD, BAD = 0.05, 0.25  # cos(0.25) = 0.969: step 1 drops 0.03 > 0.02; cos(0.25 k) < 0.5 from k = 5
@@ -564,9 +567,6 @@ def analytic_set(tmp_path_factory) -> Path:
     write_index(d, {"fps": 10.0, "height": eps[0].frames.shape[1], "width": eps[0].frames.shape[2]}, entries)
     return d
 
-
-pytest_plugins = ["pytester"]
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
 
 
 def test_files_written_by_the_bench_suite(pytester, analytic_set, tmp_path, capsys):

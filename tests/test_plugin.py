@@ -73,8 +73,13 @@ def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path
     runs = list((tmp_path / "art").glob("run-*"))
     assert len(runs) == 1
     names = sorted(p.name for p in runs[0].iterdir())
-    assert len([n for n in names if n.endswith(".png")]) == 2 and len([n for n in names if n.endswith(".json")]) == 2
-    assert "wmcore artifacts" in r.stdout.str()
+    assert len([n for n in names if n.endswith(".json")]) == 2
+    assert sorted(n for n in names if n.endswith(".png")) == [
+        "analytic_delta_0.05_-random.png", "analytic_delta_0.05_-recorded.png", "overlay.png"]
+    out = r.stdout.str()
+    assert "wmcore artifacts" in out and "wmcore drift summary" in out
+    row = next(line for line in out.splitlines() if line.startswith("analytic:delta=0.05") and "recorded" in line)
+    assert row.split()[2] == f"{rec['curves']['closed_loop'][0]:.3f}" and row.endswith("PASS")
 
 
 def test_a_degraded_model_fails_with_a_readable_message(bench, analytic_set, tmp_path):

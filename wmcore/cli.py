@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
+    sub.add_parser("compare", add_help=False, help="diff two saved runs (pytest-benchmark JSON or run directories): "
+                   "table, overlay plot, exit 1 on a drift regression (wmcore compare --help)")
     st = sub.add_parser("train", add_help=False, help="train the LeWorldModel-style default on PushT episodes "
                         "(wmcore train --help for its options)")
     st.add_argument("rest", nargs=argparse.REMAINDER)
@@ -118,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "compare":  # owns its options and exit codes (1 = regression)
+        from .compare import main as compare_main
+
+        return compare_main(argv[1:])
     if argv and argv[0] in ("train", "make-fixtures"):
         # these own their options (argparse's REMAINDER would not pass a leading --help through)
         kind = argv[1] if argv[0] == "make-fixtures" and len(argv) > 1 and not argv[1].startswith("-") else "pusht"

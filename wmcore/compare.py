@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import metrics as M
-from .config import _read, find_pyproject
+from .config import find_pyproject, read_pyproject
 from .errors import WMError
 from .report import SCHEMA, DriftReport
 
@@ -82,7 +82,7 @@ def load_tolerances(
     ``pyproject`` (default: the nearest pyproject.toml with a ``[tool.wmcore]`` table, as for the
     thresholds) over the defaults. Returns them and the pyproject read (None if none)."""
     path = Path(pyproject) if pyproject else find_pyproject()
-    table = _read(path).get("tool", {}).get("wmcore", {}).get("compare", {}) if path else {}
+    table = read_pyproject(path).get("tool", {}).get("wmcore", {}).get("compare", {}) if path else {}
     if not isinstance(table, dict):
         raise WMError(f"{path}: [tool.wmcore] compare must be a table ([tool.wmcore.compare])")
     known = [f.name for f in dataclasses.fields(Tolerances)]

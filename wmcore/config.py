@@ -43,7 +43,7 @@ def find_pyproject(start: str | os.PathLike | None = None) -> Path | None:
     here = Path(start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         p = d / "pyproject.toml"
-        if p.is_file() and "wmcore" in _read(p).get("tool", {}):
+        if p.is_file() and "wmcore" in read_pyproject(p).get("tool", {}):
             return p
     return None
 
@@ -55,7 +55,7 @@ def load_thresholds(
 ) -> Thresholds:
     """Resolve the thresholds for ``model`` (its name before any ``:`` or ``[``)."""
     path = Path(pyproject) if pyproject else find_pyproject()
-    table = _read(path).get("tool", {}).get("wmcore", {}) if path else {}
+    table = read_pyproject(path).get("tool", {}).get("wmcore", {}) if path else {}
     merged: dict[str, Any] = {k: v for k, v in table.items() if not isinstance(v, dict)}
     unknown_tables = set(k for k, v in table.items() if isinstance(v, dict)) - {"models", "compare"}
     if unknown_tables:
@@ -86,7 +86,8 @@ def load_thresholds(
     return Thresholds(**out)
 
 
-def _read(path: Path) -> dict:
+def read_pyproject(path: Path) -> dict:
+    """The parsed TOML of ``path``; WMError if it is missing or invalid."""
     if not path.is_file():
         raise WMError(f"{path}: no such pyproject.toml; pass an existing file or none (defaults)")
     try:

@@ -97,7 +97,7 @@ def overlay_axes(ax, curves: Sequence[Curves], threshold: float = 0.5, title: st
         lw, alpha = (3.5, 0.55) if under else (1.8, 1.0)
         ax.plot(range(1, len(open_) + 1), list(open_), color=colour, lw=lw, alpha=alpha, marker="o", ms=3,
                 label=f"{label}, open loop")
-        ax.plot(range(1, len(closed) + 1), list(closed), color=colour, lw=lw, alpha=alpha, ls="-",
+        ax.plot(range(1, len(closed) + 1), list(closed), color=colour, lw=lw, alpha=alpha, ls="--",
                 label=f"{label}, closed loop")
     ax.axhline(threshold, color="red", ls=":", lw=1.2, label=f"threshold {threshold:g}")
     ax.set_xlim(0.5, h + 0.5)

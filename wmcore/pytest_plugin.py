@@ -30,6 +30,7 @@ from .fsio import new_run_dir
 from .report import DriftReport
 
 _WRITTEN = pytest.StashKey[list]()
+_REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
 _SETTINGS = pytest.StashKey["Settings"]()
 ACTION_SOURCES = ("recorded", "zeros", "random")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,6 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
+    config.stash[_REPORTS] = []
     from .data import DEFAULT_DATA
     from .models import DEFAULT_MODEL, EMBEDDED, FAMILIES
 
@@ -211,6 +213,7 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         paths = {"json": report.save(wm_run_dir / f"{safe}.json"), "png": plot_drift(report, wm_run_dir / f"{safe}.png")}
         request.config.stash[_WRITTEN].extend(paths.values())
+        request.config.stash[_REPORTS].append((safe, report))
         if benchmark is not None:
             d = report.to_dict()
             benchmark.extra_info["wmcore"] = {k: d[k] for k in ("model", "data", "config", "thresholds", "summary", "gates", "passed", "chance_level", "chance_level_centred")}
@@ -220,8 +223,54 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
     return record
 
 
+def _overlay(reports: list, run_dir: Path) -> Path | None:
+    """One overlay PNG of every recorded model: a panel per data set and action source."""
+    from .plot import plot_overlay
+
+    panels: dict[tuple, list] = {}
+    for _, r in reports:
+        key = (r.data.get("id"), r.config.get("action_source"), r.horizon)
+        label = r.model.get("spec") or r.model.get("name")
+        panels.setdefault(key, []).append((label, r.loops["open_loop"].cosine, r.loops["closed_loop"].cosine))
+    threshold = reports[0][1].thresholds.get("threshold", 0.5)
+    drawn = [(curves, threshold, f"{data}, {source} actions") for (data, source, _), curves in panels.items()]
+    return plot_overlay(drawn, run_dir / "overlay.png", title="all models, open (solid) and closed (dashed) loop")
+
+
+def _table(reports: list) -> list[str]:
+    head = f"{'model':<28} {'actions':<9} {'closed@1':>8} {'open@1':>7} {'open@10':>7} {'open@H':>7} {'horizon':>7} {'skill@1':>8}  verdict"
+    lines = [head, "-" * len(head)]
+    for _, r in reports:
+        op, cl = r.loops["open_loop"], r.loops["closed_loop"]
+        at10 = f"{op.cosine[9]:7.3f}" if r.horizon >= 10 else f"{'-':>7}"
+        hz = "never" if op.drift_horizon is None else str(op.drift_horizon)
+        skill = cl.skill.get("copy_last", [float("nan")])[0]
+        failed = [g.name for g in r.gates if not g.passed]
+        verdict = "PASS" if not failed else "FAIL " + ",".join(failed)
+        if r.config.get("action_source") != "recorded":
+            verdict = "(measured)"  # the gates are asserted on recorded actions
+        name = str(r.model.get("spec") or r.model.get("name"))[:28]
+        lines.append(
+            f"{name:<28} {r.config.get('action_source', '?'):<9} {cl.cosine[0]:8.3f} {op.cosine[0]:7.3f} {at10} "
+            f"{op.cosine[-1]:7.3f} {hz:>7} {skill:+8.3f}  {verdict}"
+        )
+    h = reports[0][1].horizon
+    lines.append(f"(cosines at steps 1/10/H={h}; horizon: first open-loop step below the threshold; skill: "
+                 "closed-loop MSE skill vs copy-last at step 1)")
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     written = config.stash.get(_WRITTEN, [])
+    reports = config.stash.get(_REPORTS, [])
+    if reports:
+        terminalreporter.section("wmcore drift summary")
+        for line in _table(reports):
+            terminalreporter.write_line(line)
+        try:
+            written.append(_overlay(reports, Path(written[0]).parent))
+        except (ValueError, OSError) as e:  # a summary must not turn a finished run into a crash
+            terminalreporter.write_line(f"overlay plot not written: {e}")
     if written:
         terminalreporter.section("wmcore artifacts")
         terminalreporter.write_line(f"run directory: {Path(written[0]).parent}")
