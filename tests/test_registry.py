@@ -17,31 +17,12 @@ from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
 from wmcore.models import EMBEDDED, FAMILIES, fixtures_dir
 from wmcore.models import load as load_model
-from wmcore.models.lewm import LeWMConfig, LeWMWorldModel, LeWorldModel, save_pretrained
+from wmcore.models.lewm import LeWMConfig, LeWMWorldModel, LeWorldModel, save_pretrained, tiny_config
 from wmcore.protocol import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = LeWMConfig(
-    name="tiny-registry",
-    image_size=16,
-    patch_size=8,
-    encoder_hidden=32,
-    encoder_layers=1,
-    encoder_heads=2,
-    encoder_mlp=64,
-    embed_dim=16,
-    projector_hidden=32,
-    pred_proj_hidden=32,
-    predictor_hidden=32,
-    predictor_depth=1,
-    predictor_heads=2,
-    predictor_dim_head=16,
-    predictor_mlp=64,
-    sigreg_num_proj=32,
-    action_dim=4,
-    frameskip=2,
-    action_mean=(1.0, -2.0),
-    action_std=(3.0, 0.5),
+TINY = tiny_config(
+    name="tiny-registry", action_dim=4, frameskip=2, action_mean=(1.0, -2.0), action_std=(3.0, 0.5)
 )
 
 

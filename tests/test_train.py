@@ -21,31 +21,12 @@ from wmcore.cli import main as cli_main
 from wmcore.data import Episode
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
-from wmcore.models.lewm import LeWMConfig, canonical_state_dict, load_world_model
+from wmcore.models.lewm import LeWMConfig, canonical_state_dict, load_world_model, tiny_config
 from wmcore.train import TrainConfig, train
 
 FRAMESKIP = 2
 ADIM = 2  # recorded action width
-TINY = LeWMConfig(
-    name="tiny-train",
-    image_size=16,
-    patch_size=8,
-    encoder_hidden=32,
-    encoder_layers=1,
-    encoder_heads=2,
-    encoder_mlp=64,
-    embed_dim=16,
-    projector_hidden=32,
-    pred_proj_hidden=32,
-    predictor_hidden=32,
-    predictor_depth=1,
-    predictor_heads=2,
-    predictor_dim_head=16,
-    predictor_mlp=64,
-    sigreg_num_proj=32,
-    action_dim=ADIM * FRAMESKIP,
-    frameskip=FRAMESKIP,
-)
+TINY = tiny_config(name="tiny-train", action_dim=ADIM * FRAMESKIP, frameskip=FRAMESKIP)
 CFG = TrainConfig(steps=7, batch=4, val_every=3, log_every=1, val_episodes=2, warmup=2, seed=0)
 N_EPISODES, STEPS, SIZE = 6, 20, 16
 

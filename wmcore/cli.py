@@ -80,6 +80,49 @@ def _cmd_make_fixtures(args: argparse.Namespace) -> int:
     return pusht_main(args.rest, prog="wmcore make-fixtures pusht")
 
 
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from .config import load_thresholds
+    from .data.clip import load_clip
+    from .evaluate import EvalConfig, evaluate
+    from .models import load
+    from .plot import plot_drift
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        # the report goes to the same name with .json: an --out of x.json would get the PNG written under it
+        raise ValueError(f"--out {args.out!r}: expected a .png file name (the DriftReport JSON is written beside it)")
+    if args.horizon < 1:
+        raise ValueError(f"--horizon {args.horizon}: expected a positive number of model steps")
+    report_path = out.with_suffix(".json")
+    for p in (out, report_path):
+        if p.exists():
+            raise ValueError(f"{p}: exists already; choose another --out (nothing is overwritten)")
+    model = load(args.model)
+    zeros = args.actions == "zeros"
+    episode = load_clip(args.video, "zeros" if zeros else args.actions, action_dim=model.action_dim // model.frameskip)
+    steps_available = episode.steps // model.frameskip  # model steps after the first (context) frame
+    if args.horizon > steps_available:
+        raise ValueError(
+            f"{args.video}: {episode.steps + 1} frames = {steps_available} model steps at frameskip "
+            f"{model.frameskip}, fewer than --horizon {args.horizon}; use --horizon <= {steps_available} or a longer clip"
+        )
+    cfg = EvalConfig(horizon=args.horizon, action_source="zeros" if zeros else "recorded")
+    r = evaluate(model, [episode], cfg, load_thresholds(model.name), spec=args.model, data_id=Path(args.video).name)
+    h = r.horizon
+    steps = [s for s in (1, 10, h) if s <= h]
+    print(f"{model.name} on {Path(args.video).name}: {episode.steps + 1} frames, {cfg.action_source} actions, "
+          f"horizon {h} model steps (frameskip {model.frameskip})")
+    for loop in ("open_loop", "closed_loop", "copy_last"):
+        c = r.loops[loop].cosine
+        cells = "  ".join(f"step {s}: {c[s - 1]:.3f}" for s in dict.fromkeys(steps))
+        hz = r.loops[loop].drift_horizon
+        print(f"  {loop.replace('_', ' '):<12} {cells}  drift horizon {'never' if hz is None else hz}")
+    print(f"  chance level {r.chance_level:.3f}")
+    print(plot_drift(r, out))
+    print(r.save(report_path))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
     p.add_argument("--version", action="version", version=f"wmcore {__version__}")
@@ -92,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("report")
     ss.add_argument("--markdown", action="store_true", help="print the curves as a Markdown table instead")
     ss.set_defaults(func=_cmd_show)
+    sr = sub.add_parser("rollout", help="one clip: roll a model out on a video and its actions, print step "
+                        "1/10/H cosines of open and closed loop, write the drift plot (and its JSON beside it)")
+    sr.add_argument("--model", default="pusht-lewm", help="model spec (default pusht-lewm)")
+    sr.add_argument("--video", required=True, help="the clip (mp4, mkv, ...)")
+    sr.add_argument("--actions", help="action file (.npy [T,A], .npz 'actions', .csv, .json) or 'zeros'; "
+                    "default: the file beside the video with the same stem")
+    sr.add_argument("--horizon", type=int, default=30, help="model steps to roll out (default 30)")
+    sr.add_argument("--out", required=True, help="PNG to write (the DriftReport goes to the same name .json); never overwritten")
+    sr.set_defaults(func=_cmd_rollout)
     se = sub.add_parser("evaluate", help="roll a model out on episodes, print the drift summary and gates, "
                         "write the DriftReport JSON and drift PNG (exit 1 if a gate failed)")
     se.add_argument("--model", default="pusht-lewm", help="model spec: embedded name or FAMILY:PATH (default pusht-lewm)")

@@ -27,18 +27,25 @@ def write_new(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise WMError(f"{path}: exists already; wmcore never overwrites a file, choose a new name") from None
-        except OSError:  # file systems without hard links: rename after a last check
-            if path.exists():
-                raise WMError(f"{path}: exists already; wmcore never overwrites a file") from None
-            os.replace(tmp, path)
+        link_new(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def link_new(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give the finished temporary file ``tmp`` the name ``path``, refusing if ``path`` exists (a hard
+    link fails on an existing name, so a concurrent writer is not clobbered either). The caller removes
+    ``tmp`` afterwards (it may be gone already where hard links are unsupported and it was renamed)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise WMError(f"{path}: exists already; wmcore never overwrites a file, choose a new name") from None
+    except OSError:  # file systems without hard links: rename after a last check
+        if os.path.exists(path):
+            raise WMError(f"{path}: exists already; wmcore never overwrites a file") from None
+        os.replace(tmp, path)
 
 
 def new_run_dir(root: str | os.PathLike, label: str = "run") -> Path:

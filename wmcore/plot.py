@@ -66,13 +66,7 @@ def drift_figure(report: DriftReport):
 
 def plot_drift(report: DriftReport, path: str | os.PathLike) -> Path:
     """Write the drift plot of ``report`` as a PNG to a new file ``path`` (never overwritten)."""
-    fig = drift_figure(report)
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return write_new(path, buf.getvalue())
+    return save_png(drift_figure(report), path)
 
 
 # --- comparison overlay ------------------------------------------------------------------------
@@ -130,7 +124,11 @@ def overlay_figure(panels: Sequence[Panel], title: str = ""):
 def plot_overlay(panels: Sequence[Panel], path: str | os.PathLike, title: str = "") -> Path:
     """Write the overlay of ``panels`` (see ``overlay_figure``) as a PNG to a new file ``path``
     (never overwritten)."""
-    fig = overlay_figure(panels, title)
+    return save_png(overlay_figure(panels, title), path)
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Render ``fig`` as PNG into a new file ``path`` (never overwritten) and close it."""
     try:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

@@ -3,8 +3,9 @@ and the recording of reports.
 
 Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-model SPEC      model to benchmark, repeatable (default: the embedded pusht-lewm)
-  --wm-data PATH       episode directory, LeRobot dataset, or a fixtures/ set name (default: pusht)
+  --wm-data PATH       episode directory, LeRobot dataset, fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
+  --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
   --wm-horizon H       rollout horizon in model steps (default: [tool.wmcore] horizon, 30)
   --wm-episodes N      use the first N episodes (default: all)
   --wm-actions SRC     action source, repeatable: recorded, zeros, random (default: recorded, random)
@@ -43,6 +44,7 @@ class Settings:
     models: tuple[str, ...]
     data: str
     camera: str | None
+    actions_file: str | None
     horizon: int | None
     episodes: int | None
     actions: tuple[str, ...]
@@ -57,8 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "(lewm:DIR, analytic:...); default pusht-lewm")
     g.addoption("--wm-data", default=None, metavar="PATH",
                 help="episodes: a directory with index.json (wmcore make-fixtures), a LeRobot dataset root "
-                "(meta/info.json), or a fixtures/ set name; default pusht (the held-out PushT set)")
+                "(meta/info.json), a fixtures/ set name, or one video with its actions (--wm-actions-file); default "
+                "pusht (the held-out PushT set)")
     g.addoption("--wm-camera", default=None, metavar="KEY", help="camera key of a LeRobot dataset with several")
+    g.addoption("--wm-actions-file", default=None, metavar="FILE",
+                help="actions of a single video given as --wm-data (.npy, .npz, .csv, .json; default: the file "
+                "beside the video with the same stem)")
     g.addoption("--wm-horizon", type=int, default=None, metavar="H",
                 help="rollout horizon in model steps (default: horizon in [tool.wmcore], 30)")
     g.addoption("--wm-episodes", type=int, default=None, metavar="N", help="use only the first N episodes")
@@ -97,8 +103,10 @@ def pytest_configure(config: pytest.Config) -> None:
     data = o("wm_data") or DEFAULT_DATA
     if o("wm_data") is not None and not Path(data).exists():
         raise pytest.UsageError(f"--wm-data {data!r}: no such file or directory")
+    if o("wm_actions_file") is not None and not Path(o("wm_actions_file")).is_file():
+        raise pytest.UsageError(f"--wm-actions-file {o('wm_actions_file')!r}: no such file")
     config.stash[_SETTINGS] = Settings(
-        models=models, data=data, camera=o("wm_camera"), horizon=o("wm_horizon"), episodes=o("wm_episodes"),
+        models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"), episodes=o("wm_episodes"),
         actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
     )
 
@@ -145,7 +153,9 @@ def wm_episodes(wm_settings: Settings, _wm_cache: dict):
     if "episodes" not in _wm_cache:
         from .data import load
 
-        _wm_cache["episodes"] = load(wm_settings.data, limit=wm_settings.episodes, camera=wm_settings.camera)
+        _wm_cache["episodes"] = load(
+            wm_settings.data, limit=wm_settings.episodes, camera=wm_settings.camera, actions=wm_settings.actions_file
+        )
     return _wm_cache["episodes"]
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WMError
+from .fsio import link_new
 
 try:  # decord is fast at random access but has wheels for x86_64 only; PyAV reads everywhere
     import decord as _decord
@@ -400,14 +401,7 @@ def write_video(
         if overwrite:
             os.replace(tmp, path)
         else:
-            try:  # link fails if the name was taken meanwhile; replace would clobber it
-                os.link(tmp, path)
-            except FileExistsError:
-                raise WMError(f"{path}: exists already; write_video does not overwrite, choose a new name") from None
-            except OSError:  # file systems without hard links: rename after a last check
-                if path.exists():
-                    raise WMError(f"{path}: exists already; write_video does not overwrite") from None
-                os.replace(tmp, path)
+            link_new(tmp, path)  # fails if the name was taken meanwhile; replace would clobber it
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

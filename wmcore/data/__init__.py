@@ -112,9 +112,13 @@ def content_sha256(*tensors: Tensor | None) -> str:
 DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
 
 
-def load(path: str, limit: int | None = None, camera: str | None = None) -> list[Episode]:
+def load(
+    path: str, limit: int | None = None, camera: str | None = None, actions: str | None = None
+) -> list[Episode]:
     """Episodes from ``path``: an episode directory (``index.json``, see ``wmcore.data.episodes``), a
-    local LeRobot dataset (``meta/info.json``), or the name of a set in ``fixtures/`` (``pusht``)."""
+    local LeRobot dataset (``meta/info.json``), the name of a set in ``fixtures/`` (``pusht``), or a
+    single video file with its actions (``actions``: an action file; default the one beside the
+    video, see ``wmcore.data.clip``)."""
     import os
     from pathlib import Path
 
@@ -129,6 +133,13 @@ def load(path: str, limit: int | None = None, camera: str | None = None) -> list
             p = fixtures_dir() / path
     if not p.exists():
         raise WMError(f"data path {path!r} does not exist; give an episode directory, a LeRobot dataset or 'pusht'")
+    if p.is_file():
+        from .clip import is_video, load_clip
+
+        if not is_video(p):
+            raise WMError(f"{p}: a file, but not a video ({p.suffix!r}); give a video with an action file, "
+                          "an episode directory or a LeRobot dataset")
+        return [load_clip(p, actions)]
     if (p / "index.json").is_file():
         from .episodes import load_episodes
 

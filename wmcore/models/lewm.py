@@ -225,6 +225,16 @@ class LeWMConfig:
         return _config_from_json(cls, d, source, name)
 
 
+def tiny_config(**overrides) -> LeWMConfig:
+    """A few-thousand-parameter LeWMConfig at 16 px for tests and smoke runs (fields overridable)."""
+    base = dict(
+        name="tiny", image_size=16, patch_size=8, encoder_hidden=32, encoder_layers=1, encoder_heads=2,
+        encoder_mlp=64, embed_dim=16, projector_hidden=32, pred_proj_hidden=32, predictor_hidden=32,
+        predictor_depth=1, predictor_heads=2, predictor_dim_head=16, predictor_mlp=64, sigreg_num_proj=32,
+    )
+    return LeWMConfig(**{**base, **overrides})
+
+
 LEWM_PUSHT = LeWMConfig(
     name="lewm-pusht",
     image_size=224,
