@@ -54,7 +54,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data, limit=args.episodes, camera=args.camera)
     thresholds = load_thresholds(model.name)
-    cfg = EvalConfig(horizon=args.horizon or thresholds.horizon, action_source=args.actions, device=args.device, dtype=args.dtype)
+    start = thresholds.start if args.start is None else args.start
+    cfg = EvalConfig(horizon=args.horizon or thresholds.horizon, start=start, action_source=args.actions,
+                     device=args.device, dtype=args.dtype)
     print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
     r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
     out = Path(args.out) if args.out else new_run_dir(Path("runs"))
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--camera", help="camera key of a LeRobot dataset with several")
     se.add_argument("--horizon", type=int, help="model steps to roll out (default: [tool.wmcore] horizon)")
     se.add_argument("--episodes", type=int, help="use the first N episodes (default all)")
+    se.add_argument("--start", type=int, help="recorded steps to skip at the start of each episode "
+                    "(default: start in [tool.wmcore])")
     se.add_argument("--actions", default="recorded", choices=["recorded", "zeros", "random"], help="action source")
     se.add_argument("--device", default="cpu")
     se.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -22,6 +22,7 @@ class Thresholds:
 
     threshold: float = 0.5  # drift horizon threshold on the cosine
     horizon: int = 30
+    start: int = 0  # recorded steps skipped at the start of each episode (e.g. a robot at rest)
     step1_min: float = 0.85  # closed-loop step-1 cosine
     monotone_tol: float = 0.02  # see metrics.max_rise
     closed_open_tol: float = 0.01

@@ -27,6 +27,7 @@ class EvalConfig:
     """How to roll out. ``batch_size`` is episodes per encoder/rollout call (memory, not results)."""
 
     horizon: int = 30
+    start: int = 0  # recorded steps skipped at the start of each episode before context frame 0
     context: int = 1
     window: int | None = None
     action_source: str = "recorded"
@@ -53,6 +54,14 @@ class Prepared:
 def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalConfig) -> Prepared:
     """Subsample frames by the model's frameskip, block the actions, encode, pick the action source."""
     batch = episodes if isinstance(episodes, Batch) else stack(episodes)
+    if cfg.start:
+        if cfg.start < 0 or cfg.start >= batch.actions.shape[1]:
+            raise WMError(f"start {cfg.start}: expected 0 <= start < {batch.actions.shape[1]} (the episodes' recorded steps)")
+        s0 = cfg.start
+        batch = Batch(
+            frames=batch.frames[:, s0:], actions=batch.actions[:, s0:],
+            states=None if batch.states is None else batch.states[:, s0:], ids=batch.ids, fps=batch.fps,
+        )
     k = model.frameskip
     actions = block_actions(batch.actions, k)
     s = actions.shape[1]
@@ -62,6 +71,7 @@ def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalCon
             f"episodes have {batch.actions.shape[1]} recorded steps = {s} model steps at frameskip {k}; "
             f"horizon {cfg.horizon} after {cfg.context} context frame(s) needs {need - 1} model steps. "
             f"Use --wm-horizon <= {s + 1 - cfg.context} or longer episodes"
+            + (f" (or a smaller start than {cfg.start})" if cfg.start else "")
         )
     frames = subsample(batch.frames, k)[:, : s + 1]
     states = subsample(batch.states, k)[:, : s + 1] if batch.states is not None else None

@@ -7,6 +7,7 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
   --wm-horizon H       rollout horizon in model steps (default: [tool.wmcore] horizon, 30)
+  --wm-start K         skip the first K recorded steps of each episode (default: [tool.wmcore] start)
   --wm-episodes N      use the first N episodes (default: all)
   --wm-actions SRC     action source, repeatable: recorded, zeros, random (default: recorded, random)
   --wm-device DEV      cpu, cuda, cuda:1, ... (default cpu)
@@ -46,6 +47,7 @@ class Settings:
     camera: str | None
     actions_file: str | None
     horizon: int | None
+    start: int | None
     episodes: int | None
     actions: tuple[str, ...]
     device: str
@@ -67,6 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "beside the video with the same stem)")
     g.addoption("--wm-horizon", type=int, default=None, metavar="H",
                 help="rollout horizon in model steps (default: horizon in [tool.wmcore], 30)")
+    g.addoption("--wm-start", type=int, default=None, metavar="K",
+                help="recorded steps to skip at the start of each episode (default: start in [tool.wmcore], 0)")
     g.addoption("--wm-episodes", type=int, default=None, metavar="N", help="use only the first N episodes")
     g.addoption("--wm-actions", action="append", default=None, metavar="SRC",
                 help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: recorded and random)")
@@ -97,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--wm-actions {bad[0]!r}: expected one of {', '.join(ACTION_SOURCES)}")
     if o("wm_dtype") not in DTYPES:
         raise pytest.UsageError(f"--wm-dtype {o('wm_dtype')!r}: expected one of {', '.join(DTYPES)}")
+    if o("wm_start") is not None and o("wm_start") < 0:
+        raise pytest.UsageError(f"--wm-start must be >= 0, found {o('wm_start')}")
     for name in ("wm_horizon", "wm_episodes"):
         if o(name) is not None and o(name) < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} must be >= 1, found {o(name)}")
@@ -106,7 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if o("wm_actions_file") is not None and not Path(o("wm_actions_file")).is_file():
         raise pytest.UsageError(f"--wm-actions-file {o('wm_actions_file')!r}: no such file")
     config.stash[_SETTINGS] = Settings(
-        models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"), episodes=o("wm_episodes"),
+        models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"), start=o("wm_start"), episodes=o("wm_episodes"),
         actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
     )
 
@@ -165,8 +171,10 @@ def wm_eval_config(wm_settings: Settings, wm_thresholds):
     from .evaluate import EvalConfig
 
     def make(model: str, source: str = "recorded") -> EvalConfig:
-        h = wm_settings.horizon or wm_thresholds(model).horizon
-        return EvalConfig(horizon=h, action_source=source, device=wm_settings.device, dtype=wm_settings.dtype)
+        t = wm_thresholds(model)
+        h = wm_settings.horizon or t.horizon
+        start = t.start if wm_settings.start is None else wm_settings.start
+        return EvalConfig(horizon=h, start=start, action_source=source, device=wm_settings.device, dtype=wm_settings.dtype)
 
     return make
 
