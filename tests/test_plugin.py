@@ -48,6 +48,9 @@ def _run(bench, *args):
         (["--wm-dtype", "float8"], "--wm-dtype 'float8'"),
         (["--wm-data", "/no/such/dir"], "--wm-data '/no/such/dir': no such file or directory"),
         (["--wm-horizon", "0"], "--wm-horizon must be >= 1"),
+        (["--wm-threshold", "step1_min"], "--wm-threshold 'step1_min': expected KEY=VALUE"),
+        (["--wm-threshold", "nope=1"], "unknown threshold(s) ['nope']"),
+        (["--wm-threshold", "step1_min=high"], "step1_min='high': expected a number"),
     ],
 )
 def test_bad_options_are_usage_errors(bench, args, message):
@@ -80,6 +83,17 @@ def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path
     assert "wmcore artifacts" in out and "wmcore drift summary" in out
     row = next(line for line in out.splitlines() if line.startswith("analytic:delta=0.05") and "recorded" in line)
     assert row.split()[2] == f"{rec['curves']['closed_loop'][0]:.3f}" and row.endswith("PASS")
+
+
+def test_thresholds_from_the_command_line_are_applied_and_recorded(bench, analytic_set, tmp_path):
+    bj = tmp_path / "bench.json"
+    r = _run(bench, "--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set), "--wm-actions", "recorded",
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-threshold", "step1_min=0.9995",
+             f"--benchmark-json={bj}")
+    r.assert_outcomes(failed=1)  # cos(0.05) = 0.99875 < 0.9995
+    assert "< min 0.9995" in r.stdout.str()
+    rec = json.loads(bj.read_text())["benchmarks"][0]["extra_info"]["wmcore"]
+    assert rec["thresholds"]["step1_min"] == 0.9995 and not rec["passed"]
 
 
 def test_a_degraded_model_fails_with_a_readable_message(bench, analytic_set, tmp_path):

@@ -12,6 +12,7 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-actions SRC     action source, repeatable: recorded, zeros, random (default: recorded, random)
   --wm-device DEV      cpu, cuda, cuda:1, ... (default cpu)
   --wm-dtype DT        float32, bfloat16, float16 (default float32)
+  --wm-threshold K=V   override a threshold of [tool.wmcore] for every model, repeatable
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
 
 Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
@@ -52,6 +53,8 @@ class Settings:
     actions: tuple[str, ...]
     device: str
     dtype: str
+    thresholds: dict
+
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -76,6 +79,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: recorded and random)")
     g.addoption("--wm-device", default="cpu", metavar="DEV", help="torch device (default cpu)")
     g.addoption("--wm-dtype", default="float32", metavar="DT", help=f"one of {', '.join(DTYPES)} (default float32)")
+    g.addoption("--wm-threshold", action="append", default=None, metavar="KEY=VALUE",
+                help="override a threshold for every model, repeatable (e.g. --wm-threshold step1_min=0.9); "
+                "keys as in [tool.wmcore]")
     g.addoption("--wm-artifacts", default="runs", metavar="DIR",
                 help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
                 "and DriftReport JSONs (default: runs)")
@@ -111,7 +117,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--wm-data {data!r}: no such file or directory")
     if o("wm_actions_file") is not None and not Path(o("wm_actions_file")).is_file():
         raise pytest.UsageError(f"--wm-actions-file {o('wm_actions_file')!r}: no such file")
+    overrides = {}
+    for item in o("wm_threshold") or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise pytest.UsageError(f"--wm-threshold {item!r}: expected KEY=VALUE, e.g. step1_min=0.9")
+        overrides[key.strip()] = value.strip()
+    try:
+        load_thresholds(None, overrides=overrides)  # unknown keys and bad values fail here, once
+    except ValueError as e:
+        raise pytest.UsageError(f"--wm-threshold: {e}") from None
     config.stash[_SETTINGS] = Settings(
+        thresholds=overrides,
         models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"), start=o("wm_start"), episodes=o("wm_episodes"),
         actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
     )
@@ -213,10 +230,12 @@ def wm_run_dir(pytestconfig: pytest.Config) -> Path:
 
 @pytest.fixture(scope="session")
 def wm_thresholds(pytestconfig: pytest.Config):
-    """``wm_thresholds(model_name) -> Thresholds`` from the nearest pyproject's [tool.wmcore]."""
+    """``wm_thresholds(model_name) -> Thresholds`` from the nearest pyproject's [tool.wmcore], the
+    model's table, and ``--wm-threshold`` overrides (then keyword overrides)."""
+    cli = pytestconfig.stash[_SETTINGS].thresholds if _SETTINGS in pytestconfig.stash else {}
 
     def resolve(model: str | None = None, **overrides: Any) -> Thresholds:
-        return load_thresholds(model, overrides=overrides)
+        return load_thresholds(model, overrides={**cli, **overrides})
 
     return resolve
 
