@@ -1,6 +1,7 @@
 """V-JEPA 2-AC: the official state-dict layout, block-causal frames, the KV cache against full
 recompute in both rollout modes, the official RoPE (and its duplicated-frequency quirk), the official
-pose update, and bad input.
+pose update, the encoder (transformers' VJEPA2Model, from the official checkpoint or a transformers
+directory), the ``vjepa2-ac:`` model spec, precision, and bad input.
 
 The reference layout and the reference poses below were read off facebookresearch/vjepa2
 (``src/models/ac_predictor.py``, ``src/models/utils/modules.py``, ``notebooks/utils/mpc_utils.py``);
@@ -17,13 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmcore.errors import WMError
+from wmcore.models import load as load_model
 from wmcore.models.vjepa2_ac import (
     ACPredictor,
     VJEPA2ACWorldModel,
+    VJEPA2VideoEncoder,
+    ac_preprocess,
     compute_new_pose,
     frame_causal_mask,
     load_official_checkpoint,
     load_predictor_state,
+    official_encoder_to_vjepa2,
+    parse_spec,
     rope_rotate,
 )
 from wmcore.protocol import IncrementalWorldModel, StatePropagator, WorldModel
@@ -376,3 +382,233 @@ def test_missing_states_are_explained(model):
         model.predict(z, a, None)
     with pytest.raises(WMError, match="reads the end-effector state"):
         closed_loop(model, z, a, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the encoder: transformers' VJEPA2Model, from the checkpoint or a transformers directory
+
+
+def tiny_vjepa2(seed: int, hidden: int = E) -> "VJEPA2Model":  # noqa: F821
+    """A tiny transformers VJEPA2Model (32 px, patch 16, tubelet 2: 4 tokens per frame) with every
+    parameter random, norms and biases included, so that any misplaced tensor shows in the output."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    cfg = VJEPA2Config(crop_size=32, patch_size=16, frames_per_clip=2, tubelet_size=2, hidden_size=hidden,
+                       num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4.0, pred_hidden_size=16,
+                       pred_num_hidden_layers=1, pred_num_attention_heads=2, pred_num_mask_tokens=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = VJEPA2Model(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.3)
+    return m
+
+
+def to_official(m) -> dict[str, torch.Tensor]:
+    """VJEPA2Model's encoder -> the official VisionTransformer state dict (written here, as the inverse
+    of transformers' convert_vjepa2_to_hf.py: query, key and value stacked back into qkv)."""
+    sd, out = m.state_dict(), {}
+    for k, v in sd.items():
+        if not k.startswith("encoder."):
+            continue
+        o = (k.replace("encoder.embeddings.patch_embeddings.proj.", "patch_embed.proj.")
+             .replace("encoder.layernorm.", "norm.").replace("encoder.layer.", "blocks.")
+             .replace(".attention.proj.", ".attn.proj."))
+        if ".attention.query." in o:
+            out[o.replace(".attention.query.", ".attn.qkv.")] = torch.cat(
+                [v, sd[k.replace(".query.", ".key.")], sd[k.replace(".query.", ".value.")]])
+        elif ".attention." not in o:
+            out[o] = v
+    return out
+
+
+def reference_features(m, frames: torch.Tensor) -> torch.Tensor:
+    """What the official AC pipeline computes with transformers' model itself: each frame a 2-frame
+    tubelet of itself, ``get_vision_features``, layer norm without affine -> ``[B, T, N, D]``."""
+    b, t = frames.shape[:2]
+    pix = ac_preprocess(frames, 32).flatten(0, 1).unsqueeze(1).repeat(1, 2, 1, 1, 1)  # [B*T, 2, 3, S, S]
+    with torch.no_grad():
+        h = m.get_vision_features(pix)
+    return F.layer_norm(h, (h.shape[-1],)).reshape(b, t, N, -1)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """An official-layout checkpoint (encoder = VJEPA2Model A, converted back) and a transformers
+    directory holding VJEPA2Model B."""
+    d = tmp_path_factory.mktemp("vjepa2")
+    a, b = tiny_vjepa2(10), tiny_vjepa2(11)
+    official = to_official(a)
+    torch.save({"encoder": {f"module.backbone.{k}": v for k, v in official.items()},
+                "predictor": {f"module.backbone.{k}": v for k, v in tiny_state().items()}, "epoch": 315},
+               d / "ac.pt")
+    b.save_pretrained(d / "hf-b")
+    return {"dir": d, "ckpt": d / "ac.pt", "hf_dir": d / "hf-b", "a": a, "b": b, "official": official}
+
+
+def spec(ckpt, *opts: str) -> str:
+    return ",".join([f"vjepa2-ac:{ckpt}", *opts])
+
+
+FRAMES = torch.randint(0, 256, (2, 3, 40, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+
+
+def test_official_encoder_names_map_onto_vjepa2model_names(released):
+    a = released["a"]
+    mapped = official_encoder_to_vjepa2(released["official"])
+    ref = {k: v for k, v in a.state_dict().items() if k.startswith("encoder.")}
+    assert sorted(mapped) == sorted(ref)
+    assert all(torch.equal(mapped[k], ref[k]) for k in ref)
+    qkv = released["official"]["blocks.1.attn.qkv.weight"]  # rows: query, key, value
+    assert torch.equal(mapped["encoder.layer.1.attention.key.weight"], qkv[E:2 * E])
+    assert official_encoder_to_vjepa2({"cls_token": torch.zeros(1)}) == {"cls_token": torch.zeros(1)}
+
+
+def test_spec_loads_the_checkpoint_encoder_into_vjepa2model_and_encodes_like_it(released):
+    from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2Encoder
+
+    m = load_model(spec(released["ckpt"], "img_size=32", "num_heads=2", "encoder_heads=2"))
+    assert isinstance(m, VJEPA2ACWorldModel) and isinstance(m, WorldModel)
+    assert isinstance(m.encoder, VJEPA2VideoEncoder) and isinstance(m.encoder.encoder, VJEPA2Encoder)
+    assert m.encoder.config.num_attention_heads == 2 and m.encoder.config.crop_size == 32
+    assert all(torch.equal(m.predictor.state_dict()[k], v) for k, v in tiny_state().items())
+    z = m.encode(FRAMES)
+    assert z.shape == (2, 3, N, E) and z.dtype == torch.float32
+    # the mapped official weights compute what transformers' model computes with them
+    torch.testing.assert_close(z, reference_features(released["a"], FRAMES), rtol=0, atol=1e-5)
+    _, a, s = episode(t=3)
+    assert open_loop(m, z[:, :1], a, 2, states=s[:, :1]).shape == (2, 2, N, E)
+
+
+def test_encoder_directory_wins_over_the_checkpoint_encoder(released):
+    from_ckpt = load_model(spec(released["ckpt"], "img_size=32", "num_heads=2", "encoder_heads=2"))
+    m = load_model(spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2"))
+    assert m.cfg.img_size == (32, 32)  # the image size comes from the directory's config.json
+    torch.testing.assert_close(m.encode(FRAMES), reference_features(released["b"], FRAMES), rtol=0, atol=1e-5)
+    assert m.fingerprint() != from_ckpt.fingerprint()
+    assert m.config()["encoder"]["hidden_size"] == E
+
+
+def test_missing_extra_and_misshapen_encoder_keys_are_listed(released, tmp_path):
+    enc = dict(released["official"])
+    del enc["blocks.1.attn.proj.bias"]
+    enc["blocks.0.attn.q_norm.weight"] = torch.ones(16)
+    enc["norm.weight"] = torch.ones(E + 1)
+    torch.save({"encoder": enc, "predictor": tiny_state()}, tmp_path / "bad.pt")
+    with pytest.raises(WMError) as e:
+        load_model(spec(tmp_path / "bad.pt", "img_size=32", "num_heads=2", "encoder_heads=2"))
+    msg = str(e.value)
+    assert "['encoder']" in msg and "missing keys 1: blocks.1.attn.proj.bias" in msg
+    assert "unexpected keys 1: blocks.0.attn.q_norm.weight" in msg
+    assert f"norm.weight ({E + 1},) (expected ({E},))" in msg
+    # the official loader leaves a pos_embed unused with RoPE: so does wmcore
+    ok = dict(released["official"], pos_embed=torch.zeros(1, 4, E))
+    torch.save({"encoder": ok, "predictor": tiny_state()}, tmp_path / "pos.pt")
+    m = load_model(spec(tmp_path / "pos.pt", "img_size=32", "num_heads=2", "encoder_heads=2"))
+    torch.testing.assert_close(m.encode(FRAMES), reference_features(released["a"], FRAMES), rtol=0, atol=1e-5)
+    # the heads are not in the weights: width 32 is no official ViT, so they must be given
+    with pytest.raises(WMError, match="width 32 .* pass encoder_heads=H"):
+        load_model(spec(released["ckpt"], "img_size=32", "num_heads=2"))
+
+
+def test_checkpoint_without_predictor_through_the_spec(released, tmp_path):
+    torch.save({"encoder": released["official"], "target_encoder": {}}, tmp_path / "enc.pt")
+    with pytest.raises(WMError, match=r"'predictor'.*found keys \['encoder', 'target_encoder'\]"):
+        load_model(spec(tmp_path / "enc.pt"))
+    with pytest.raises(WMError, match="needs an official checkpoint"):
+        load_model("vjepa2-ac")
+
+
+def test_encoder_directory_of_another_model_or_none(released, tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=16)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(WMError, match=r"config\.json: model_type 'vit' \(architectures \['ViTModel'\]\); "
+                                      r"expected 'vjepa2'"):
+        load_model(spec(released["ckpt"], f"encoder={tmp_path / 'vit'}", "num_heads=2"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WMError, match="no config.json"):
+        load_model(spec(released["ckpt"], f"encoder={tmp_path / 'empty'}", "num_heads=2"))
+    with pytest.raises(WMError, match="not a directory"):
+        load_model(spec(released["ckpt"], f"encoder={tmp_path / 'absent'}", "num_heads=2"))
+
+
+def test_encoder_that_does_not_fit_the_predictor(released, tmp_path):
+    tiny_vjepa2(12, hidden=48).save_pretrained(tmp_path / "wide")
+    with pytest.raises(WMError, match=f"encoder hidden_size 48 != predictor embed_dim {E}"):
+        load_model(spec(released["ckpt"], f"encoder={tmp_path / 'wide'}", "num_heads=2"))
+    with pytest.raises(WMError, match="encoder crop_size 32 != predictor img_size 64"):
+        load_model(spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2", "img_size=64"))
+
+
+def test_wrong_action_dimension_on_a_loaded_model(released):
+    m = load_model(spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2"))
+    z, a, s = episode(t=3)
+    with pytest.raises(WMError, match=r"action_dim 7, found shape \(2, 3, 6\)"):
+        m.predict(z, a[..., :6], s)
+    with pytest.raises(ValueError, match="action_dim 7"):
+        open_loop(m, z[:, :1], torch.cat([a, a[..., :1]], -1), 2, states=s[:, :1])
+    two = load_model(spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2", "frameskip=2"))
+    assert two.action_dim == 14
+
+
+def test_spec_options_are_parsed_and_bad_ones_named():
+    assert parse_spec("a.pt, encoder=/d ,img_size=32,num_frames=16,num_heads=2,encoder_heads=22,frameskip=2,"
+                      "compile=0") == ("a.pt", dict(encoder_dir="/d", img_size=32, num_frames=16, num_heads=2,
+                                                    encoder_heads=22, frameskip=2, compile=False))
+    with pytest.raises(WMError, match="option 'foo=1': expected key=value with key one of encoder, img_size"):
+        parse_spec("a.pt,foo=1")
+    with pytest.raises(WMError, match="option img_size='x': expected an integer"):
+        parse_spec("a.pt,img_size=x")
+    with pytest.raises(WMError, match="compile='maybe': expected 0 or 1"):
+        parse_spec("a.pt,compile=maybe")
+    with pytest.raises(WMError, match="the checkpoint path comes first"):
+        parse_spec("encoder=/d,a.pt")
+
+
+# --------------------------------------------------------------------------------------------------
+# precision and attention kernels
+
+
+def test_attention_is_sdpa_with_the_block_causal_mask_as_a_boolean_mask(released, monkeypatch):
+    m = load_model(spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2"))
+    calls: list = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape[-2], k.shape[-2], attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    m.encode(FRAMES[:1, :1])
+    assert [(c[0], c[1], c[2]) for c in calls] == [(N, N, None)] * 2  # transformers' "sdpa", both layers
+    calls.clear()
+    z, a, s = episode(t=3)
+    m.predict(z, a, s)
+    ref = frame_causal_mask(3, 2, 2, add_tokens=2)
+    assert len(calls) == DEPTH and all(c[2].dtype == torch.bool and torch.equal(c[2], ref) for c in calls)
+    calls.clear()
+    cache = m.start(2, None)
+    for i in range(3):
+        m.step(cache, z[:, i], a[:, i], s[:, i])
+    # one appended frame needs no mask; it attends to every cached key
+    assert [(c[0], c[1], c[2]) for c in calls] == [(6, 6 * (i + 1), None) for i in range(3) for _ in range(DEPTH)]
+
+
+def test_bfloat16_adapter_follows_the_float32_one(released):
+    spec_b = spec(released["ckpt"], f"encoder={released['hf_dir']}", "num_heads=2")
+    m32, m16 = load_model(spec_b), load_model(spec_b).to("cpu", torch.bfloat16)
+    assert m16.predictor.predictor_embed.weight.dtype == torch.bfloat16
+    assert next(m16.encoder.parameters()).dtype == torch.bfloat16
+    z32, z16 = m32.encode(FRAMES), m16.encode(FRAMES)
+    assert z16.dtype == torch.bfloat16
+    assert F.cosine_similarity(z16.float(), z32, dim=-1).min() > 0.99
+    _, a, s = episode(t=8)
+    ol = [open_loop(m, z[:, :1], a, 6, states=s[:, :1], use_cache=c) for m, z in ((m16, z16), (m32, z32))
+          for c in (True, False)]
+    assert ol[0].dtype == torch.bfloat16 and ol[0].shape == (2, 6, N, E)
+    assert F.cosine_similarity(ol[0].float(), ol[1].float(), dim=-1).min() > 0.99  # cache vs recompute
+    assert F.cosine_similarity(ol[1].float(), ol[3], dim=-1).min() > 0.95  # bf16 vs fp32

@@ -2,7 +2,8 @@
 
 A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
 family with a path or options), e.g. ``pusht-lewm``, ``lewm:path/to/dir``, ``analytic``,
-``analytic:delta=0.1,offset=0.3``. Families register a loader here.
+``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``. Families register a
+loader here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,18 @@ def _load_lewm(arg: str) -> WorldModel:
     return load_world_model(arg)
 
 
-FAMILIES: dict[str, Callable[[str], WorldModel]] = {"analytic": _load_analytic, "lewm": _load_lewm}
+def _load_vjepa2_ac(arg: str) -> WorldModel:
+    from .vjepa2_ac import SPEC_HELP, load_world_model, parse_spec
+
+    if not arg:
+        raise WMError(f"model spec 'vjepa2-ac' needs an official checkpoint: {SPEC_HELP}")
+    path, kw = parse_spec(arg)
+    return load_world_model(path, **kw)
+
+
+FAMILIES: dict[str, Callable[[str], WorldModel]] = {
+    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac,
+}
 
 # Embedded models: NAME -> family whose loader reads fixtures/models/NAME.
 EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm"}

@@ -40,12 +40,21 @@ encoder output and every prediction get a layer norm over channels without affin
 (scipy's ``Rotation.from_euler("xyz", ...)``, i.e. R = Rz(yaw) Ry(pitch) Rx(roll)) composed as
 R_new = R_delta @ R_state and read back as "xyz" Euler angles; gripper = clip(gripper + delta, 0, 1).
 The action itself is the DROID ``poses_to_diffs``: [xyz delta, Euler("xyz") of R_{t+1} R_t^T, gripper delta].
+
+The encoder is transformers' ``VJEPA2Model`` (its video ViT; its own masked predictor is not used),
+wrapped as ``VJEPA2VideoEncoder``. It comes either from the official checkpoint's ``"encoder"`` (the
+ViT-g: width 1408, 40 blocks, 22 heads, MLP ratio 48/11, patch 16, tubelet 2, RoPE), renamed as
+transformers' ``convert_vjepa2_to_hf.py`` does (``official_encoder_to_vjepa2``: qkv split into
+query/key/value), or from a transformers directory (``load_vjepa2_encoder``). ``load_world_model``
+puts the pieces together; ``parse_spec`` reads the ``vjepa2-ac:CKPT[,encoder=DIR][,...]`` model spec.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -171,19 +180,30 @@ def rope_rotate(x: Tensor, pos: Tensor, fixed_pairs: bool = False) -> Tensor:
     frequencies out as ``[f_0..f_{D/2-1}, f_0..f_{D/2-1}]``, so the two channels of a pair get
     different frequencies; ``fixed_pairs=True`` gives both channels f_i (a true rotation).
     """
-    d = x.shape[-1]
+    return _rope_apply(x, *rope_tables(pos, x.shape[-1], x.dtype, x.device, fixed_pairs))
+
+
+def rope_tables(
+    pos: Tensor, d: int, dtype: torch.dtype, device: torch.device | str, fixed_pairs: bool = False
+) -> tuple[Tensor, Tensor]:
+    """cos and sin ``[L, d]`` (float32) of the angles ``rope_rotate`` turns a width-d slice of dtype
+    ``dtype`` by, at positions ``[L]``. The frequencies are computed in ``dtype``, as the official code does."""
     if d % 2:
         raise WMError(f"rope_rotate: the rotated width must be even, found {d}")
-    omega = torch.arange(d // 2, dtype=x.dtype, device=x.device) / (d / 2.0)
+    omega = torch.arange(d // 2, dtype=dtype, device=device) / (d / 2.0)
     omega = 1.0 / 10000**omega
     freq = pos.to(torch.float32)[:, None] * omega  # [L, D/2]; float32 like the official einsum
     if fixed_pairs:
         freq = freq.repeat_interleave(2, dim=-1)
     else:
         freq = freq.repeat(1, 2)
+    return freq.cos(), freq.sin()
+
+
+def _rope_apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     pairs = x.unflatten(-1, (-1, 2))
     turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return (x * freq.cos() + turned * freq.sin()).to(x.dtype)
+    return (x * cos + turned * sin).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,22 @@ class _Positions:
     frame: Tensor
     row: Tensor
     col: Tensor
+
+
+class _Rope:
+    """The cos/sin tables of one forward call's positions, per part (frame, row, column) of width
+    ``part``, computed once per dtype and shared by every layer and by queries and keys (the official
+    code recomputes the same numbers in each call; sharing them changes no bit)."""
+
+    def __init__(self, pos: _Positions, part: int, fixed_pairs: bool):
+        self.pos, self.part, self.fixed_pairs = pos, part, fixed_pairs
+        self._tables: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
+
+    def tables(self, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+        if dtype not in self._tables:
+            self._tables[dtype] = [rope_tables(where, self.part, dtype, where.device, self.fixed_pairs)
+                                   for where in (self.pos.frame, self.pos.row, self.pos.col)]
+        return self._tables[dtype]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,6 +273,9 @@ class _LayerKV:
         self.v: Tensor | None = None
         self.length = 0
 
+    # Kept out of torch.compile (``compile=True``): tracing it would guard on ``length``, which grows
+    # every step, and recompile each time; outside the graph the blocks compile once with dynamic shapes.
+    @torch.compiler.disable
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """k, v ``[B, heads, n, hd]`` -> all keys and values so far ``[B, heads, length + n, hd]``."""
         n = k.shape[2]
@@ -286,22 +325,22 @@ class ACAttention(nn.Module):
         self.fixed_pairs = cfg.rope_fixed_pairs
         self.part = 2 * ((cfg.head_dim // 3) // 2)  # each of frame, row, column
 
-    def _rope(self, x: Tensor, pos: _Positions) -> Tensor:
+    def _rope(self, x: Tensor, rope: _Rope) -> Tensor:
+        """Queries and keys together ``[2, B, h, L, hd]``: each part turned by its own positions."""
         p = self.part
         if p == 0:
             return x
-        parts = [
-            rope_rotate(x[..., i * p:(i + 1) * p], where, self.fixed_pairs)
-            for i, where in enumerate((pos.frame, pos.row, pos.col))
-        ]
+        parts = [_rope_apply(x[..., i * p:(i + 1) * p], cos, sin) for i, (cos, sin) in enumerate(rope.tables(x.dtype))]
         return torch.cat([*parts, x[..., 3 * p:]], dim=-1)
 
-    def forward(self, x: Tensor, pos: _Positions, mask: Tensor | None, kv: _LayerKV | None) -> Tensor:
+    def forward(self, x: Tensor, rope: _Rope, mask: Tensor | None, kv: _LayerKV | None) -> Tensor:
         """x ``[B, L, C]`` -> ``[B, L, C]``; ``mask`` ``[L, L_all]`` (True = may attend) or None = all."""
         b, n, c = x.shape
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [B, h, L, hd]
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [3, B, h, L, hd]
         if self.use_rope:
-            q, k = self._rope(q, pos), self._rope(k, pos)
+            (q, k), v = self._rope(qkv[:2], rope).unbind(0), qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)
         if kv is not None:
             k, v = kv.append(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -320,8 +359,8 @@ class ACBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = SwiGLUFFN(dim, hidden, cfg.wide_silu) if cfg.use_silu else MLP(dim, hidden)
 
-    def forward(self, x: Tensor, pos: _Positions, mask: Tensor | None, kv: _LayerKV | None) -> Tensor:
-        x = x + self.attn(self.norm1(x), pos, mask, kv)
+    def forward(self, x: Tensor, rope: _Rope, mask: Tensor | None, kv: _LayerKV | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask, kv)
         return x + self.mlp(self.norm2(x))
 
 
@@ -449,7 +488,7 @@ class ACPredictor(nn.Module):
             cond.append(self.extrinsics_encoder(extrinsics.to(dtype)))
         h = torch.cat([c.unsqueeze(2) for c in cond] + [z], dim=2).flatten(1, 2)  # [B, T*(K+N), Dp]
 
-        pos = self.rope_positions(t0, t, x.device)
+        rope = _Rope(self.rope_positions(t0, t, x.device), 2 * ((cfg.head_dim // 3) // 2), cfg.rope_fixed_pairs)
         frame_of = torch.arange(t0, t0 + t, device=x.device).repeat_interleave(k + n)
         mask = None
         # a single appended frame sees everything cached and itself: no mask needed; the full
@@ -460,7 +499,7 @@ class ACPredictor(nn.Module):
         lengths = None if cache is None else [layer.length for layer in cache.layers]
         try:
             for i, blk in enumerate(self.predictor_blocks):
-                h = blk(h, pos, mask, None if cache is None else cache.layers[i])
+                h = blk(h, rope, mask, None if cache is None else cache.layers[i])
         except BaseException:
             if cache is not None:  # leave the cache as it was, not half-appended
                 for layer, length in zip(cache.layers, lengths):
@@ -617,9 +656,17 @@ class VJEPA2ACWorldModel:
     """A frozen V-JEPA 2-AC predictor (and optionally its encoder) as a ``wmcore`` WorldModel.
 
     ``encoder``: any callable taking clips ``[B', 3, tubelet_size, S, S]`` (the official video ViT's
-    layout; each frame repeated as a tubelet) and returning ``[B', N, D]``; None = predict only.
+    layout; each frame repeated as a tubelet) and returning ``[B', N, D]``, e.g. ``VJEPA2VideoEncoder``
+    (transformers' VJEPA2Model); None = predict only.
     ``frameskip`` f: one model step is f recorded steps; its action ``[7 f]`` (f recorded pose deltas,
     concatenated) is composed into the single delta the predictor reads.
+    ``compile``: ``torch.compile`` the predictor's blocks (dynamic shapes: the cached keys grow every
+    step) and a module encoder, in place. Off by default: it pays on GPUs, its first calls are slow,
+    and the numbers differ from eager ones by rounding only.
+
+    Precision: whatever ``to(device, dtype)`` sets (float32 on CPU; bfloat16 on GPUs). Attention is
+    ``scaled_dot_product_attention`` with the block-causal mask as a boolean mask (no mask for a single
+    appended frame), in the predictor and, through transformers' "sdpa" implementation, in the encoder.
     """
 
     def __init__(
@@ -630,6 +677,7 @@ class VJEPA2ACWorldModel:
         name: str = "vjepa2-ac",
         frameskip: int = 1,
         normalize_reps: bool = True,
+        compile: bool = False,
     ):
         cfg = predictor.config
         if cfg.use_extrinsics:
@@ -656,6 +704,12 @@ class VJEPA2ACWorldModel:
         self.state_dim = cfg.action_embed_dim
         self.tokens_per_frame = cfg.tokens_per_frame
         self.max_context = cfg.max_frames
+        self.compiled = bool(compile)
+        if compile:
+            for blk in self.predictor.predictor_blocks:
+                blk.compile(dynamic=True)
+            if isinstance(encoder, nn.Module):
+                encoder.compile()
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "VJEPA2ACWorldModel":
         self.predictor.to(device=device, dtype=dtype)
@@ -757,13 +811,20 @@ class VJEPA2ACWorldModel:
                                   "normalize_reps": self.normalize_reps}
         if isinstance(self.encoder, nn.Module):
             state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+            if isinstance(self.encoder, VJEPA2VideoEncoder):  # what the weights do not say (heads, image size)
+                config["encoder"] = self.encoder.describe()
         elif self.encoder is not None:
             config["encoder"] = f"{type(self.encoder).__module__}.{type(self.encoder).__qualname__}"
         return _fingerprint(state, config)
 
     def config(self) -> dict:
-        return {"name": self.name, "frameskip": self.frameskip, "normalize_reps": self.normalize_reps,
-                "predictor": self.cfg.to_json()}
+        d = {"name": self.name, "frameskip": self.frameskip, "normalize_reps": self.normalize_reps,
+             "predictor": self.cfg.to_json(), "compile": self.compiled}
+        if isinstance(self.encoder, VJEPA2VideoEncoder):
+            d["encoder"] = self.encoder.describe()
+        elif self.encoder is not None:
+            d["encoder"] = f"{type(self.encoder).__module__}.{type(self.encoder).__qualname__}"
+        return d
 
     # -- checks
 
@@ -864,17 +925,8 @@ def infer_predictor_kwargs(state: Mapping[str, Tensor]) -> dict[str, Any]:
     return kw
 
 
-def load_official_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", **predictor_kwargs: Any
-) -> tuple[ACPredictor, dict[str, Tensor] | None]:
-    """An official V-JEPA 2-AC checkpoint (``vjepa2-ac-vitg.pt``: a dict with ``"encoder"`` and
-    ``"predictor"`` state dicts) -> (predictor loaded strictly, in eval mode; the encoder's state dict
-    with ``module.``/``backbone.`` removed, or None if the file has none).
-
-    The predictor's architecture comes from the weights' shapes (``infer_predictor_kwargs``) and, for
-    what they do not fix, from ``predictor_kwargs`` or the released defaults (256 px, patch 16,
-    num_frames 64, tubelet 2, 16 heads). Read with ``torch.load(weights_only=True)``: no pickled code runs.
-    """
+def _read_checkpoint(path: str | Path, device: str | torch.device) -> tuple[Path, dict]:
+    """The checkpoint dict of an official file, its ``"predictor"`` checked to be a state dict."""
     p = Path(path)
     if not p.is_file():
         raise WMError(
@@ -892,26 +944,379 @@ def load_official_checkpoint(
             f"{p}: expected a dict with a 'predictor' state dict (and 'encoder'), as the official "
             f"vjepa2-ac-vitg.pt; found {'keys ' + str(found) if isinstance(ckpt, dict) else found}"
         )
-    pred_state = ckpt["predictor"]
-    bad = [k for k, v in pred_state.items() if not isinstance(v, Tensor)]
+    bad = [k for k, v in ckpt["predictor"].items() if not isinstance(v, Tensor)]
     if bad:
         raise WMError(f"{p}: 'predictor' holds non-tensor entries {_list(sorted(map(str, bad)))}")
-    kw = {**infer_predictor_kwargs(pred_state), **predictor_kwargs}
+    return p, ckpt
+
+
+def _build_predictor(p: Path, pred_state: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> ACPredictor:
+    kw = {**infer_predictor_kwargs(pred_state), **kwargs}
     try:
         predictor = ACPredictor(**kw)
     except TypeError as e:
         raise WMError(f"{p}: bad predictor arguments ({e})") from None
-    load_predictor_state(predictor, pred_state, source=f"{p} ['predictor']")
+    return load_predictor_state(predictor, pred_state, source=f"{p} ['predictor']")
+
+
+def load_official_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", **predictor_kwargs: Any
+) -> tuple[ACPredictor, dict[str, Tensor] | None]:
+    """An official V-JEPA 2-AC checkpoint (``vjepa2-ac-vitg.pt``: a dict with ``"encoder"`` and
+    ``"predictor"`` state dicts) -> (predictor loaded strictly, in eval mode; the encoder's state dict
+    with ``module.``/``backbone.`` removed, or None if the file has none).
+
+    The predictor's architecture comes from the weights' shapes (``infer_predictor_kwargs``) and, for
+    what they do not fix, from ``predictor_kwargs`` or the released defaults (256 px, patch 16,
+    num_frames 64, tubelet 2, 16 heads). Read with ``torch.load(weights_only=True)``: no pickled code runs.
+    """
+    p, ckpt = _read_checkpoint(path, device)
+    predictor = _build_predictor(p, ckpt["predictor"], predictor_kwargs)
     enc = ckpt.get("encoder")
     enc_state = clean_keys(enc) if isinstance(enc, dict) else None
     return predictor.to(device).eval(), enc_state
 
 
+# --------------------------------------------------------------------------------------------------
+# the encoder: transformers' VJEPA2Model (its video ViT; the HF predictor is not used)
+
+# Heads of the official video ViTs by width (``src/models/vision_transformer.py``); the weights do not
+# say. vit_large and vit_huge: 16; vit_giant_xformers, the ViT-g of V-JEPA 2 and of 2-AC (hub
+# ``ARCH_NAME_MAP["vit_ac_giant"]``, and transformers' converter for vit_giant): 22; vit_gigantic_xformers: 26.
+ENCODER_HEADS: dict[int, int] = {1024: 16, 1280: 16, 1408: 22, 1664: 26}
+
+# Official names inside block i -> VJEPA2Model's inside encoder.layer.i (qkv is split, see below).
+_BLOCK_NAMES = {"norm1": "norm1", "attn.proj": "attention.proj", "norm2": "norm2", "mlp.fc1": "mlp.fc1",
+                "mlp.fc2": "mlp.fc2"}
+# Official keys that the official AC loader (``encoder.load_state_dict(..., strict=False)`` with
+# use_rope=True) leaves unused: a position table from a pretraining without RoPE.
+_IGNORED_ENCODER_KEYS = ("pos_embed",)
+
+
+class VJEPA2VideoEncoder(nn.Module):
+    """The encoder half of transformers' ``VJEPA2Model`` as the adapter's encoder: clips
+    ``[B', 3, T, S, S]`` (the official layout) -> last hidden state ``[B', (T / tubelet) (S / p)^2, D]``,
+    after the final layer norm, as the official ``VisionTransformer`` returns it.
+
+    ``encoder`` is ``VJEPA2Model(config).encoder``, so the state-dict names are VJEPA2Model's
+    (``encoder.embeddings.patch_embeddings.proj``, ``encoder.layer.{i}.attention.query``, ...).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.config = model.config
+        self.encoder = model.encoder
+
+    def forward(self, clip: Tensor) -> Tensor:
+        # transformers reads [B, T, C, H, W] and permutes back to the Conv3d's [B, C, T, H, W]
+        return self.encoder(pixel_values_videos=clip.transpose(1, 2)).last_hidden_state
+
+    def describe(self) -> dict:
+        c = self.config
+        return {"class": "transformers.VJEPA2Model.encoder", "hidden_size": c.hidden_size,
+                "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+                "mlp_ratio": c.mlp_ratio, "patch_size": _patch(c), "tubelet_size": c.tubelet_size,
+                "crop_size": c.crop_size, "layer_norm_eps": c.layer_norm_eps, "qkv_bias": c.qkv_bias,
+                "hidden_act": c.hidden_act}
+
+
+def _patch(c: Any) -> int | tuple:
+    p = c.patch_size
+    if isinstance(p, (list, tuple)):
+        return int(p[0]) if len(p) == 2 and p[0] == p[1] else tuple(p)
+    return p
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No load report or progress bar from transformers: wmcore reports what is missing itself."""
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def official_encoder_to_vjepa2(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official encoder names (after ``clean_keys``) -> transformers VJEPA2Model names, as transformers'
+    ``convert_vjepa2_to_hf.py`` maps them:
+
+        patch_embed.proj.*          -> encoder.embeddings.patch_embeddings.proj.*
+        blocks.{i}.attn.qkv.*       -> encoder.layer.{i}.attention.{query,key,value}.* (rows [0:D], [D:2D], [2D:3D])
+        blocks.{i}.attn.proj.*      -> encoder.layer.{i}.attention.proj.*
+        blocks.{i}.{norm1,norm2,mlp.fc1,mlp.fc2}.* -> encoder.layer.{i}.(same).*
+        norm.*                      -> encoder.layernorm.*
+
+    Names without a counterpart are kept as they are (a strict load then lists them)."""
+    out: dict[str, Tensor] = {}
+    for key, v in state.items():
+        parts = key.split(".")
+        leaf = parts[-1]
+        if key.startswith("patch_embed.proj."):
+            out["encoder.embeddings.patch_embeddings.proj." + leaf] = v
+        elif parts[0] == "norm" and len(parts) == 2:
+            out["encoder.layernorm." + leaf] = v
+        elif parts[0] == "blocks" and len(parts) >= 4 and parts[1].isdigit():
+            inner = ".".join(parts[2:-1])
+            base = f"encoder.layer.{parts[1]}."
+            if inner == "attn.qkv" and v.shape[0] % 3 == 0:
+                for name, chunk in zip(("query", "key", "value"), v.chunk(3, dim=0)):
+                    out[f"{base}attention.{name}.{leaf}"] = chunk
+            elif inner in _BLOCK_NAMES:
+                out[f"{base}{_BLOCK_NAMES[inner]}.{leaf}"] = v
+            else:
+                out[key] = v
+        else:
+            out[key] = v
+    return out
+
+
+def _official_encoder_layout(expected: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """VJEPA2Model encoder state (names -> tensors) -> the official key -> shape it corresponds to."""
+    rev_block = {v: k for k, v in _BLOCK_NAMES.items()}
+    out: dict[str, tuple[int, ...]] = {}
+    for key, v in expected.items():
+        parts = key.split(".")
+        leaf, shape = parts[-1], tuple(v.shape)
+        if key.startswith("encoder.embeddings.patch_embeddings.proj."):
+            out["patch_embed.proj." + leaf] = shape
+        elif key.startswith("encoder.layernorm."):
+            out["norm." + leaf] = shape
+        elif key.startswith("encoder.layer."):
+            inner = ".".join(parts[3:-1])
+            base = f"blocks.{parts[2]}."
+            if inner == "attention.query":
+                out[f"{base}attn.qkv.{leaf}"] = (3 * shape[0], *shape[1:])
+            elif inner in ("attention.key", "attention.value"):
+                continue
+            else:
+                out[f"{base}{rev_block[inner]}.{leaf}"] = shape
+        else:  # pragma: no cover - a transformers version with other names
+            raise WMError(f"transformers VJEPA2Model has an encoder tensor wmcore cannot map: {key}")
+    return out
+
+
+def vjepa2_encoder_config(
+    state: Mapping[str, Tensor], img_size: int, num_frames: int = 64, num_heads: int | None = None,
+    source: str = "encoder state dict",
+):
+    """The ``VJEPA2Config`` of an official encoder state dict (names after ``clean_keys``): width, input
+    channels, tubelet and patch from ``patch_embed.proj.weight`` ``[D, C, tubelet, p, p]``, depth from
+    the ``blocks.{i}``, MLP ratio from ``blocks.0.mlp.fc1``, qkv bias; what the weights do not fix:
+    ``img_size`` (the RoPE grid), ``num_frames``, and the heads (``num_heads``, else ``ENCODER_HEADS``
+    by width). RoPE, GELU, LayerNorm eps 1e-6: as the official video ViTs."""
+    from transformers import VJEPA2Config
+
+    w = state.get("patch_embed.proj.weight")
+    if not isinstance(w, Tensor) or w.dim() != 5 or w.shape[3] != w.shape[4]:
+        found = tuple(w.shape) if isinstance(w, Tensor) else "nothing"
+        raise WMError(
+            f"{source}: cannot tell the encoder's shape: expected patch_embed.proj.weight [D, 3, tubelet, p, p] "
+            f"(an official video ViT), found {found}; keys: {_list(sorted(state), 6)}"
+        )
+    hidden, chans, tubelet, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    depth = max(blocks) + 1 if blocks else 0
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    mlp_ratio = fc1.shape[0] / hidden if isinstance(fc1, Tensor) and fc1.dim() == 2 else 4.0
+    if int(hidden * mlp_ratio) != round(hidden * mlp_ratio):  # transformers takes int(hidden * ratio)
+        mlp_ratio = (round(hidden * mlp_ratio) + 0.5) / hidden
+    if num_heads is None:
+        if hidden not in ENCODER_HEADS:
+            raise WMError(
+                f"{source}: an encoder of width {hidden} is none of the official video ViTs "
+                f"{sorted(ENCODER_HEADS)}; its number of heads is not in the weights: pass encoder_heads=H"
+            )
+        num_heads = ENCODER_HEADS[hidden]
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or hidden % num_heads:
+        raise WMError(f"{source}: encoder heads must be a positive divisor of the width {hidden}, found {num_heads!r}")
+    return VJEPA2Config(
+        crop_size=int(img_size), patch_size=patch, frames_per_clip=int(num_frames), tubelet_size=tubelet,
+        in_chans=chans, hidden_size=hidden, num_attention_heads=num_heads, num_hidden_layers=depth,
+        mlp_ratio=float(mlp_ratio), qkv_bias="blocks.0.attn.qkv.bias" in state or not blocks,
+        layer_norm_eps=1e-6, hidden_act="gelu",
+    )
+
+
+def encoder_from_official_state(
+    state: Mapping[str, Tensor], img_size: int = 256, num_frames: int = 64, num_heads: int | None = None,
+    device: str | torch.device = "cpu", source: str = "encoder state dict",
+) -> VJEPA2VideoEncoder:
+    """An official encoder state dict (``vjepa2-ac-vitg.pt``'s ``"encoder"``; ``module.``/``backbone.``
+    are removed) -> transformers' VJEPA2Model encoder with those weights (``official_encoder_to_vjepa2``),
+    in eval mode. Strict: missing, unexpected or misshapen tensors raise WMError listing them under
+    their official names; ``pos_embed`` alone is ignored, as the official loader does with RoPE."""
+    from transformers import VJEPA2Model
+
+    state = {k: v for k, v in clean_keys(state).items() if k not in _IGNORED_ENCODER_KEYS}
+    bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    if bad:
+        raise WMError(f"{source}: holds non-tensor entries {_list(bad)}")
+    config = vjepa2_encoder_config(state, img_size, num_frames, num_heads, source)
+    with torch.device("meta"), _quiet_transformers():  # shapes only: no init of ~1B parameters
+        encoder = VJEPA2VideoEncoder(VJEPA2Model(config))
+    layout = _official_encoder_layout(encoder.state_dict())
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} (expected {layout[k]})"
+                    for k in set(state) & set(layout) if tuple(state[k].shape) != layout[k])
+    if missing or unexpected or shapes:
+        parts = [f"missing keys {_list(missing)}" if missing else "",
+                 f"unexpected keys {_list(unexpected)}" if unexpected else "",
+                 f"shape mismatches {_list(shapes)}" if shapes else ""]
+        raise WMError(
+            f"{source}: does not match the official video ViT it looks like (width {config.hidden_size}, "
+            f"{config.num_hidden_layers} blocks) — " + "; ".join(x for x in parts if x)
+        )
+    encoder.to_empty(device=device)
+    encoder.load_state_dict(official_encoder_to_vjepa2(state), strict=True)
+    return encoder.eval()
+
+
+def load_vjepa2_encoder(directory: str | Path, device: str | torch.device = "cpu") -> VJEPA2VideoEncoder:
+    """A transformers-format directory (``config.json`` with model_type "vjepa2" + weights, e.g.
+    ``facebook/vjepa2-vitg-fpc64-256`` saved with ``save_pretrained``) -> its VJEPA2Model encoder,
+    float32, eval mode. Read with ``from_pretrained(local_files_only=True)``; encoder tensors missing
+    from the weights (which transformers would initialise at random) raise WMError listing them."""
+    d = Path(directory)
+    want = "a transformers VJEPA2Model directory (config.json with model_type 'vjepa2' + weights)"
+    if not d.is_dir():
+        raise WMError(f"{d}: not a directory; expected {want}")
+    cpath = d / "config.json"
+    if not cpath.is_file():
+        raise WMError(f"{d}: no config.json; expected {want}")
+    try:
+        raw = json.loads(cpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WMError(f"{cpath}: not readable JSON ({e})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != "vjepa2":
+        arch = raw.get("architectures") if isinstance(raw, dict) else None
+        raise WMError(
+            f"{cpath}: model_type {model_type!r}" + (f" (architectures {arch})" if arch else "")
+            + f"; expected 'vjepa2': {want}"
+        )
+    from transformers import VJEPA2Model
+
+    try:
+        with _quiet_transformers():
+            model, info = VJEPA2Model.from_pretrained(
+                d, local_files_only=True, output_loading_info=True, dtype=torch.float32
+            )
+    except Exception as e:  # noqa: BLE001 - whatever transformers objects to is the directory's fault
+        raise WMError(
+            f"{d}: transformers cannot load it as a VJEPA2Model ({type(e).__name__}: {str(e)[:300]})"
+        ) from None
+    missing = sorted(str(k) for k in info.get("missing_keys", ()) if str(k).startswith("encoder."))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()) if "encoder." in str(k))
+    if missing or mismatched:
+        parts = [f"missing encoder keys {_list(missing)}" if missing else "",
+                 f"misshapen encoder keys {_list(mismatched)}" if mismatched else ""]
+        raise WMError(f"{d}: the weights do not match config.json — " + "; ".join(x for x in parts if x))
+    return VJEPA2VideoEncoder(model).to(device).eval()
+
+
+def _check_encoder_fits(encoder: VJEPA2VideoEncoder, cfg: ACPredictorConfig, source: str) -> None:
+    c = encoder.config
+    pairs = [("hidden_size", c.hidden_size, "embed_dim", cfg.embed_dim),
+             ("patch_size", _patch(c), "patch_size", cfg.patch_size),
+             ("tubelet_size", c.tubelet_size, "tubelet_size", cfg.tubelet_size),
+             ("crop_size", c.crop_size, "img_size", cfg.img_size[0])]
+    bad = [f"encoder {a} {x} != predictor {b} {y}" for a, x, b, y in pairs if x != y]
+    if cfg.img_size[0] != cfg.img_size[1]:
+        bad.append(f"predictor img_size {cfg.img_size} is not square (the encoder's RoPE grid is)")
+    if bad:
+        raise WMError(f"{source}: the encoder does not fit the predictor: " + "; ".join(bad))
+
+
+# --------------------------------------------------------------------------------------------------
+# the vjepa2-ac model spec
+
+
 def load_world_model(
     path: str | Path, device: str | torch.device = "cpu", name: str | None = None,
-    encoder: Callable[[Tensor], Tensor] | None = None, **predictor_kwargs: Any,
+    encoder: Callable[[Tensor], Tensor] | None = None, *, encoder_dir: str | Path | None = None,
+    encoder_heads: int | None = None, frameskip: int = 1, compile: bool = False, **predictor_kwargs: Any,
 ) -> VJEPA2ACWorldModel:
-    """``load_official_checkpoint`` wrapped as a WorldModel (the ``vjepa2-ac:PATH`` model spec).
-    The encoder is not wired yet: pass one, or use the model on latents."""
-    predictor, _ = load_official_checkpoint(path, device, **predictor_kwargs)
-    return VJEPA2ACWorldModel(predictor, encoder, name=name or f"vjepa2-ac[{Path(path).name}]")
+    """An official checkpoint as a WorldModel (the ``vjepa2-ac:CKPT[,encoder=DIR]`` model spec).
+
+    The encoder: ``encoder`` (any callable, see ``VJEPA2ACWorldModel``) if given; else the transformers
+    directory ``encoder_dir`` (it wins over the checkpoint's); else the checkpoint's ``"encoder"``,
+    mapped onto transformers' VJEPA2Model (``encoder_heads`` heads, default by width:
+    ``ENCODER_HEADS``); else none (the model then works on latents only).
+    The predictor: shapes from its weights; ``predictor_kwargs`` (img_size, num_frames, num_heads, ...)
+    for the rest; img_size, patch and tubelet default to the encoder's where it says them."""
+    if encoder is not None and encoder_dir is not None:
+        raise WMError("load_world_model: pass an encoder or an encoder_dir, not both")
+    p, ckpt = _read_checkpoint(path, device)
+    enc: VJEPA2VideoEncoder | None = None
+    enc_state: dict[str, Tensor] | None = None
+    defaults: dict[str, Any] = {}
+    if encoder is None and encoder_dir is not None:
+        enc = load_vjepa2_encoder(encoder_dir, device)
+        if encoder_heads is not None and encoder_heads != enc.config.num_attention_heads:
+            raise WMError(
+                f"encoder_heads {encoder_heads}: {encoder_dir} has {enc.config.num_attention_heads} heads "
+                "(config.json); encoder_heads is for the checkpoint's own encoder"
+            )
+        defaults = {"img_size": enc.config.crop_size, "patch_size": _patch(enc.config),
+                    "tubelet_size": enc.config.tubelet_size}
+    elif encoder is None and isinstance(ckpt.get("encoder"), dict):
+        enc_state = clean_keys(ckpt["encoder"])
+        w = enc_state.get("patch_embed.proj.weight")
+        if isinstance(w, Tensor) and w.dim() == 5:
+            defaults = {"patch_size": int(w.shape[-1]), "tubelet_size": int(w.shape[2])}
+    predictor = _build_predictor(p, ckpt["predictor"], {**defaults, **predictor_kwargs}).to(device).eval()
+    cfg = predictor.config
+    if enc_state is not None:
+        if cfg.img_size[0] != cfg.img_size[1]:
+            raise WMError(f"{p}: predictor img_size {cfg.img_size} is not square; the encoder's RoPE grid is")
+        enc = encoder_from_official_state(enc_state, cfg.img_size[0], cfg.num_frames, encoder_heads, device,
+                                          source=f"{p} ['encoder']")
+    if enc is not None:
+        _check_encoder_fits(enc, cfg, str(encoder_dir) if encoder_dir is not None else f"{p} ['encoder']")
+    return VJEPA2ACWorldModel(predictor, encoder if encoder is not None else enc,
+                              name=name or f"vjepa2-ac[{p.name}]", frameskip=frameskip, compile=compile)
+
+
+# option -> (load_world_model keyword, parser)
+_SPEC_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "encoder": ("encoder_dir", str),
+    "img_size": ("img_size", int),
+    "num_frames": ("num_frames", int),
+    "num_heads": ("num_heads", int),
+    "encoder_heads": ("encoder_heads", int),
+    "frameskip": ("frameskip", int),
+    "compile": ("compile", lambda v: {"1": True, "true": True, "yes": True,
+                                      "0": False, "false": False, "no": False}[v.lower()]),
+}
+SPEC_HELP = ("vjepa2-ac:CKPT[,encoder=DIR][,img_size=S][,num_frames=F][,num_heads=H][,encoder_heads=H]"
+             "[,frameskip=f][,compile=0|1]")
+
+
+def parse_spec(arg: str) -> tuple[str, dict[str, Any]]:
+    """``"CKPT,encoder=DIR,num_heads=16"`` -> (CKPT, ``load_world_model`` keyword arguments)."""
+    path, *items = [s.strip() for s in arg.split(",")]
+    if not path or path.partition("=")[0] in _SPEC_OPTIONS:
+        raise WMError(f"model spec 'vjepa2-ac:{arg}': the checkpoint path comes first: {SPEC_HELP}")
+    kw: dict[str, Any] = {}
+    for item in filter(None, items):
+        key, sep, val = item.partition("=")
+        if not sep or key not in _SPEC_OPTIONS or not val:
+            raise WMError(
+                f"model spec 'vjepa2-ac:{arg}': option {item!r}: expected key=value with key one of "
+                f"{', '.join(_SPEC_OPTIONS)} ({SPEC_HELP})"
+            )
+        name, parse = _SPEC_OPTIONS[key]
+        try:
+            kw[name] = parse(val)
+        except (ValueError, KeyError):
+            want = "0 or 1" if key == "compile" else "a path" if key == "encoder" else "an integer"
+            raise WMError(f"model spec 'vjepa2-ac:{arg}': option {key}={val!r}: expected {want}") from None
+    return path, kw
