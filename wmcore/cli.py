@@ -160,31 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
-    sub.add_parser("compare", add_help=False, help="diff two saved runs (pytest-benchmark JSON or run directories): "
+    # listed for --help; main() hands their arguments over whole (they own their options and exit codes)
+    sub.add_parser("compare", help="diff two saved runs (pytest-benchmark JSON or run directories): "
                    "table, overlay plot, exit 1 on a drift regression (wmcore compare --help)")
-    st = sub.add_parser("train", add_help=False, help="train the LeWorldModel-style default on PushT episodes "
-                        "(wmcore train --help for its options)")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    st.set_defaults(func=_cmd_train)
-    sm = sub.add_parser("make-fixtures", add_help=False, help="generate episode sets: make-fixtures pusht --out DIR "
-                        "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
-    sm.add_argument("kind", nargs="?", default="pusht")
-    sm.add_argument("rest", nargs=argparse.REMAINDER)
-    sm.set_defaults(func=_cmd_make_fixtures)
+    sub.add_parser("train", help="train the LeWorldModel-style default on PushT episodes "
+                   "(wmcore train --help for its options)")
+    sub.add_parser("make-fixtures", help="generate episode sets: make-fixtures pusht --out DIR "
+                   "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "compare":  # owns its options and exit codes (1 = regression)
+    if argv and argv[0] == "compare":
         from .compare import main as compare_main
 
         return compare_main(argv[1:])
-    if argv and argv[0] in ("train", "make-fixtures"):
-        # these own their options (argparse's REMAINDER would not pass a leading --help through)
-        kind = argv[1] if argv[0] == "make-fixtures" and len(argv) > 1 and not argv[1].startswith("-") else "pusht"
-        rest = argv[2:] if argv[0] == "make-fixtures" and len(argv) > 1 and argv[1] == kind else argv[1:]
-        args = argparse.Namespace(func=_cmd_train if argv[0] == "train" else _cmd_make_fixtures, kind=kind, rest=rest)
+    if argv and argv[0] == "train":
+        args = argparse.Namespace(func=_cmd_train, rest=argv[1:])
+    elif argv and argv[0] == "make-fixtures":
+        has_kind = len(argv) > 1 and not argv[1].startswith("-")
+        args = argparse.Namespace(func=_cmd_make_fixtures, kind=argv[1] if has_kind else "pusht",
+                                  rest=argv[2:] if has_kind else argv[1:])
     else:
         args = build_parser().parse_args(argv)
     try:
