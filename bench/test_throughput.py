@@ -39,11 +39,11 @@ def _record(benchmark, settings, what: str, batch: int, flops: int, per_call_ite
 
 
 def _inputs(prepared, batch: int, steps: int):
-    """Latents ``[batch, steps+1, N, D]`` and actions ``[batch, steps, A]`` from the prepared data,
-    episodes repeated to fill the batch."""
-    z, a = prepared.latents, prepared.actions
+    """Latents ``[batch, steps+1, N, D]``, actions ``[batch, steps, A]`` and states ``[batch, steps+1, S]``
+    (or None) from the prepared data, episodes repeated to fill the batch."""
+    z, a, s = prepared.latents, prepared.actions, prepared.states
     idx = torch.arange(batch) % z.shape[0]
-    return z[idx, : steps + 1], a[idx, :steps]
+    return z[idx, : steps + 1], a[idx, :steps], None if s is None else s[idx, : steps + 1]
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -63,8 +63,9 @@ def test_encoder(benchmark, wm_model, wm_episodes, wm_settings, batch):
 def test_predictor_step(benchmark, wm_model, wm_prepared, wm_settings, batch):
     _, prep = wm_prepared("recorded")
     ctx = min(wm_model.max_context or 1, prep.actions.shape[1])
-    z, a = _inputs(prep, batch, ctx)
-    fn = timing.synchronised(lambda: wm_model.predict(z[:, :ctx], a[:, :ctx]), wm_settings.device)
+    z, a, s = _inputs(prep, batch, ctx)
+    st = None if s is None else s[:, :ctx]  # models that read states (V-JEPA 2-AC) get them
+    fn = timing.synchronised(lambda: wm_model.predict(z[:, :ctx], a[:, :ctx], st), wm_settings.device)
     with torch.inference_mode():
         flops = timing.count_flops(fn)
         timing.reset_peak_memory(wm_settings.device)
@@ -79,8 +80,10 @@ def test_predictor_step(benchmark, wm_model, wm_prepared, wm_settings, batch):
 def test_open_loop_rollout(benchmark, wm_model, wm_prepared, wm_settings, batch):
     _, prep = wm_prepared("recorded")
     steps = min(ROLLOUT_STEPS, prep.actions.shape[1])
-    z, a = _inputs(prep, batch, steps)
-    fn = timing.synchronised(lambda: open_loop(wm_model, z[:, :1], a, steps), wm_settings.device)
+    z, a, s = _inputs(prep, batch, steps)
+    # open loop reads the first state only, and only where the model propagates states itself
+    st = s[:, :1] if s is not None and hasattr(wm_model, "propagate_state") else None
+    fn = timing.synchronised(lambda: open_loop(wm_model, z[:, :1], a, steps, states=st), wm_settings.device)
     with torch.inference_mode():
         flops = timing.count_flops(fn)
         timing.reset_peak_memory(wm_settings.device)

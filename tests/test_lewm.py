@@ -54,12 +54,7 @@ TINY = LeWMConfig(
 T4_QUERY = "encoder.encoder.layer.0.attention.attention.query.weight"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 
 def make_model(cfg: LeWMConfig = TINY, seed: int = 0) -> LeWorldModel:

@@ -26,12 +26,7 @@ TINY = tiny_config(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 
 # --------------------------------------------------------------------------------------------------

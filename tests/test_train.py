@@ -31,12 +31,7 @@ CFG = TrainConfig(steps=7, batch=4, val_every=3, log_every=1, val_episodes=2, wa
 N_EPISODES, STEPS, SIZE = 6, 20, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one thread does not wait on a descheduled other
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 
 def _episode(steps: int, seed: int, adim: int = ADIM, held_out: bool = False) -> Episode:

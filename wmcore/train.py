@@ -1,4 +1,8 @@
-"""The recipe that trains the embedded default: a LeWorldModel-style JEPA on PushT episodes.
+"""The recipe that trains the embedded models: a JEPA from pixels on PushT episodes.
+
+``--arch lewm`` (the default model pusht-lewm: LeWorldModel, CLS embedding, MSE + SIGReg) or
+``--arch ac-tiny`` (a small V-JEPA 2-AC, patch tokens, L1 + SIGReg; see ``wmcore.models.ac_tiny``,
+whose docstring says how far it has got on PushT).
 
 ``wmcore train --data DIR --out DIR`` (or ``python -m wmcore.train``). Seeded, resumable (a checkpoint
 every ``--val-every`` steps; rerunning the same command continues), a held-out validation curve, a
@@ -22,7 +26,12 @@ import torch
 
 from .data.episodes import load_episodes
 from .errors import WMError
+from .models import ac_tiny
+from .models.ac_tiny import ACJEPA, ACTinyConfig
 from .models.lewm import LeWMConfig, LeWorldModel, recalibrate_bn, save_pretrained
+from .models.vjepa2_ac import ac_preprocess
+
+ARCHS = {"lewm": LeWMConfig, "ac-tiny": ACTinyConfig}
 
 
 @dataclass(frozen=True)
@@ -67,13 +76,15 @@ class TrainConfig:
 class Windows:
     """Training windows: ``window`` frames ``frameskip`` recorded steps apart, at any start offset.
 
-    frames uint8 ``[E, T+1, 3, S, S]`` (already at the model's resolution) and actions ``[E, T, A]``;
-    a window yields pixels ``[W, 3, S, S]`` and action blocks ``[W, frameskip * A]`` (block t is the k
-    recorded actions that lead from window frame t to t+1; the last block is unused by the loss).
+    frames uint8 ``[E, T+1, ...]`` (one frame's layout is the model's business), actions ``[E, T, A]``
+    and optional states ``[E, T+1, S]``; a window yields pixels ``[W, ...]``, action blocks
+    ``[W, frameskip * A]`` (block t is the k recorded actions that lead from window frame t to t+1;
+    the last block is unused by the loss) and states ``[W, S]`` (or None).
     """
 
-    def __init__(self, frames: torch.Tensor, actions: torch.Tensor, window: int, frameskip: int):
-        self.frames, self.actions, self.window, self.k = frames, actions, window, frameskip
+    def __init__(self, frames: torch.Tensor, actions: torch.Tensor, window: int, frameskip: int,
+                 states: torch.Tensor | None = None):
+        self.frames, self.actions, self.window, self.k, self.states = frames, actions, window, frameskip, states
         span = (window - 1) * frameskip + frameskip  # last block needs k actions after the last frame
         self.starts = actions.shape[1] - span + 1
         if self.starts < 1:
@@ -82,17 +93,18 @@ class Windows:
                 f"{frameskip} needs {span}: generate longer episodes"
             )
 
-    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         e = torch.randint(0, self.frames.shape[0], (n,), generator=g)
         s = torch.randint(0, self.starts, (n,), generator=g)
         return self.take(e, s)
 
-    def take(self, e: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, e: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         idx = s[:, None] + self.k * torch.arange(self.window)  # [n, W] frame indices
-        pix = self.frames[e[:, None], idx]  # [n, W, 3, S, S] uint8
+        pix = self.frames[e[:, None], idx]  # [n, W, ...] uint8
         aidx = idx[..., None] + torch.arange(self.k)  # [n, W, k]
         act = self.actions[e[:, None, None], aidx]  # [n, W, k, A]
-        return pix, act.flatten(2)
+        st = None if self.states is None else self.states[e[:, None], idx]  # [n, W, S]
+        return pix, act.flatten(2), st
 
 
 def to_model_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,8 +123,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, device: str = "auto", log=print) -> Path:
-    """Train, checkpointing into ``out_dir``; returns the directory of the finished model."""
+def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig | ACTinyConfig, cfg: TrainConfig, device: str = "auto",
+          log=print) -> Path:
+    """Train, checkpointing into ``out_dir``; returns the directory of the finished model.
+    The architecture follows the config's type: LeWMConfig or ACTinyConfig."""
     out = Path(out_dir)
     final = out / "model"
     if (final / "model.safetensors").exists():
@@ -128,8 +142,14 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, 
     widths = sorted({int(e.actions.shape[-1]) for e in episodes})
     if len(widths) > 1:
         raise WMError(f"{data_dir}: episodes have different action widths {widths}; a data set needs one")
+    ac = isinstance(model_cfg, ACTinyConfig)
     steps = min(e.steps for e in episodes)
-    frames = torch.stack([to_model_frames(e.frames[: steps + 1], model_cfg.image_size) for e in episodes])
+    states = None
+    if ac:  # frames stay as recorded: ac_preprocess (the official transform) runs per batch
+        frames = torch.stack([e.frames[: steps + 1] for e in episodes])
+        states = _ac_train_states(episodes, steps, model_cfg, data_dir)
+    else:
+        frames = torch.stack([to_model_frames(e.frames[: steps + 1], model_cfg.image_size) for e in episodes])
     actions = torch.stack([e.actions[:steps].float() for e in episodes])
     ntr = len(episodes) - cfg.val_episodes
     if actions.shape[-1] * model_cfg.frameskip != model_cfg.action_dim:
@@ -147,14 +167,14 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, 
     k = model_cfg.frameskip
     amean = torch.tensor(model_cfg.action_mean).repeat(k)
     astd = torch.tensor(model_cfg.action_std).repeat(k)
-    train_w = Windows(frames[:ntr], actions[:ntr], cfg.window, model_cfg.frameskip)
-    val_w = Windows(frames[ntr:], actions[ntr:], cfg.window, model_cfg.frameskip)
+    train_w = Windows(frames[:ntr], actions[:ntr], cfg.window, k, None if states is None else states[:ntr])
+    val_w = Windows(frames[ntr:], actions[ntr:], cfg.window, k, None if states is None else states[ntr:])
     gv = torch.Generator().manual_seed(cfg.seed + 1)
-    val_batches = [(p, (a - amean) / astd) for p, a in (val_w.sample(cfg.batch, gv) for _ in range(4))]
+    val_batches = [(p, (a - amean) / astd, st) for p, a, st in (val_w.sample(cfg.batch, gv) for _ in range(4))]
     out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
 
-    model = LeWorldModel(model_cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = (ACJEPA(model_cfg) if ac else LeWorldModel(model_cfg)).to(dev)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
     ckpt = out / "checkpoint.pt"
@@ -179,9 +199,14 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, 
     for step in range(start, cfg.steps):
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, cfg)
-        pix, act = train_w.sample(cfg.batch, g)
+        pix, act, st = train_w.sample(cfg.batch, g)
         model.train()
-        losses = model.loss(_pixels(pix, dev, model_cfg), ((act - amean) / astd).to(dev), generator=g)
+        if ac:
+            mix = torch.rand(cfg.batch, generator=g) < model_cfg.state_mix
+            losses = model.loss(_ac_pixels(pix, dev, model_cfg), ((act - amean) / astd).to(dev),
+                                _ac_states(st, act, model_cfg, mix).to(dev), generator=g)
+        else:
+            losses = model.loss(_pixels(pix, dev, model_cfg), ((act - amean) / astd).to(dev), generator=g)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -201,7 +226,9 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, 
             eta = (cfg.steps - done) / max(rate, 1e-9)
             log(
                 f"step {done}/{cfg.steps}  train {mean_loss:.4f}  val pred {val['val_pred']:.4f} "
-                f"sigreg {val['val_sigreg']:.3f} cos {val['val_cos']:.3f}  {rate:.2f} it/s  eta {eta / 60:.1f} min"
+                f"sigreg {val['val_sigreg']:.3f} cos {val['val_cos']:.3f}"
+                + (f" skill {val['val_skill']:+.3f}" if "val_skill" in val else "")
+                + f"  {rate:.2f} it/s  eta {eta / 60:.1f} min"
             )
             _save_checkpoint(ckpt, model, opt, g, done, history, model_cfg, cfg)
             (out / "train_log.json").write_text(json.dumps(history, indent=1))
@@ -209,11 +236,15 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig, cfg: TrainConfig, 
             log(f"time limit of {cfg.time_limit_min} min reached at step {done}")
             break
 
-    gb = torch.Generator().manual_seed(cfg.seed + 2)
-    calib = [train_w.sample(cfg.batch, gb) for _ in range(50)]
-    recalibrate_bn(model, [(_pixels(p, dev, model_cfg), ((a - amean) / astd).to(dev)) for p, a in calib])
-    model.eval()
-    save_pretrained(model.cpu(), final)
+    if ac:
+        model.eval()
+        ac_tiny.save_pretrained(model.cpu(), final)
+    else:
+        gb = torch.Generator().manual_seed(cfg.seed + 2)
+        calib = [train_w.sample(cfg.batch, gb)[:2] for _ in range(50)]
+        recalibrate_bn(model, [(_pixels(p, dev, model_cfg), ((a - amean) / astd).to(dev)) for p, a in calib])
+        model.eval()
+        save_pretrained(model.cpu(), final)
     log(f"saved {final}")
     return final
 
@@ -240,16 +271,50 @@ def _pixels(pix: torch.Tensor, dev: torch.device, cfg: LeWMConfig) -> torch.Tens
     return (pix.to(dev).float() / 255 - mean) / std
 
 
+def _ac_train_states(episodes, steps: int, cfg: ACTinyConfig, data_dir: str) -> torch.Tensor:
+    """The episodes' states ``[E, steps+1, S]``; the AC recipe reads the agent's position from them."""
+    if any(e.states is None for e in episodes):
+        raise WMError(
+            f"{data_dir}: episodes without states; --arch ac-tiny reads the agent's position (state columns "
+            f"{list(cfg.state_columns)}) of every frame: use episodes that record states (wmcore make-fixtures pusht)"
+        )
+    width = min(int(e.states.shape[1]) for e in episodes)
+    if max(cfg.state_columns) >= width:
+        raise WMError(f"{data_dir}: states have {width} columns; state_columns {list(cfg.state_columns)} do not fit")
+    return torch.stack([e.states[: steps + 1, :width].float() for e in episodes])
+
+
+def _ac_pixels(pix: torch.Tensor, dev: torch.device, cfg: ACTinyConfig) -> torch.Tensor:
+    """uint8 ``[B, W, H, W', 3]`` (as recorded) -> the official AC transform ``[B, W, 3, S, S]`` on the device."""
+    return ac_preprocess(pix.to(dev), cfg.image_size)
+
+
+def _ac_states(st: torch.Tensor, act: torch.Tensor, cfg: ACTinyConfig, mix: torch.Tensor | None) -> torch.Tensor:
+    """The predictor's state input for windows: states ``[n, W, S]`` as recorded, or (where ``mix``)
+    with the agent's position after frame 0 propagated from the raw actions ``[n, W, k*A]`` as open
+    loop does it (``ac_tiny.propagate_position``)."""
+    if mix is not None and bool(mix.any()):
+        prop = torch.cat([st[:, :1], ac_tiny.propagate_position(st[:, 1:], act[:, :-1], cfg)], 1)
+        st = torch.where(mix[:, None, None], prop, st)
+    return ac_tiny.state_tokens(st, cfg)
+
+
 @torch.no_grad()
-def _validate(model: LeWorldModel, batches, dev, cfg: LeWMConfig) -> dict:
+def _validate(model: LeWorldModel | ACJEPA, batches, dev, cfg: LeWMConfig | ACTinyConfig) -> dict:
     """Held-out loss terms and teacher-forced next-embedding cosine, with the training-mode BN
-    statistics of the batch itself (the running averages are only fixed at the end)."""
+    statistics of the batch itself (the running averages are only fixed at the end). The AC model
+    reads the recorded states here."""
     model.train()  # BN in batch-statistics mode, no parameter changes under no_grad
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()  # but a deterministic predictor
-    pred = sig = cos = 0.0
-    for pix, act in batches:
+    pred = sig = cos = skill = 0.0
+    for pix, act, st in batches:
+        if isinstance(cfg, ACTinyConfig):
+            losses = model.loss(_ac_pixels(pix, dev, cfg), act.to(dev), _ac_states(st, act, cfg, None).to(dev))
+            pred, sig, cos = pred + float(losses["pred"]), sig + float(losses["sigreg"]), cos + float(losses["cos"])
+            skill += float(losses["skill"])
+            continue
         p = _pixels(pix, dev, cfg)
         losses = model.loss(p, act.to(dev))
         emb = model.embed(p)
@@ -258,7 +323,10 @@ def _validate(model: LeWorldModel, batches, dev, cfg: LeWMConfig) -> dict:
         pred += float(losses["pred"])
         sig += float(losses["sigreg"])
     n = len(batches)
-    return {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n}
+    out = {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n}
+    if isinstance(cfg, ACTinyConfig):  # MSE skill against copying the previous frame
+        out["val_skill"] = skill / n
+    return out
 
 
 def _save_checkpoint(path: Path, model, opt, g, step, history, model_cfg, cfg) -> None:
@@ -288,22 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default {f.default})")
-    p.add_argument("--name", default="lewm", help="the model's name in reports and plots (default lewm)")
-    p.add_argument("--model-config", help="JSON file of LeWMConfig fields to override the defaults")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="lewm",
+                   help="lewm: LeWorldModel (pusht-lewm); ac-tiny: small V-JEPA 2-AC (default lewm)")
+    p.add_argument("--name", help="the model's name in reports and plots (default: the architecture's)")
+    p.add_argument("--model-config", help="JSON file of the architecture's config fields (LeWMConfig, ACTinyConfig)")
     return p
 
 
-def _model_overrides(path: str) -> dict:
-    """The ``--model-config`` JSON: an object of LeWMConfig fields."""
+def _model_overrides(path: str, cls=LeWMConfig) -> dict:
+    """The ``--model-config`` JSON: an object of ``cls`` fields."""
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WMError(f"--model-config {path}: not a readable JSON file ({e})") from None
-    known = {f.name for f in dataclasses.fields(LeWMConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known) if isinstance(d, dict) else None
     if unknown is None or unknown:
         raise WMError(
-            f"--model-config {path}: expected a JSON object of LeWMConfig fields; "
+            f"--model-config {path}: expected a JSON object of {cls.__name__} fields; "
             f"unknown: {unknown if unknown is not None else type(d).__name__}; known: {sorted(known)}"
         )
     return d
@@ -313,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-        overrides = _model_overrides(args.model_config) if args.model_config else {}
-        mcfg = LeWMConfig(**{"name": args.name, **overrides})
+        cls = ARCHS[args.arch]
+        overrides = _model_overrides(args.model_config, cls) if args.model_config else {}
+        if args.name:
+            overrides["name"] = args.name
+        mcfg = cls(**overrides)
         train(args.data, args.out, mcfg, tcfg, device=args.device, log=lambda s: print(s, flush=True))
     except ValueError as e:
         print(f"wmcore train: error: {e}", file=sys.stderr)

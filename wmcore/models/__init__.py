@@ -2,8 +2,8 @@
 
 A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
 family with a path or options), e.g. ``pusht-lewm``, ``lewm:path/to/dir``, ``analytic``,
-``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``. Families register a
-loader here.
+``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``, ``ac-tiny:DIR`` (a
+small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``). Families register a loader here.
 """
 
 from __future__ import annotations
@@ -43,11 +43,20 @@ def _load_vjepa2_ac(arg: str) -> WorldModel:
     return load_world_model(path, **kw)
 
 
+def _load_ac_tiny(arg: str) -> WorldModel:
+    from .ac_tiny import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'ac-tiny' needs a model directory: ac-tiny:DIR (config.json + model.safetensors)")
+    return load_world_model(arg)
+
+
 FAMILIES: dict[str, Callable[[str], WorldModel]] = {
-    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac,
+    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
 }
 
-# Embedded models: NAME -> family whose loader reads fixtures/models/NAME.
+# Embedded models: NAME -> family whose loader reads fixtures/models/NAME. The drift bench measures
+# all of them by default; the CLI's default is DEFAULT_MODEL.
 EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm"}
 DEFAULT_MODEL = "pusht-lewm"
 
@@ -69,6 +78,10 @@ def _load_embedded(name: str) -> WorldModel:
         from .lewm import load_world_model
 
         return load_world_model(d, name=name)
+    if EMBEDDED[name] == "ac-tiny":  # a model trained by `wmcore train --arch ac-tiny`
+        from .ac_tiny import load_world_model as load_ac
+
+        return load_ac(d, name=name)
     return FAMILIES[EMBEDDED[name]](str(d))
 
 

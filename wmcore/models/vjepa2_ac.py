@@ -762,7 +762,7 @@ class VJEPA2ACWorldModel:
         x, a, s = self._check(context, actions, states)
         with torch.inference_mode():
             z = self.predictor(x.flatten(1, 2), a, s)[:, -self.tokens_per_frame:]
-            z = self._norm(z)
+            z = self._output(z, x[:, -1])
         return z.to(context.device, context.dtype)
 
     def start(self, batch: int, window: int | None) -> ACRolloutCache:
@@ -792,7 +792,7 @@ class VJEPA2ACWorldModel:
                 z = self.predictor.forward_frames(lat.flatten(1, 2), act, st, cache=cache.kv)
             else:
                 z = self.predictor.forward_frames(x.flatten(1, 2), a, s, cache=cache.kv)
-            z = self._norm(z[:, -self.tokens_per_frame:])
+            z = self._output(z[:, -self.tokens_per_frame:], x[:, 0])
         return z.to(latent.device, latent.dtype), cache
 
     def propagate_state(self, state: Tensor, action: Tensor) -> Tensor:
@@ -808,7 +808,7 @@ class VJEPA2ACWorldModel:
         """sha256 of the predictor's (and a module encoder's) weights and of what shapes predictions."""
         state = {f"predictor.{k}": v for k, v in self.predictor.state_dict().items()}
         config: dict[str, Any] = {"predictor": self.cfg.to_json(), "frameskip": self.frameskip,
-                                  "normalize_reps": self.normalize_reps}
+                                  "normalize_reps": self.normalize_reps, **self._extra_config()}
         if isinstance(self.encoder, nn.Module):
             state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
             if isinstance(self.encoder, VJEPA2VideoEncoder):  # what the weights do not say (heads, image size)
@@ -819,12 +819,21 @@ class VJEPA2ACWorldModel:
 
     def config(self) -> dict:
         d = {"name": self.name, "frameskip": self.frameskip, "normalize_reps": self.normalize_reps,
-             "predictor": self.cfg.to_json(), "compile": self.compiled}
+             "predictor": self.cfg.to_json(), "compile": self.compiled, **self._extra_config()}
         if isinstance(self.encoder, VJEPA2VideoEncoder):
             d["encoder"] = self.encoder.describe()
         elif self.encoder is not None:
             d["encoder"] = f"{type(self.encoder).__module__}.{type(self.encoder).__qualname__}"
         return d
+
+    def _output(self, z: Tensor, last: Tensor) -> Tensor:
+        """The predicted latent from the predictor's output ``z [B, N, D]`` for the frame after ``last``
+        (the official model: ``z`` itself, layer-normed)."""
+        return self._norm(z)
+
+    def _extra_config(self) -> dict:
+        """What a subclass adds to ``config()`` and the fingerprint (how it reads actions and states)."""
+        return {}
 
     # -- checks
 
@@ -853,6 +862,12 @@ class VJEPA2ACWorldModel:
         self._check_action_width(actions, "actions")
         if actions.dim() != 3 or tuple(actions.shape[:2]) != (b, t):
             raise WMError(f"actions: expected [B={b}, Tc={t}, {self.action_dim}], found {_shape(actions)}")
+        p = self._param
+        return (context.to(p.device, p.dtype), self._merge_actions(actions).to(p.device, p.dtype),
+                self._state_tokens(states, b, t).to(p.device, p.dtype))
+
+    def _state_tokens(self, states: Tensor | None, b: int, t: int) -> Tensor:
+        """The predictor's state input ``[B, Tc, action_embed_dim]`` from the caller's ``states``."""
         if states is None:
             raise WMError(
                 f"states: model {self.name!r} reads the end-effector state [x, y, z, roll, pitch, yaw, gripper] "
@@ -860,9 +875,7 @@ class VJEPA2ACWorldModel:
             )
         if not isinstance(states, Tensor) or states.dim() != 3 or tuple(states.shape) != (b, t, self.state_dim):
             raise WMError(f"states: expected [B={b}, Tc={t}, {self.state_dim}], found {_shape(states)}")
-        p = self._param
-        return (context.to(p.device, p.dtype), self._merge_actions(actions).to(p.device, p.dtype),
-                states.to(p.device, p.dtype))
+        return states
 
 
 def _shape(x: Any) -> str:
@@ -878,6 +891,19 @@ def clean_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
 
 
+def state_mismatch(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], want: str = "expected") -> str:
+    """"" when ``state`` has exactly the keys and shapes of ``expected``; else the missing, unexpected
+    and misshapen keys (each list shortened), for an error message."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} ({want} {tuple(expected[k].shape)})"
+                    for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    parts = [f"missing keys {_list(missing)}" if missing else "",
+             f"unexpected keys {_list(unexpected)}" if unexpected else "",
+             f"shape mismatches {_list(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def _list(keys: list[str], n: int = 10) -> str:
     return f"{len(keys)}: " + ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
@@ -889,17 +915,9 @@ def load_predictor_state(
     WMError listing them (names after ``clean_keys``)."""
     state = clean_keys(state)
     expected = predictor.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or shapes:
-        parts = [f"missing keys {_list(missing)}" if missing else "",
-                 f"unexpected keys {_list(unexpected)}" if unexpected else "",
-                 f"shape mismatches {_list(shapes)}" if shapes else ""]
-        raise WMError(f"{source}: does not match the V-JEPA 2-AC predictor — " + "; ".join(p for p in parts if p))
+    wrong = state_mismatch(state, expected)
+    if wrong:
+        raise WMError(f"{source}: does not match the V-JEPA 2-AC predictor — {wrong}")
     predictor.load_state_dict(state, strict=True)
     return predictor
 

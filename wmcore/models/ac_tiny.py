@@ -1,0 +1,412 @@
+"""A small V-JEPA 2-AC world model trained from pixels: the ``pusht-ac-tiny`` embedded model.
+
+The architecture is V-JEPA 2-AC's at toy size: transformers' ``VJEPA2Model`` video ViT as the encoder
+(each frame fed as a 2-frame tubelet of itself, as the official AC pipeline does) and wmcore's
+``ACPredictor`` (the official layout: block-causal frames, action and state tokens, 3D RoPE) as the
+predictor, wrapped in ``VJEPA2ACWorldModel`` so that rollouts use its exact KV cache.
+
+The recipe is LeWM's (``wmcore.train``): teacher-forced L1 between the layer-normed predictions and
+the layer-normed encodings of the next frames (gradient through both, no EMA target) plus SIGReg on
+the raw encoder tokens, which keeps the encoder from collapsing. The official V-JEPA 2-AC froze a
+pretrained encoder instead; there is none to freeze here.
+
+Actions and states (PushT). A PushT action is an absolute target for the agent (2-d, in the 512-px
+workspace). One model step is ``frameskip`` recorded actions, normalised by the training set's mean
+and std and concatenated: the predictor's action input (``action_embed_dim = width * frameskip``).
+The official predictor takes a state token as wide as the action; here it is the agent's position
+(the data set's state columns ``state_columns``), normalised as the actions and tiled ``frameskip``
+times. Open loop may not read recorded states after the context, so ``propagate_state`` puts the
+agent at the last target of the step's actions (the agent is PD-driven towards it; on the fixture
+episodes it is off by 11 px on average after the 5 steps, against 37 px of motion); the other state
+columns are carried unchanged and never read. Training draws, per window, recorded or propagated
+positions (``state_mix``), so that neither loop meets states it was not trained on.
+
+Status: no variant of this recipe has yet given a model worth embedding. On PushT (150 episodes,
+window 6, batch 16, 2 CPU cores; logs in the notes of issue 6), the encoder settles on tokens that
+hardly change within an episode, and the predictor then cannot beat copy-last:
+- SIGReg per (frame, patch) position across the batch, no residual: after 2000 steps, closed-loop
+  cosine 0.9997 at every step and step-1 MSE skill vs copy-last -1.45 (8 held-out episodes);
+- ``residual`` + SIGReg of each frame's mean token: skill -0.9 at step 200, about 0 from step 1500
+  (-0.03 on 12 held-out episodes at step 1800), copy-first cosine still 0.998 after 15 s;
+- ``residual`` + SIGReg on 64 tokens pooled over samples and positions (the current default): the
+  next-frame cosine rose from 0.966 (step 200) to 0.999 (step 600), skill -0.01;
+- ``freeze_encoder`` (a random encoder, the predictor alone trained): skill +0.017, flat from step
+  100 to 500.
+Most PushT patches are the same white background in every sample, so a per-position code plus a small
+content term passes these SIGReg tests; what would make the tokens carry the agent and the block
+(masking, an EMA target, a pretrained frozen encoder) is open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import WMError
+from ..fsio import write_new
+from .lewm import sigreg
+from .vjepa2_ac import (
+    ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, _quiet_transformers, _shape,
+    state_mismatch,
+)
+
+FORMAT = "wmcore-ac-tiny"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ACTinyConfig:
+    """Architecture, action/state convention and loss of a small AC world model (about 1.5M parameters)."""
+
+    name: str = "ac-tiny"
+    # encoder: transformers VJEPA2Model (video ViT with 3D RoPE)
+    image_size: int = 64
+    patch_size: int = 8
+    tubelet_size: int = 2
+    encoder_hidden: int = 128
+    encoder_layers: int = 4
+    encoder_heads: int = 4
+    encoder_mlp_ratio: float = 4.0
+    # predictor: ACPredictor (official layout)
+    predictor_dim: int = 128
+    predictor_depth: int = 3
+    predictor_heads: int = 4
+    max_frames: int = 6  # frames the block-causal mask covers (num_frames = max_frames * tubelet)
+    # actions: one model step = frameskip recorded actions of action_width each
+    frameskip: int = 5
+    action_width: int = 2
+    state_columns: tuple[int, ...] = (0, 1)  # the agent's position among the data set's state columns
+    action_mean: tuple[float, ...] | None = None  # per recorded action dimension (from the training split)
+    action_std: tuple[float, ...] | None = None
+    # loss
+    sigreg_lambda: float = 0.09
+    sigreg_num_proj: int = 256
+    sigreg_knots: int = 17
+    sigreg_tokens: int = 64  # tokens drawn per time step from the batch's B x N for each SIGReg test
+    state_mix: float = 0.5  # probability that a training window reads propagated, not recorded, positions
+    residual: bool = True  # the predictor's output is added to the last frame's latent (then layer-normed)
+    freeze_encoder: bool = False  # train the predictor only, on the encoder as initialised (no SIGReg term)
+
+    def __post_init__(self) -> None:
+        for key in ("state_columns", "action_mean", "action_std"):
+            v = getattr(self, key)
+            if isinstance(v, list):  # from JSON
+                object.__setattr__(self, key, tuple(v))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise WMError(f"ACTinyConfig.{f.name}: expected a positive integer, found {v!r}")
+        if self.image_size % self.patch_size:
+            raise WMError(f"ACTinyConfig: patch_size {self.patch_size} must divide image_size {self.image_size}")
+        for width, heads in (("encoder_hidden", "encoder_heads"), ("predictor_dim", "predictor_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise WMError(f"ACTinyConfig: {width} {getattr(self, width)} must be a multiple of {heads}")
+        cols = self.state_columns
+        if len(cols) != self.action_width or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cols):
+            raise WMError(
+                f"ACTinyConfig.state_columns: expected {self.action_width} column indices (the agent's position, "
+                f"as wide as one recorded action), found {cols!r}"
+            )
+        if (self.action_mean is None) != (self.action_std is None):
+            raise WMError("ACTinyConfig: give both action_mean and action_std, or neither")
+        if self.action_mean is not None and (
+            len(self.action_mean) != self.action_width or len(self.action_std) != self.action_width
+            or min(self.action_std) <= 0
+        ):
+            raise WMError(f"ACTinyConfig: action_mean/action_std need {self.action_width} entries and positive stds")
+        if not 0 <= self.state_mix <= 1 or self.sigreg_lambda < 0 or self.encoder_mlp_ratio <= 0:
+            raise WMError("ACTinyConfig: state_mix must be in [0, 1], sigreg_lambda >= 0, encoder_mlp_ratio > 0")
+
+    @property
+    def action_dim(self) -> int:
+        """Width of one model step's action block (what rollouts pass)."""
+        return self.action_width * self.frameskip
+
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        from ..video import IMAGENET_MEAN
+
+        return IMAGENET_MEAN
+
+    @property
+    def image_std(self) -> tuple[float, float, float]:
+        from ..video import IMAGENET_STD
+
+        return IMAGENET_STD
+
+    def predictor_config(self) -> ACPredictorConfig:
+        return ACPredictorConfig(
+            img_size=(self.image_size, self.image_size), patch_size=self.patch_size,
+            num_frames=self.max_frames * self.tubelet_size, tubelet_size=self.tubelet_size,
+            embed_dim=self.encoder_hidden, predictor_embed_dim=self.predictor_dim, depth=self.predictor_depth,
+            num_heads=self.predictor_heads, action_embed_dim=self.action_dim,
+        )
+
+    def encoder_config(self):
+        """transformers ``VJEPA2Config`` of the encoder (its own masked predictor is built minimal: unused)."""
+        from transformers import VJEPA2Config
+
+        return VJEPA2Config(
+            crop_size=self.image_size, patch_size=self.patch_size, frames_per_clip=self.tubelet_size,
+            tubelet_size=self.tubelet_size, hidden_size=self.encoder_hidden, num_attention_heads=self.encoder_heads,
+            num_hidden_layers=self.encoder_layers, mlp_ratio=float(self.encoder_mlp_ratio), qkv_bias=True,
+            layer_norm_eps=1e-6, hidden_act="gelu", pred_hidden_size=self.encoder_heads * 4,
+            pred_num_attention_heads=self.encoder_heads, pred_num_hidden_layers=1,
+        )
+
+    def to_json(self) -> dict:
+        d = {"format": FORMAT, "version": 1, **dataclasses.asdict(self)}
+        for key in ("state_columns", "action_mean", "action_std"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, source: str = CONFIG_FILE, name: str | None = None) -> "ACTinyConfig":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise WMError(f"{source}: expected a {FORMAT!r} config (its \"format\" key), found {found!r}")
+        if d.get("version") != 1:
+            raise WMError(f"{source}: {FORMAT} version {d.get('version')!r}; this wmcore reads version 1")
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in d.items() if k not in ("format", "version")}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise WMError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+        if name is not None:
+            fields["name"] = name
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise WMError(f"{source}: {e}") from None
+
+
+def tiny_config(**overrides) -> ACTinyConfig:
+    """A few-thousand-parameter ACTinyConfig at 16 px for tests (fields overridable)."""
+    base = dict(name="tiny-ac", image_size=16, patch_size=8, encoder_hidden=24, encoder_layers=1, encoder_heads=2,
+                predictor_dim=24, predictor_depth=2, predictor_heads=2, max_frames=4, sigreg_num_proj=16,
+                sigreg_tokens=16)
+    return ACTinyConfig(**{**base, **overrides})
+
+
+class ACJEPA(nn.Module):
+    """Encoder + predictor, trainable. Pixels are normalised floats ``[B, T, 3, S, S]``; actions and
+    states the normalised predictor inputs ``[B, T, action_dim]``."""
+
+    def __init__(self, cfg: ACTinyConfig | None = None):
+        super().__init__()
+        from transformers import VJEPA2Model
+
+        self.cfg = cfg = cfg or ACTinyConfig()
+        with _quiet_transformers():
+            self.encoder = VJEPA2VideoEncoder(VJEPA2Model(cfg.encoder_config()))
+        self.predictor = ACPredictor.from_config(cfg.predictor_config())
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    @property
+    def tokens(self) -> int:
+        return (self.cfg.image_size // self.cfg.patch_size) ** 2
+
+    def encode_raw(self, pixels: Tensor) -> Tensor:
+        """``[B, T, 3, S, S]`` -> encoder tokens ``[B, T, N, D]`` (before the layer norm)."""
+        if pixels.dim() != 5 or pixels.shape[2] != 3:
+            raise WMError(f"pixels: expected [B, T, 3, S, S], found {tuple(pixels.shape)}")
+        b, t = pixels.shape[:2]
+        clip = pixels.flatten(0, 1).unsqueeze(2).expand(-1, -1, self.cfg.tubelet_size, -1, -1)
+        return self.encoder(clip).reshape(b, t, self.tokens, -1)
+
+    @staticmethod
+    def norm(z: Tensor) -> Tensor:
+        return F.layer_norm(z, (z.shape[-1],))
+
+    def embed(self, pixels: Tensor) -> Tensor:
+        return self.norm(self.encode_raw(pixels))
+
+    def predict_next(self, emb: Tensor, actions: Tensor, states: Tensor) -> Tensor:
+        """Layer-normed latents ``[B, T, N, D]`` -> layer-normed predictions ``[B, T, N, D]`` (slot t: frame t+1);
+        with ``residual`` the predictor's output is a change added to frame t's latent."""
+        b, t, n, d = emb.shape
+        z = self.predictor(emb.flatten(1, 2), actions, states).reshape(b, t, n, d)
+        return self.norm(emb + z if self.cfg.residual else z)
+
+    def loss(self, pixels: Tensor, actions: Tensor, states: Tensor,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """pred: teacher-forced L1 of the predictions against the next frames' latents; sigreg: SIGReg of
+        the raw tokens, one test per time step on ``sigreg_tokens`` tokens drawn from all samples and
+        patch positions (LeWM tests its CLS embedding per time step across the batch); total: pred +
+        sigreg_lambda * sigreg. Diagnostics (no gradient): cos, the predictions' mean token cosine;
+        skill, 1 - MSE(pred) / MSE(copy the previous frame).
+
+        See the module docstring for what each SIGReg placement did on PushT."""
+        t = pixels.shape[1]
+        if t < 2:
+            raise WMError(f"pixels: need at least 2 frames [B, T >= 2, 3, S, S], found {tuple(pixels.shape)}")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoder):
+            raw = self.encode_raw(pixels)
+        emb = self.norm(raw)
+        pred = self.predict_next(emb[:, :-1], actions[:, : t - 1], states[:, : t - 1])
+        target = emb[:, 1:]
+        l1 = (pred - target).abs().mean()
+        # one SIGReg test per time step on tokens drawn from all of the batch's frames and positions
+        pool = raw.transpose(0, 1).flatten(1, 2)  # [T, B*N, D]
+        pick = torch.randperm(pool.shape[1], generator=generator)[: self.cfg.sigreg_tokens].to(pool.device)
+        sig = sigreg(pool[:, pick], self.cfg.sigreg_num_proj, self.cfg.sigreg_knots, generator)
+        with torch.no_grad():
+            cos = F.cosine_similarity(pred, target, dim=-1).mean()
+            copy = (emb[:, :-1] - target).square().mean()
+            skill = 1 - (pred - target).square().mean() / copy.clamp_min(1e-12)
+        total = l1 if self.cfg.freeze_encoder else l1 + self.cfg.sigreg_lambda * sig  # sig: a diagnostic then
+        return {"total": total, "pred": l1, "sigreg": sig, "cos": cos, "skill": skill}
+
+
+# --------------------------------------------------------------------------------------------------
+# actions and states
+
+
+def normalise_actions(a: Tensor, cfg: ACTinyConfig) -> Tensor:
+    """Recorded action blocks ``[..., frameskip * width]`` -> the predictor's action input."""
+    if cfg.action_mean is None:
+        return a
+    mean = torch.tensor(cfg.action_mean, dtype=a.dtype, device=a.device).repeat(cfg.frameskip)
+    std = torch.tensor(cfg.action_std, dtype=a.dtype, device=a.device).repeat(cfg.frameskip)
+    return (a - mean) / std
+
+
+def state_tokens(states: Tensor, cfg: ACTinyConfig) -> Tensor:
+    """Data-set states ``[..., S]`` -> the predictor's state input: the agent's position (``state_columns``),
+    normalised as an action, tiled ``frameskip`` times ``[..., action_dim]``."""
+    pos = states[..., list(cfg.state_columns)]
+    if cfg.action_mean is not None:
+        pos = (pos - torch.tensor(cfg.action_mean, dtype=pos.dtype, device=pos.device)) / torch.tensor(
+            cfg.action_std, dtype=pos.dtype, device=pos.device)
+    return pos.repeat(*([1] * (pos.dim() - 1)), cfg.frameskip)
+
+
+def propagate_position(states: Tensor, actions: Tensor, cfg: ACTinyConfig) -> Tensor:
+    """The next state with the agent at the last target of the action block; other columns unchanged.
+    states ``[..., S]``, actions ``[..., frameskip * width]`` -> ``[..., S]``."""
+    out = states.clone()
+    out[..., list(cfg.state_columns)] = actions.unflatten(-1, (cfg.frameskip, cfg.action_width))[..., -1, :].to(out)
+    return out
+
+
+class PositionTargetACWorldModel(VJEPA2ACWorldModel):
+    """``VJEPA2ACWorldModel`` for absolute position-target actions (PushT): action blocks of
+    ``frameskip`` recorded targets, the agent's position as the state (see the module docstring)."""
+
+    def __init__(self, model: ACJEPA, name: str | None = None, compile: bool = False):
+        cfg = model.cfg
+        super().__init__(model.predictor, model.encoder, name=name or cfg.name, frameskip=1, compile=compile)
+        self.module = model.eval()
+        self.tiny = cfg
+        self.frameskip = cfg.frameskip  # recorded steps per model step; the actions are concatenated
+        self.state_dim = max(cfg.state_columns) + 1  # at least this many data-set state columns
+
+    def _merge_actions(self, a: Tensor) -> Tensor:
+        return normalise_actions(a, self.tiny)
+
+    def _check_action_width(self, a: Tensor, name: str) -> None:
+        if not isinstance(a, Tensor) or a.shape[-1:] != (self.action_dim,):
+            raise WMError(
+                f"{name}: model {self.name!r} takes action_dim {self.action_dim} ({self.frameskip} recorded "
+                f"{self.tiny.action_width}-d position targets), found shape {_shape(a)}"
+            )
+
+    def _state_tokens(self, states: Tensor | None, b: int, t: int) -> Tensor:
+        cols = self.tiny.state_columns
+        if states is None:
+            raise WMError(
+                f"states: model {self.name!r} reads the agent's position (state columns {list(cols)}) of every "
+                "context frame; none were given (use a data set that records states, e.g. wmcore's PushT episodes)"
+            )
+        if (not isinstance(states, Tensor) or states.dim() != 3 or tuple(states.shape[:2]) != (b, t)
+                or states.shape[2] < self.state_dim):
+            raise WMError(f"states: expected [B={b}, Tc={t}, S >= {self.state_dim}], found {_shape(states)}")
+        if not torch.isfinite(states[..., list(cols)]).all():
+            raise WMError(f"states: the agent's position (columns {list(cols)}) contains NaN or inf")
+        return state_tokens(states, self.tiny)
+
+    def propagate_state(self, state: Tensor, action: Tensor) -> Tensor:
+        """state ``[B, S]``, action ``[B, action_dim]`` -> next state: the agent at the last target."""
+        if not isinstance(state, Tensor) or state.dim() != 2 or state.shape[1] < self.state_dim:
+            raise WMError(f"state: expected [B, S >= {self.state_dim}], found {_shape(state)}")
+        self._check_action_width(action, "action")
+        return propagate_position(state, action, self.tiny)
+
+    def _output(self, z: Tensor, last: Tensor) -> Tensor:
+        return self._norm(last + z if self.tiny.residual else z)
+
+    def _extra_config(self) -> dict:
+        return {"ac_tiny": self.tiny.to_json()}
+
+
+# --------------------------------------------------------------------------------------------------
+# saving and loading
+
+
+def canonical_state_dict(model: ACJEPA) -> dict[str, Tensor]:
+    """``encoder.*`` (transformers VJEPA2Model names) and ``predictor.*`` (official names), on the CPU."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_pretrained(model: ACJEPA | PositionTargetACWorldModel, directory: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory``; refuses if either exists."""
+    from safetensors.torch import save
+
+    model = model.module if isinstance(model, PositionTargetACWorldModel) else model
+    d = Path(directory)
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if (d / f).exists():
+            raise WMError(f"{d / f}: exists already; wmcore never overwrites a checkpoint, choose a new directory")
+    write_new(d / WEIGHTS_FILE, save(canonical_state_dict(model), metadata={"format": "pt", "wmcore": FORMAT}))
+    write_new(d / CONFIG_FILE, (json.dumps(model.cfg.to_json(), indent=2) + "\n").encode())
+    return d
+
+
+def is_ac_tiny_dir(path: str | Path) -> bool:
+    """Does ``path`` look like a directory written by ``save_pretrained`` (its config says the format)?"""
+    c = Path(path) / CONFIG_FILE
+    try:
+        return c.is_file() and json.loads(c.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> ACJEPA:
+    """An ``ACJEPA`` from ``directory`` (config.json + model.safetensors), strict, in eval mode."""
+    from safetensors.torch import load
+
+    d = Path(directory)
+    cpath, wpath = d / CONFIG_FILE, d / WEIGHTS_FILE
+    if not cpath.is_file() or not wpath.is_file():
+        raise WMError(f"{d}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (an {FORMAT} model directory)")
+    try:
+        raw = json.loads(cpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WMError(f"{cpath}: not readable JSON ({e})") from None
+    cfg = ACTinyConfig.from_json(raw, str(cpath), name=name)
+    try:
+        state = load(wpath.read_bytes())
+    except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
+        raise WMError(f"{wpath}: cannot read the weights ({type(e).__name__}: {str(e)[:300]})") from None
+    model = ACJEPA(cfg)
+    wrong = state_mismatch(state, model.state_dict(), want="config wants")
+    if wrong:
+        raise WMError(f"{wpath}: does not match {cpath} — {wrong}")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_world_model(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None,
+                     compile: bool = False) -> PositionTargetACWorldModel:
+    """``load_checkpoint`` wrapped as a WorldModel with the exact KV-cached rollout."""
+    return PositionTargetACWorldModel(load_checkpoint(directory, device), name=name, compile=compile)
