@@ -26,31 +26,15 @@ from wmcore.models.lewm import (
     rename_vit_keys,
     save_pretrained,
     sigreg,
+    tiny_config,
     vit_naming,
 )
 from wmcore.protocol import WorldModel
 from wmcore.rollout import closed_loop, open_loop
 
-TINY = LeWMConfig(
-    name="tiny",
-    image_size=32,
-    patch_size=8,
-    encoder_hidden=32,
-    encoder_layers=2,
-    encoder_heads=2,
-    encoder_mlp=64,
-    embed_dim=16,
-    projector_hidden=32,
-    pred_proj_hidden=32,
-    action_dim=10,  # PushT-like: 2 recorded dims x frameskip 5, so a release config (no wmcore section) fits
-    frameskip=5,
-    predictor_hidden=16,
-    predictor_depth=2,
-    predictor_heads=2,
-    predictor_dim_head=8,
-    predictor_mlp=32,
-    sigreg_num_proj=64,
-)
+# PushT-like actions (2 recorded dims x frameskip 5), so a release config (no wmcore section) fits
+TINY = tiny_config(image_size=32, encoder_layers=2, action_dim=10, frameskip=5, predictor_hidden=16, predictor_depth=2,
+                   predictor_dim_head=8, predictor_mlp=32, sigreg_num_proj=64)
 T4_QUERY = "encoder.encoder.layer.0.attention.attention.query.weight"
 
 
