@@ -70,7 +70,7 @@ def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalCon
         raise WMError(
             f"episodes have {batch.actions.shape[1]} recorded steps = {s} model steps at frameskip {k}; "
             f"horizon {cfg.horizon} after {cfg.context} context frame(s) needs {need - 1} model steps. "
-            f"Use --wm-horizon <= {s + 1 - cfg.context} or longer episodes"
+            f"Use a horizon <= {s + 1 - cfg.context} (pytest --wm-horizon, wmcore evaluate --horizon) or longer episodes"
             + (f" (or a smaller start than {cfg.start})" if cfg.start else "")
         )
     frames = subsample(batch.frames, k)[:, : s + 1]
