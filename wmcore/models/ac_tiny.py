@@ -130,18 +130,6 @@ class ACTinyConfig:
         """Width of one model step's action block (what rollouts pass)."""
         return self.action_width * self.frameskip
 
-    @property
-    def image_mean(self) -> tuple[float, float, float]:
-        from ..video import IMAGENET_MEAN
-
-        return IMAGENET_MEAN
-
-    @property
-    def image_std(self) -> tuple[float, float, float]:
-        from ..video import IMAGENET_STD
-
-        return IMAGENET_STD
-
     def predictor_config(self) -> ACPredictorConfig:
         return ACPredictorConfig(
             img_size=(self.image_size, self.image_size), patch_size=self.patch_size,
@@ -212,17 +200,13 @@ class ACJEPA(nn.Module):
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
 
-    @property
-    def tokens(self) -> int:
-        return (self.cfg.image_size // self.cfg.patch_size) ** 2
-
     def encode_raw(self, pixels: Tensor) -> Tensor:
         """``[B, T, 3, S, S]`` -> encoder tokens ``[B, T, N, D]`` (before the layer norm)."""
         if pixels.dim() != 5 or pixels.shape[2] != 3:
             raise WMError(f"pixels: expected [B, T, 3, S, S], found {tuple(pixels.shape)}")
         b, t = pixels.shape[:2]
         clip = pixels.flatten(0, 1).unsqueeze(2).expand(-1, -1, self.cfg.tubelet_size, -1, -1)
-        return self.encoder(clip).reshape(b, t, self.tokens, -1)
+        return self.encoder(clip).reshape(b, t, self.predictor.config.tokens_per_frame, -1)
 
     @staticmethod
     def norm(z: Tensor) -> Tensor:
@@ -272,13 +256,18 @@ class ACJEPA(nn.Module):
 # actions and states
 
 
+def _action_stats(cfg: ACTinyConfig, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-recorded-dimension action mean and std ``[width]``, on ``like``'s device and dtype."""
+    return (torch.tensor(cfg.action_mean, dtype=like.dtype, device=like.device),
+            torch.tensor(cfg.action_std, dtype=like.dtype, device=like.device))
+
+
 def normalise_actions(a: Tensor, cfg: ACTinyConfig) -> Tensor:
     """Recorded action blocks ``[..., frameskip * width]`` -> the predictor's action input."""
     if cfg.action_mean is None:
         return a
-    mean = torch.tensor(cfg.action_mean, dtype=a.dtype, device=a.device).repeat(cfg.frameskip)
-    std = torch.tensor(cfg.action_std, dtype=a.dtype, device=a.device).repeat(cfg.frameskip)
-    return (a - mean) / std
+    mean, std = _action_stats(cfg, a)
+    return (a - mean.repeat(cfg.frameskip)) / std.repeat(cfg.frameskip)
 
 
 def state_tokens(states: Tensor, cfg: ACTinyConfig) -> Tensor:
@@ -286,8 +275,8 @@ def state_tokens(states: Tensor, cfg: ACTinyConfig) -> Tensor:
     normalised as an action, tiled ``frameskip`` times ``[..., action_dim]``."""
     pos = states[..., list(cfg.state_columns)]
     if cfg.action_mean is not None:
-        pos = (pos - torch.tensor(cfg.action_mean, dtype=pos.dtype, device=pos.device)) / torch.tensor(
-            cfg.action_std, dtype=pos.dtype, device=pos.device)
+        mean, std = _action_stats(cfg, pos)
+        pos = (pos - mean) / std
     return pos.repeat(*([1] * (pos.dim() - 1)), cfg.frameskip)
 
 
@@ -370,15 +359,6 @@ def save_pretrained(model: ACJEPA | PositionTargetACWorldModel, directory: str |
     write_new(d / WEIGHTS_FILE, save(canonical_state_dict(model), metadata={"format": "pt", "wmcore": FORMAT}))
     write_new(d / CONFIG_FILE, (json.dumps(model.cfg.to_json(), indent=2) + "\n").encode())
     return d
-
-
-def is_ac_tiny_dir(path: str | Path) -> bool:
-    """Does ``path`` look like a directory written by ``save_pretrained`` (its config says the format)?"""
-    c = Path(path) / CONFIG_FILE
-    try:
-        return c.is_file() and json.loads(c.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> ACJEPA:
