@@ -22,19 +22,27 @@ columns are carried unchanged and never read. Training draws, per window, record
 positions (``state_mix``), so that neither loop meets states it was not trained on.
 
 Status: no variant of this recipe has yet given a model worth embedding. On PushT (150 episodes,
-window 6, batch 16, 2 CPU cores; logs in the notes of issue 6), the encoder settles on tokens that
-hardly change within an episode, and the predictor then cannot beat copy-last:
+2 CPU cores, 600-3000 steps per run; logs in the notes of issue 6) the predictor ends at the copy-last
+baseline (step-1 MSE skill vs copy-last between -0.03 and +0.03 on held-out windows):
 - SIGReg per (frame, patch) position across the batch, no residual: after 2000 steps, closed-loop
-  cosine 0.9997 at every step and step-1 MSE skill vs copy-last -1.45 (8 held-out episodes);
-- ``residual`` + SIGReg of each frame's mean token: skill -0.9 at step 200, about 0 from step 1500
-  (-0.03 on 12 held-out episodes at step 1800), copy-first cosine still 0.998 after 15 s;
+  cosine 0.9997 at every step and skill -1.45 (8 held-out episodes);
+- ``residual`` + SIGReg of each frame's mean token: skill about 0 from step 1500 (-0.03 at step
+  1800), copy-first cosine still 0.998 after 15 s: the tokens hardly change within an episode;
 - ``residual`` + SIGReg on 64 tokens pooled over samples and positions (the current default): the
   next-frame cosine rose from 0.966 (step 200) to 0.999 (step 600), skill -0.01;
-- ``freeze_encoder`` (a random encoder, the predictor alone trained): skill +0.017, flat from step
-  100 to 500.
-Most PushT patches are the same white background in every sample, so a per-position code plus a small
-content term passes these SIGReg tests; what would make the tokens carry the agent and the block
-(masking, an EMA target, a pretrained frozen encoder) is open.
+- ``freeze_encoder`` (a random encoder, the predictor alone trained): skill +0.017 to +0.05, also at
+  patch 16, window 2 and lr 2e-3;
+- an extra SIGReg on the tokens' frame-to-frame changes (x3, pooled or per position), at patch 8 and
+  16, with unit-scale action/state encoders and lr 1e-3: the changes became dense (next-frame cosine
+  0.85-0.90 instead of 0.999), the skill stayed between 0.00 and +0.01 for 600-1200 steps.
+The diagnosis: the trained predictor ignores its action and state tokens (in the five runs probed,
+shuffling them across the batch changes the held-out skill by at most 1e-4; in all nine runs the action
+encoder's weight norm ended within 22 % of its initial value), although the same predictor learns a global action effect within 150 steps
+(``tests/test_ac_tiny.py``) and the embedded ``pusht-lewm`` loses all its skill (0.70 -> -0.01) when
+its actions are shuffled. A PushT model step moves the 4-px agent (at 64 px) by about 5 px: a local change of one or two
+patch tokens, which a RoPE-only predictor has to place from absolute targets; LeWM's CLS embedding
+with AdaLN conditioning makes it a global one. What would make it learnable here (a pretrained frozen
+encoder, as the official V-JEPA 2-AC uses; relative actions; masking; much longer training) is open.
 """
 
 from __future__ import annotations
