@@ -10,10 +10,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ..errors import WMError
 from ..protocol import WorldModel
+
+
+def key_list(keys: list[str], n: int = 10) -> str:
+    """``keys`` for an error message: the count, then at most ``n`` of them."""
+    return f"{len(keys)}: " + ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def state_mismatch(state: Mapping[str, Any], expected: Mapping[str, Any], want: str = "expected") -> str:
+    """"" when ``state`` (names -> tensors) has exactly the keys and shapes of ``expected`` (names ->
+    tensors or shapes); else the missing, unexpected and misshapen keys (each list shortened), for the
+    error message of a family's checkpoint loader."""
+    def shape(v: Any) -> tuple[int, ...]:
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k} {shape(state[k])} ({want} {shape(expected[k])})"
+                    for k in set(state) & set(expected) if shape(state[k]) != shape(expected[k]))
+    parts = [f"missing keys {key_list(missing)}" if missing else "",
+             f"unexpected keys {key_list(unexpected)}" if unexpected else "",
+             f"shape mismatches {key_list(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _load_analytic(arg: str) -> WorldModel:
@@ -78,10 +100,6 @@ def _load_embedded(name: str) -> WorldModel:
         from .lewm import load_world_model
 
         return load_world_model(d, name=name)
-    if EMBEDDED[name] == "ac-tiny":  # a model trained by `wmcore train --arch ac-tiny`
-        from .ac_tiny import load_world_model as load_ac
-
-        return load_ac(d, name=name)
     return FAMILIES[EMBEDDED[name]](str(d))
 
 

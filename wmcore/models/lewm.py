@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
+from . import state_mismatch
 from ..fsio import write_new
 from ..protocol import fingerprint as _fingerprint
 
@@ -839,10 +840,6 @@ def _weights_path(d: Path) -> Path:
     )
 
 
-def _list(keys: list[str], n: int = 10) -> str:
-    return f"{len(keys)}: " + ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LeWorldModel:
     """A LeWorldModel from ``directory`` (config.json + model.safetensors, or the release's weights.pt),
     in eval mode. Either transformers naming of the encoder loads; anything else that does not match
@@ -869,22 +866,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     target = vit_naming(expected)
     if target is not None:
         state = rename_vit_keys(state, target)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} (config wants {tuple(expected[k].shape)})"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = [
-            f"missing keys {_list(missing)}" if missing else "",
-            f"unexpected keys {_list(unexpected)}" if unexpected else "",
-            f"shape mismatches {_list(shapes)}" if shapes else "",
-        ]
+    wrong = state_mismatch(state, expected, want="config wants")
+    if wrong:
         raise WMError(
-            f"{wpath}: does not match {cpath} — " + "; ".join(p for p in parts if p)
-            + ". Are config.json and the weights from the same model?"
+            f"{wpath}: does not match {cpath} — {wrong}. Are config.json and the weights from the same model?"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
+from . import key_list, state_mismatch
 from ..protocol import fingerprint as _fingerprint
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 
@@ -891,23 +892,6 @@ def clean_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
 
 
-def state_mismatch(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], want: str = "expected") -> str:
-    """"" when ``state`` has exactly the keys and shapes of ``expected``; else the missing, unexpected
-    and misshapen keys (each list shortened), for an error message."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} ({want} {tuple(expected[k].shape)})"
-                    for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    parts = [f"missing keys {_list(missing)}" if missing else "",
-             f"unexpected keys {_list(unexpected)}" if unexpected else "",
-             f"shape mismatches {_list(shapes)}" if shapes else ""]
-    return "; ".join(p for p in parts if p)
-
-
-def _list(keys: list[str], n: int = 10) -> str:
-    return f"{len(keys)}: " + ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
 def load_predictor_state(
     predictor: ACPredictor, state: Mapping[str, Tensor], source: str = "state dict"
 ) -> ACPredictor:
@@ -964,7 +948,7 @@ def _read_checkpoint(path: str | Path, device: str | torch.device) -> tuple[Path
         )
     bad = [k for k, v in ckpt["predictor"].items() if not isinstance(v, Tensor)]
     if bad:
-        raise WMError(f"{p}: 'predictor' holds non-tensor entries {_list(sorted(map(str, bad)))}")
+        raise WMError(f"{p}: 'predictor' holds non-tensor entries {key_list(sorted(map(str, bad)))}")
     return p, ckpt
 
 
@@ -1136,7 +1120,7 @@ def vjepa2_encoder_config(
         found = tuple(w.shape) if isinstance(w, Tensor) else "nothing"
         raise WMError(
             f"{source}: cannot tell the encoder's shape: expected patch_embed.proj.weight [D, 3, tubelet, p, p] "
-            f"(an official video ViT), found {found}; keys: {_list(sorted(state), 6)}"
+            f"(an official video ViT), found {found}; keys: {key_list(sorted(state), 6)}"
         )
     hidden, chans, tubelet, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2]), int(w.shape[3])
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
@@ -1175,22 +1159,15 @@ def encoder_from_official_state(
     state = {k: v for k, v in clean_keys(state).items() if k not in _IGNORED_ENCODER_KEYS}
     bad = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
     if bad:
-        raise WMError(f"{source}: holds non-tensor entries {_list(bad)}")
+        raise WMError(f"{source}: holds non-tensor entries {key_list(bad)}")
     config = vjepa2_encoder_config(state, img_size, num_frames, num_heads, source)
     with torch.device("meta"), _quiet_transformers():  # shapes only: no init of ~1B parameters
         encoder = VJEPA2VideoEncoder(VJEPA2Model(config))
-    layout = _official_encoder_layout(encoder.state_dict())
-    missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} (expected {layout[k]})"
-                    for k in set(state) & set(layout) if tuple(state[k].shape) != layout[k])
-    if missing or unexpected or shapes:
-        parts = [f"missing keys {_list(missing)}" if missing else "",
-                 f"unexpected keys {_list(unexpected)}" if unexpected else "",
-                 f"shape mismatches {_list(shapes)}" if shapes else ""]
+    wrong = state_mismatch(state, _official_encoder_layout(encoder.state_dict()))
+    if wrong:
         raise WMError(
             f"{source}: does not match the official video ViT it looks like (width {config.hidden_size}, "
-            f"{config.num_hidden_layers} blocks) — " + "; ".join(x for x in parts if x)
+            f"{config.num_hidden_layers} blocks) — {wrong}"
         )
     encoder.to_empty(device=device)
     encoder.load_state_dict(official_encoder_to_vjepa2(state), strict=True)
@@ -1234,8 +1211,8 @@ def load_vjepa2_encoder(directory: str | Path, device: str | torch.device = "cpu
     missing = sorted(str(k) for k in info.get("missing_keys", ()) if str(k).startswith("encoder."))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()) if "encoder." in str(k))
     if missing or mismatched:
-        parts = [f"missing encoder keys {_list(missing)}" if missing else "",
-                 f"misshapen encoder keys {_list(mismatched)}" if mismatched else ""]
+        parts = [f"missing encoder keys {key_list(missing)}" if missing else "",
+                 f"misshapen encoder keys {key_list(mismatched)}" if mismatched else ""]
         raise WMError(f"{d}: the weights do not match config.json — " + "; ".join(x for x in parts if x))
     return VJEPA2VideoEncoder(model).to(device).eval()
 
