@@ -56,7 +56,6 @@ class Settings:
     thresholds: dict
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wmcore", "world-model drift benchmarks")
     g.addoption("--wm-model", action="append", default=None, metavar="SPEC",
@@ -129,9 +128,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as e:
         raise pytest.UsageError(f"--wm-threshold: {e}") from None
     config.stash[_SETTINGS] = Settings(
+        models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"),
+        start=o("wm_start"), episodes=o("wm_episodes"), actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
         thresholds=overrides,
-        models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"), start=o("wm_start"), episodes=o("wm_episodes"),
-        actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
     )
 
 
