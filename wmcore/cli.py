@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands their arguments over whole (they own their options and exit codes)
     sub.add_parser("compare", help="diff two saved runs (pytest-benchmark JSON or run directories): "
                    "table, overlay plot, exit 1 on a drift regression (wmcore compare --help)")
-    sub.add_parser("train", help="train the LeWorldModel-style default on PushT episodes "
-                   "(wmcore train --help for its options)")
+    sub.add_parser("train", help="train a world model on PushT episodes: the LeWorldModel-style default, or "
+                   "--arch ac-tiny (wmcore train --help for its options)")
     sub.add_parser("make-fixtures", help="generate episode sets: make-fixtures pusht --out DIR "
                    "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
     return p
