@@ -60,6 +60,9 @@ def _inputs(b: int, t: int, seed: int = 1, s: int = 5):
     (dict(predictor_heads=5), "multiple of predictor_heads"),
     (dict(state_mix=1.5), "state_mix"),
     (dict(max_frames=0), "positive integer"),
+    (dict(pred_loss="huber"), "pred_loss"),
+    (dict(inverse_dynamics=-1.0), "inverse_dynamics"),
+    (dict(inverse_dynamics=1.0, freeze_encoder=True), "no use with freeze_encoder"),
 ])
 def test_bad_config_says_what(change, says):
     with pytest.raises(WMError, match=says):
@@ -213,6 +216,25 @@ def test_loss_terms_and_gradients_reach_both_halves():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
 
 
+def test_mse_and_inverse_dynamics_terms_are_what_they_say():
+    cfg = dataclasses.replace(CFG, pred_loss="mse", inverse_dynamics=0.5)
+    m = _module(cfg).train()
+    pix = torch.randn(3, 4, 3, CFG.image_size, CFG.image_size)
+    act, st = torch.randn(3, 4, K * W), torch.randn(3, 4, K * W)
+    losses = m.loss(pix, act, st, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = m.embed(pix)
+        mse = (m.predict_next(emb[:, :-1], act[:, :-1], st[:, :-1]) - emb[:, 1:]).square().mean()
+        mean = emb.mean(2)
+        inverse = (m.inverse(torch.cat([mean[:, :-1], mean[:, 1:]], -1)) - act[:, :-1]).square().mean()
+    torch.testing.assert_close(losses["pred"], mse)
+    torch.testing.assert_close(losses["inverse"], inverse)
+    torch.testing.assert_close(losses["total"], mse + cfg.sigreg_lambda * losses["sigreg"] + 0.5 * inverse)
+    losses["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.inverse.parameters())
+    assert not hasattr(_module(), "inverse")  # no head (and no weights for it) without the term
+
+
 def test_predict_next_is_causal_over_frames():
     m = _module()
     emb = m.embed(torch.randn(1, 4, 3, CFG.image_size, CFG.image_size))
@@ -340,6 +362,32 @@ def test_training_writes_a_loadable_model_deterministically(ac_data, tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
     frames = torch.stack([_episode(16, 0).frames[:3]])
     assert torch.isfinite(wm.encode(frames)).all()
+
+
+def test_a_frozen_encoder_stage_starts_from_another_models_encoder(ac_data, tmp_path):
+    """Stage 2 of the pusht-ac-tiny recipe: --encoder-from a stage-1 model with freeze_encoder; the
+    encoder comes out bit-identical to stage 1's, the predictor trained afresh."""
+    stage1 = train(str(ac_data), str(tmp_path / "s1"), tiny_config(frameskip=K, inverse_dynamics=1.0), TCFG,
+                   device="cpu", log=lambda s: None)
+    cfg2 = tiny_config(frameskip=K, freeze_encoder=True, pred_loss="mse")
+    final = train(str(ac_data), str(tmp_path / "s2"), cfg2, dataclasses.replace(TCFG, encoder_from=str(stage1)),
+                  device="cpu", log=lambda s: None)
+    w1, w2 = _weights(tmp_path / "s1"), _weights(tmp_path / "s2")
+    enc = [k for k in w2 if k.startswith("encoder.")]
+    assert enc and all(torch.equal(w1[k], w2[k]) for k in enc)
+    assert any(not torch.equal(w1[k], w2[k]) for k in w2 if k.startswith("predictor."))
+    assert not any(k.startswith("inverse.") for k in w2) and any(k.startswith("inverse.") for k in w1)
+    log1 = json.loads((tmp_path / "s1" / "train_log.json").read_text())
+    assert all(np.isfinite(e["val_inverse"]) for e in log1)
+    assert load_world_model(final).tiny.pred_loss == "mse"
+    with pytest.raises(WMError, match=r"encoder differs from this run's: patch_size 8 \(this run: 4\)"):
+        train(str(ac_data), str(tmp_path / "s3"), tiny_config(frameskip=K, patch_size=4),
+              dataclasses.replace(TCFG, encoder_from=str(stage1)), device="cpu", log=lambda s: None)
+    assert not (tmp_path / "s3").exists()  # refused before anything was written
+    with pytest.raises(WMError, match="only --arch ac-tiny"):
+        from wmcore.models.lewm import tiny_config as lewm_tiny
+        train(str(ac_data), str(tmp_path / "s4"), lewm_tiny(frameskip=K, action_dim=K * W),
+              dataclasses.replace(TCFG, encoder_from=str(stage1)), device="cpu", log=lambda s: None)
 
 
 def test_training_needs_states_for_the_position_token(tmp_path):

@@ -1,8 +1,9 @@
 """The recipe that trains the embedded models: a JEPA from pixels on PushT episodes.
 
 ``--arch lewm`` (the default model pusht-lewm: LeWorldModel, CLS embedding, MSE + SIGReg) or
-``--arch ac-tiny`` (a small V-JEPA 2-AC, patch tokens, L1 + SIGReg; see ``wmcore.models.ac_tiny``,
-whose docstring says how far it has got on PushT).
+``--arch ac-tiny`` (a small V-JEPA 2-AC, patch tokens, L1 + SIGReg, optionally inverse dynamics; the
+embedded pusht-ac-tiny takes two runs, the second on the first's frozen encoder (``--encoder-from``):
+``make train-ac-tiny``, and ``wmcore.models.ac_tiny`` says why).
 
 ``wmcore train --data DIR --out DIR`` (or ``python -m wmcore.train``). Seeded, resumable (a checkpoint
 every ``--val-every`` steps; rerunning the same command continues), a held-out validation curve, a
@@ -32,6 +33,8 @@ from .models.lewm import LeWMConfig, LeWorldModel, recalibrate_bn, save_pretrain
 from .models.vjepa2_ac import ac_preprocess
 
 ARCHS = {"lewm": LeWMConfig, "ac-tiny": ACTinyConfig}
+TRAIN_HELP = {"encoder_from": "an ac-tiny model directory whose encoder weights start this run (its encoder "
+                              "config must match); with freeze_encoder in --model-config, a predictor-only stage"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0 = torch's default
     time_limit_min: float = 0.0  # 0 = none; stops cleanly (and saves) when exceeded
+    encoder_from: str = ""  # ac-tiny only: a model directory whose encoder starts this run (with freeze_encoder: stage 2)
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> WMError:
@@ -171,9 +175,14 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig | ACTinyConfig, cfg
     val_w = Windows(frames[ntr:], actions[ntr:], cfg.window, k, None if states is None else states[ntr:])
     gv = torch.Generator().manual_seed(cfg.seed + 1)
     val_batches = [(p, (a - amean) / astd, st) for p, a, st in (val_w.sample(cfg.batch, gv) for _ in range(4))]
-    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
 
-    model = (ACJEPA(model_cfg) if ac else LeWorldModel(model_cfg)).to(dev)
+    model = ACJEPA(model_cfg) if ac else LeWorldModel(model_cfg)
+    if cfg.encoder_from:
+        if not ac:
+            raise WMError("--encoder-from: only --arch ac-tiny starts from another model's encoder")
+        ac_tiny.copy_encoder(model, cfg.encoder_from)
+    model = model.to(dev)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     start, history = 0, []
@@ -228,6 +237,7 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig | ACTinyConfig, cfg
                 f"step {done}/{cfg.steps}  train {mean_loss:.4f}  val pred {val['val_pred']:.4f} "
                 f"sigreg {val['val_sigreg']:.3f} cos {val['val_cos']:.3f}"
                 + (f" skill {val['val_skill']:+.3f}" if "val_skill" in val else "")
+                + (f" inverse {val['val_inverse']:.3f}" if "val_inverse" in val else "")
                 + f"  {rate:.2f} it/s  eta {eta / 60:.1f} min"
             )
             _save_checkpoint(ckpt, model, opt, g, done, history, model_cfg, cfg)
@@ -308,12 +318,13 @@ def _validate(model: LeWorldModel | ACJEPA, batches, dev, cfg: LeWMConfig | ACTi
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()  # but a deterministic predictor
-    pred = sig = cos = skill = 0.0
+    pred = sig = cos = skill = inverse = 0.0
     for pix, act, st in batches:
         if isinstance(cfg, ACTinyConfig):
             losses = model.loss(_ac_pixels(pix, dev, cfg), act.to(dev), _ac_states(st, act, cfg, None).to(dev))
             pred, sig, cos = pred + float(losses["pred"]), sig + float(losses["sigreg"]), cos + float(losses["cos"])
             skill += float(losses["skill"])
+            inverse += float(losses.get("inverse", 0.0))
             continue
         p = _pixels(pix, dev, cfg)
         losses = model.loss(p, act.to(dev))
@@ -326,6 +337,8 @@ def _validate(model: LeWorldModel | ACJEPA, batches, dev, cfg: LeWMConfig | ACTi
     out = {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n}
     if isinstance(cfg, ACTinyConfig):  # MSE skill against copying the previous frame
         out["val_skill"] = skill / n
+        if cfg.inverse_dynamics:
+            out["val_inverse"] = inverse / n
     return out
 
 
@@ -355,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="training directory: checkpoint, log, and model/ at the end")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
     for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"(default {f.default})")
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"(default {f.default!r})" + (f": {TRAIN_HELP[f.name]}" if f.name in TRAIN_HELP else ""))
     p.add_argument("--arch", choices=sorted(ARCHS), default="lewm",
                    help="lewm: LeWorldModel (pusht-lewm); ac-tiny: small V-JEPA 2-AC (default lewm)")
     p.add_argument("--name", help="the model's name in reports and plots (default: the architecture's)")

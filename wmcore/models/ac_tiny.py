@@ -5,10 +5,11 @@ The architecture is V-JEPA 2-AC's at toy size: transformers' ``VJEPA2Model`` vid
 ``ACPredictor`` (the official layout: block-causal frames, action and state tokens, 3D RoPE) as the
 predictor, wrapped in ``VJEPA2ACWorldModel`` so that rollouts use its exact KV cache.
 
-The recipe is LeWM's (``wmcore.train``): teacher-forced L1 between the layer-normed predictions and
-the layer-normed encodings of the next frames (gradient through both, no EMA target) plus SIGReg on
-the raw encoder tokens, which keeps the encoder from collapsing. The official V-JEPA 2-AC froze a
-pretrained encoder instead; there is none to freeze here.
+The loss (``wmcore.train``) is LeWM's recipe: teacher-forced L1 (or MSE, ``pred_loss``) between the
+layer-normed predictions and the layer-normed encodings of the next frames (gradient through both, no
+EMA target) plus SIGReg on the raw encoder tokens, which keeps the encoder from collapsing; optionally
+an inverse-dynamics term. The official V-JEPA 2-AC trains its predictor on a frozen pretrained
+encoder; ``freeze_encoder`` with ``--encoder-from`` does that with an encoder trained here.
 
 Actions and states (PushT). A PushT action is an absolute target for the agent (2-d, in the 512-px
 workspace). One model step is ``frameskip`` recorded actions, normalised by the training set's mean
@@ -21,28 +22,35 @@ episodes it is off by 11 px on average after the 5 steps, against 37 px of motio
 columns are carried unchanged and never read. Training draws, per window, recorded or propagated
 positions (``state_mix``), so that neither loop meets states it was not trained on.
 
-Status: no variant of this recipe has yet given a model worth embedding. On PushT (150 episodes,
-2 CPU cores, 600-3000 steps per run; logs in the notes of issue 6) the predictor ends at the copy-last
-baseline (step-1 MSE skill vs copy-last between -0.03 and +0.03 on held-out windows):
-- SIGReg per (frame, patch) position across the batch, no residual: after 2000 steps, closed-loop
-  cosine 0.9997 at every step and skill -1.45 (8 held-out episodes);
-- ``residual`` + SIGReg of each frame's mean token: skill about 0 from step 1500 (-0.03 at step
-  1800), copy-first cosine still 0.998 after 15 s: the tokens hardly change within an episode;
-- ``residual`` + SIGReg on 64 tokens pooled over samples and positions (the current default): the
-  next-frame cosine rose from 0.966 (step 200) to 0.999 (step 600), skill -0.01;
-- ``freeze_encoder`` (a random encoder, the predictor alone trained): skill +0.017 to +0.05, also at
-  patch 16, window 2 and lr 2e-3;
-- an extra SIGReg on the tokens' frame-to-frame changes (x3, pooled or per position), at patch 8 and
-  16, with unit-scale action/state encoders and lr 1e-3: the changes became dense (next-frame cosine
-  0.85-0.90 instead of 0.999), the skill stayed between 0.00 and +0.01 for 600-1200 steps.
-The diagnosis: the trained predictor ignores its action and state tokens (in the five runs probed,
-shuffling them across the batch changes the held-out skill by at most 1e-4; in all nine runs the action
-encoder's weight norm ended within 22 % of its initial value), although the same predictor learns a global action effect within 150 steps
-(``tests/test_ac_tiny.py``) and the embedded ``pusht-lewm`` loses all its skill (0.70 -> -0.01) when
-its actions are shuffled. A PushT model step moves the 4-px agent (at 64 px) by about 5 px: a local change of one or two
-patch tokens, which a RoPE-only predictor has to place from absolute targets; LeWM's CLS embedding
-with AdaLN conditioning makes it a global one. What would make it learnable here (a pretrained frozen
-encoder, as the official V-JEPA 2-AC uses; relative actions; masking; much longer training) is open.
+How ``pusht-ac-tiny`` is made (``make train-ac-tiny``; the model card has the figures): two runs.
+1. Encoder + predictor from pixels, ``patch_size`` 32 (4 tokens per frame), L1 + SIGReg and an
+   ``inverse_dynamics`` head (the action block guessed from the mean tokens of consecutive frames;
+   the head is not part of the model that is shipped).
+2. A fresh predictor on the frozen stage-1 encoder (``freeze_encoder``, ``--encoder-from``), MSE,
+   as V-JEPA 2-AC trains its predictor on a frozen encoder.
+
+Why (runs of 600-3000 steps on 150 PushT episodes, 2 CPU cores). End to end, with L1 or MSE, at
+patch 8, 16, 32 or 64 (64, 16, 4 or 1 tokens per frame), with SIGReg pooled over tokens, per
+position, per frame's mean token or on the tokens' frame-to-frame changes, the predictor ended at
+the copy-last baseline (held-out step-1 MSE skill between -0.03 and +0.04) and ignored its action and
+state tokens: shuffling them across the batch moved the skill by at most 1e-4, and the action
+encoder's weights hardly left their initial values. Two things had to change.
+- The encoder settles on what copy-last predicts. Its tokens came to change less and less from frame
+  to frame (next-frame cosine 0.999-1.000) while SIGReg kept them diverse across episodes: the block's
+  pose, which is still in most steps, and not the moving agent. The inverse-dynamics term makes the
+  encoder keep the agent's motion.
+- The predictor learns to read its action tokens only when the encoder stands still, and with few
+  tokens per frame. On frozen embeddings (predictor alone, 600-3000 steps): pusht-lewm's CLS
+  embedding (1 token), skill 0.51 after 1000 steps, -0.10 with shuffled actions; pusht-lewm's 64
+  patch tokens, 0.007, whatever the actions; the stage-1 encoder above (4 tokens), 0.06 with L1 and
+  0.27-0.33 with MSE after 3000 steps. At init an action token's effect on a patch token's output,
+  and the gradient that reaches the action encoder, shrink with the tokens per frame (attention
+  spreads over them): with random inputs, the action encoder's gradient at 64 tokens per frame is
+  150 times smaller than at 1.
+Before the two stages, these were tried and reverted: ``residual`` off, unit-scale action/state
+encoder init, lr 1e-3/2e-3, window 2/4, a frozen random encoder (skill +0.02 to +0.05), and a
+single run with inverse dynamics (skill +0.04 after 3000 steps at patch 32: the encoder then carries
+the motion, yet the predictor, chasing a moving target, barely learns to use it).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from .vjepa2_ac import (
 )
 
 FORMAT = "wmcore-ac-tiny"
+PRED_LOSSES = {"l1": lambda d: d.abs().mean(), "mse": lambda d: d.square().mean()}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -102,6 +111,8 @@ class ACTinyConfig:
     state_mix: float = 0.5  # probability that a training window reads propagated, not recorded, positions
     residual: bool = True  # the predictor's output is added to the last frame's latent (then layer-normed)
     freeze_encoder: bool = False  # train the predictor only, on the encoder as initialised (no SIGReg term)
+    pred_loss: str = "l1"  # "l1" (V-JEPA 2-AC's) or "mse" (LeWM's) between predicted and encoded next latents
+    inverse_dynamics: float = 0.0  # weight of an inverse-dynamics head's action MSE (0 = no head; see above)
 
     def __post_init__(self) -> None:
         for key in ("state_columns", "action_mean", "action_std"):
@@ -132,6 +143,13 @@ class ACTinyConfig:
             raise WMError(f"ACTinyConfig: action_mean/action_std need {self.action_width} entries and positive stds")
         if not 0 <= self.state_mix <= 1 or self.sigreg_lambda < 0 or self.encoder_mlp_ratio <= 0:
             raise WMError("ACTinyConfig: state_mix must be in [0, 1], sigreg_lambda >= 0, encoder_mlp_ratio > 0")
+        if self.pred_loss not in PRED_LOSSES:
+            raise WMError(f"ACTinyConfig.pred_loss: expected one of {sorted(PRED_LOSSES)}, found {self.pred_loss!r}")
+        if not isinstance(self.inverse_dynamics, (int, float)) or isinstance(self.inverse_dynamics, bool) \
+                or not 0 <= self.inverse_dynamics < float("inf"):
+            raise WMError(f"ACTinyConfig.inverse_dynamics: expected a weight >= 0, found {self.inverse_dynamics!r}")
+        if self.inverse_dynamics and self.freeze_encoder:
+            raise WMError("ACTinyConfig: inverse_dynamics shapes the encoder; it has no use with freeze_encoder")
 
     @property
     def action_dim(self) -> int:
@@ -205,6 +223,9 @@ class ACJEPA(nn.Module):
         with _quiet_transformers():
             self.encoder = VJEPA2VideoEncoder(VJEPA2Model(cfg.encoder_config()))
         self.predictor = ACPredictor.from_config(cfg.predictor_config())
+        if cfg.inverse_dynamics:  # (mean token of frame t, of frame t+1) -> the action block between them
+            d = cfg.encoder_hidden
+            self.inverse = nn.Sequential(nn.Linear(2 * d, 4 * d), nn.GELU(), nn.Linear(4 * d, cfg.action_dim))
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -232,13 +253,15 @@ class ACJEPA(nn.Module):
 
     def loss(self, pixels: Tensor, actions: Tensor, states: Tensor,
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """pred: teacher-forced L1 of the predictions against the next frames' latents; sigreg: SIGReg of
-        the raw tokens, one test per time step on ``sigreg_tokens`` tokens drawn from all samples and
-        patch positions (LeWM tests its CLS embedding per time step across the batch); total: pred +
-        sigreg_lambda * sigreg. Diagnostics (no gradient): cos, the predictions' mean token cosine;
-        skill, 1 - MSE(pred) / MSE(copy the previous frame).
+        """pred: teacher-forced ``pred_loss`` (L1 or MSE) of the predictions against the next frames'
+        latents; sigreg: SIGReg of the raw tokens, one test per time step on ``sigreg_tokens`` tokens drawn
+        from all samples and patch positions (LeWM tests its CLS embedding per time step across the
+        batch); inverse: with ``inverse_dynamics``, the MSE of the action blocks predicted from the mean
+        tokens of consecutive frames; total: pred + sigreg_lambda * sigreg + inverse_dynamics * inverse
+        (pred alone with ``freeze_encoder``). Diagnostics (no gradient): cos, the predictions' mean token
+        cosine; skill, 1 - MSE(pred) / MSE(copy the previous frame).
 
-        See the module docstring for what each SIGReg placement did on PushT."""
+        See the module docstring for what each variant did on PushT."""
         t = pixels.shape[1]
         if t < 2:
             raise WMError(f"pixels: need at least 2 frames [B, T >= 2, 3, S, S], found {tuple(pixels.shape)}")
@@ -247,17 +270,23 @@ class ACJEPA(nn.Module):
         emb = self.norm(raw)
         pred = self.predict_next(emb[:, :-1], actions[:, : t - 1], states[:, : t - 1])
         target = emb[:, 1:]
-        l1 = (pred - target).abs().mean()
+        lp = PRED_LOSSES[self.cfg.pred_loss](pred - target)
         # one SIGReg test per time step on tokens drawn from all of the batch's frames and positions
         pool = raw.transpose(0, 1).flatten(1, 2)  # [T, B*N, D]
         pick = torch.randperm(pool.shape[1], generator=generator)[: self.cfg.sigreg_tokens].to(pool.device)
         sig = sigreg(pool[:, pick], self.cfg.sigreg_num_proj, self.cfg.sigreg_knots, generator)
+        out = {"pred": lp, "sigreg": sig}
+        total = lp if self.cfg.freeze_encoder else lp + self.cfg.sigreg_lambda * sig  # sig: a diagnostic then
+        if self.cfg.inverse_dynamics:
+            m = emb.mean(2)  # [B, T, D]
+            guess = self.inverse(torch.cat([m[:, :-1], m[:, 1:]], -1))
+            out["inverse"] = (guess - actions[:, : t - 1]).square().mean()
+            total = total + self.cfg.inverse_dynamics * out["inverse"]
         with torch.no_grad():
             cos = F.cosine_similarity(pred, target, dim=-1).mean()
             copy = (emb[:, :-1] - target).square().mean()
             skill = 1 - (pred - target).square().mean() / copy.clamp_min(1e-12)
-        total = l1 if self.cfg.freeze_encoder else l1 + self.cfg.sigreg_lambda * sig  # sig: a diagnostic then
-        return {"total": total, "pred": l1, "sigreg": sig, "cos": cos, "skill": skill}
+        return {"total": total, **out, "cos": cos, "skill": skill}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,6 +421,21 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", n
         raise WMError(f"{wpath}: does not match {cpath} — {wrong}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+ENCODER_FIELDS = ("image_size", "patch_size", "tubelet_size", "encoder_hidden", "encoder_layers", "encoder_heads",
+                  "encoder_mlp_ratio")
+
+
+def copy_encoder(model: ACJEPA, directory: str | Path) -> None:
+    """Load the encoder of the ac-tiny model in ``directory`` into ``model`` (the start of a predictor-only
+    stage on a frozen encoder); the encoder fields of both configs must agree."""
+    src = load_checkpoint(directory)
+    differ = [f"{k} {getattr(src.cfg, k)!r} (this run: {getattr(model.cfg, k)!r})"
+              for k in ENCODER_FIELDS if getattr(src.cfg, k) != getattr(model.cfg, k)]
+    if differ:
+        raise WMError(f"{directory}: its encoder differs from this run's: {', '.join(differ)}")
+    model.encoder.load_state_dict(src.encoder.state_dict(), strict=True)
 
 
 def load_world_model(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None,
