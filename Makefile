@@ -13,8 +13,10 @@ TEST_ARGS ?=
 # The recipe of the embedded default model (fixtures/models/pusht-lewm, see its MODEL_CARD.md).
 PUSHT_TRAIN ?= data/pusht-train
 TRAIN_OUT ?= runs/train-pusht-lewm
+# ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
+AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench test setup clean train pusht-data
+.PHONY: bench test setup clean train train-ac-tiny pusht-data
 
 bench: setup
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
@@ -39,6 +41,14 @@ pusht-data: setup
 # Trains into $(TRAIN_OUT) (resumable: rerun to continue); the model lands in $(TRAIN_OUT)/model.
 train: pusht-data
 	$(BIN)/wmcore train --data $(PUSHT_TRAIN) --out $(TRAIN_OUT) --name pusht-lewm --seed 0
+
+# Stage 1: encoder + predictor (L1 + SIGReg + inverse dynamics); stage 2: a fresh predictor (MSE) on the
+# frozen stage-1 encoder. Each stage resumes when rerun; a finished stage 1 is not redone.
+train-ac-tiny: pusht-data
+	@[ -f $(AC_TRAIN_OUT)/stage1/model/model.safetensors ] || $(BIN)/wmcore train --arch ac-tiny --data $(PUSHT_TRAIN) \
+		--out $(AC_TRAIN_OUT)/stage1 --model-config recipes/pusht-ac-tiny-stage1.json --steps 3000 --seed 0
+	$(BIN)/wmcore train --arch ac-tiny --data $(PUSHT_TRAIN) --out $(AC_TRAIN_OUT)/stage2 --name pusht-ac-tiny \
+		--model-config recipes/pusht-ac-tiny-stage2.json --encoder-from $(AC_TRAIN_OUT)/stage1/model --steps 5000 --seed 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

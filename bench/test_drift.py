@@ -1,4 +1,4 @@
-"""Drift suite: each model (``--wm-model``, default the embedded pusht-lewm) on the episodes of
+"""Drift suite: each model (``--wm-model``, default every embedded model: pusht-lewm, pusht-ac-tiny) on the episodes of
 ``--wm-data`` (default the held-out PushT set in fixtures/pusht), per action source.
 
 Each case times the open- plus closed-loop rollout with pytest-benchmark, writes the drift plot and

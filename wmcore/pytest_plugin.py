@@ -2,7 +2,7 @@
 and the recording of reports.
 
 Options (all in the ``wmcore`` group of ``pytest --help``):
-  --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm)
+  --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm and pusht-ac-tiny)
   --wm-data PATH       episode directory, LeRobot dataset, fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
@@ -61,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--wm-model", action="append", default=None, metavar="SPEC",
                 help="model to benchmark, repeatable: an embedded name (pusht-lewm) or FAMILY:PATH "
                 "(lewm:DIR, ac-tiny:DIR, vjepa2-ac:CKPT, analytic:...); default: every embedded model "
-                "(today pusht-lewm)")
+                "(today pusht-lewm and pusht-ac-tiny)")
     g.addoption("--wm-data", default=None, metavar="PATH",
                 help="episodes: a directory with index.json (wmcore make-fixtures), a LeRobot dataset root "
                 "(meta/info.json), a fixtures/ set name, or one video with its actions (--wm-actions-file); default "

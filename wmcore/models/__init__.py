@@ -1,7 +1,7 @@
 """Model registry: ``load(spec)`` turns a model spec string into a WorldModel.
 
 A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
-family with a path or options), e.g. ``pusht-lewm``, ``lewm:path/to/dir``, ``analytic``,
+family with a path or options), e.g. ``pusht-lewm``, ``pusht-ac-tiny``, ``lewm:path/to/dir``, ``analytic``,
 ``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``, ``ac-tiny:DIR`` (a
 small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``). Families register a loader here.
 """
@@ -79,7 +79,7 @@ FAMILIES: dict[str, Callable[[str], WorldModel]] = {
 
 # Embedded models: NAME -> family whose loader reads fixtures/models/NAME. The drift bench measures
 # all of them by default; the CLI's default is DEFAULT_MODEL.
-EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm"}
+EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny"}
 DEFAULT_MODEL = "pusht-lewm"
 
 
@@ -94,12 +94,16 @@ def _load_embedded(name: str) -> WorldModel:
     if not d.is_dir():
         raise WMError(
             f"embedded model {name!r}: {d} is missing; run from a wmcore checkout (or set WMCORE_FIXTURES "
-            "to its fixtures/ directory), or retrain it with `make train`"
+            "to its fixtures/ directory), or retrain it (`make train`, `make train-ac-tiny`; see its MODEL_CARD.md)"
         )
     if EMBEDDED[name] == "lewm":
         from .lewm import load_world_model
 
         return load_world_model(d, name=name)
+    if EMBEDDED[name] == "ac-tiny":
+        from .ac_tiny import load_world_model as load_ac_tiny
+
+        return load_ac_tiny(d, name=name)
     return FAMILIES[EMBEDDED[name]](str(d))
 
 
