@@ -1,5 +1,5 @@
-"""Drift suite: each model (``--wm-model``, default every embedded model: pusht-lewm, pusht-ac-tiny) on the episodes of
-``--wm-data`` (default the held-out PushT set in fixtures/pusht), per action source.
+"""Drift suite: each model (``--wm-model``, default every embedded model: pusht-lewm, pusht-ac-tiny) on
+the episodes of ``--wm-data`` (default the held-out PushT set in fixtures/pusht), per action source.
 
 Each case times the open- plus closed-loop rollout with pytest-benchmark, writes the drift plot and
 the DriftReport into the run directory, and records the curves, gates and metadata in the

@@ -2,7 +2,8 @@
 and the recording of reports.
 
 Options (all in the ``wmcore`` group of ``pytest --help``):
-  --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm and pusht-ac-tiny)
+  --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm
+                       and pusht-ac-tiny)
   --wm-data PATH       episode directory, LeRobot dataset, fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)

@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0 = torch's default
     time_limit_min: float = 0.0  # 0 = none; stops cleanly (and saves) when exceeded
-    encoder_from: str = ""  # ac-tiny only: a model directory whose encoder starts this run (with freeze_encoder: stage 2)
+    encoder_from: str = ""  # ac-tiny: a model directory whose encoder starts this run (see TRAIN_HELP)
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> WMError:

@@ -74,9 +74,9 @@ from .vjepa2_ac import (
 )
 
 FORMAT = "wmcore-ac-tiny"
-PRED_LOSSES = {"l1": lambda d: d.abs().mean(), "mse": lambda d: d.square().mean()}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PRED_LOSSES = {"l1": lambda d: d.abs().mean(), "mse": lambda d: d.square().mean()}  # of prediction - target
 
 
 @dataclass(frozen=True)
