@@ -59,7 +59,9 @@ def make_model(cfg: LeWMConfig = TINY, seed: int = 0) -> LeWorldModel:
 
 @pytest.fixture(scope="module")
 def model():
-    return make_model()
+    """Shared by the module's tests, so built frozen: the state LeWMWorldModel(model) leaves it in
+    (eval, requires_grad False), whichever test wraps it first and in whatever order they run."""
+    return make_model().requires_grad_(False)
 
 
 def pixels(b=2, t=4, size=32, seed=0):
@@ -135,18 +137,19 @@ def test_loss_reads_t_minus_one_actions_and_rejects_bad_shapes(model):
 
 
 def test_predictor_is_causal_and_conditioned_on_actions(model):
-    emb = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # not the global RNG: its state depends on the tests run before
+    emb = torch.randn(2, 5, 16, generator=g)
     act = actions(t=5)
     with torch.no_grad():
         base = model.predict_next(emb, act)
         e2, a2 = emb.clone(), act.clone()
-        e2[:, 3] += torch.randn(2, 16)  # not a constant shift: the predictor's LayerNorms would hide that
+        e2[:, 3] += torch.randn(2, 16, generator=g)  # not a constant shift: the predictor's LayerNorms would hide that
         moved_frame = model.predict_next(e2, act)
         a2[:, 3] += 1.0
         moved_action = model.predict_next(emb, a2)
         window = model.predict_next(emb[:, 2:5], act[:, 2:5])
         e3 = emb.clone()
-        e3[:, 1] += torch.randn(2, 16)
+        e3[:, 1] += torch.randn(2, 16, generator=g)
         moved_early = model.predict_next(e3, act)
     for moved in (moved_frame, moved_action):
         torch.testing.assert_close(moved[:, :3], base[:, :3], rtol=0, atol=1e-6)  # slots <= 2 ignore frame 3
@@ -156,6 +159,26 @@ def test_predictor_is_causal_and_conditioned_on_actions(model):
     assert all((moved_early[:, t] - base[:, t]).abs().max() > 1e-3 for t in (1, 2, 3))
     # beyond the history, slot t sees the window of frames t-2..t, as in a rollout
     torch.testing.assert_close(base[:, 4], window[:, 2], rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_do_not_depend_on_requires_grad():
+    """A frozen model (requires_grad_(False), as LeWMWorldModel leaves its module) computes the same
+    bits as the trainable one. The action encoder's MLP once took strided [B, T, C] input, on which
+    torch.matmul picks mm (weight requires grad) or bmm (frozen): two kernels that can round apart (here,
+    MKL on AVX-512, at T = 3: the history length), so a test comparing a wrapped model with a freshly
+    loaded copy passed or failed depending on which tests had wrapped the shared one before."""
+    m = make_model()
+    frozen = make_model().requires_grad_(False)
+    wm_a, wm_b = LeWMWorldModel(make_model()), LeWMWorldModel(make_model())
+    wm_a.model.requires_grad_(True)
+    for b, t in [(2, 3), (1, 3), (2, 4), (3, 5)]:
+        with torch.no_grad():
+            ea, eb = m.embed(pixels(b=b, t=t)), frozen.embed(pixels(b=b, t=t))
+            assert torch.equal(ea, eb)
+            assert torch.equal(m.predict_next(ea, actions(b=b, t=t)), frozen.predict_next(eb, actions(b=b, t=t)))
+        ctx = torch.randn(b, t, 1, 16, generator=torch.Generator().manual_seed(t))
+        assert torch.equal(wm_a.predict(ctx, actions(b=b, t=t)), wm_b.predict(ctx, actions(b=b, t=t)))
+    assert all(p.requires_grad for p in m.parameters()) and not any(p.requires_grad for p in frozen.parameters())
 
 
 def test_sigreg_is_small_for_gaussians_and_large_otherwise():
@@ -387,7 +410,8 @@ def test_encode_rejects_bad_frames(model, bad):
 
 def test_predict_uses_only_the_last_history_frames(model):
     wm = LeWMWorldModel(model)
-    ctx = torch.randn(2, 5, 1, 16, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    ctx = torch.randn(2, 5, 1, 16, generator=g)
     act = actions(t=5)
     out = wm.predict(ctx, act)
     assert out.shape == (2, 1, 16)
@@ -395,7 +419,7 @@ def test_predict_uses_only_the_last_history_frames(model):
     ctx2[:, :2] += 5.0
     act2[:, :2] += 5.0
     assert torch.equal(wm.predict(ctx2, act2), out)
-    ctx2[:, 2] += torch.randn(2, 1, 16)
+    ctx2[:, 2] += torch.randn(2, 1, 16, generator=g)
     assert (wm.predict(ctx2, act2) - out).abs().max() > 1e-3
     with torch.no_grad():
         torch.testing.assert_close(out[:, 0], model.predict_next(ctx[:, 2:, 0], act[:, 2:])[:, -1])
@@ -419,7 +443,7 @@ def test_action_statistics_are_applied(tmp_path):
     m = make_model()
     mean, std = (0.5, -1.0), (2.0, 0.5)
     norm = LeWMWorldModel(make_model(dataclasses.replace(TINY, action_mean=mean, action_std=std)))
-    ctx, act = torch.randn(2, 3, 1, 16), actions(t=3)
+    ctx, act = torch.randn(2, 3, 1, 16, generator=torch.Generator().manual_seed(6)), actions(t=3)
     want = LeWMWorldModel(m).predict(ctx, (act - torch.tensor(mean).repeat(5)) / torch.tensor(std).repeat(5))
     torch.testing.assert_close(norm.predict(ctx, act), want)
     d = save_pretrained(norm, tmp_path / "ck")

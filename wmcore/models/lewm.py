@@ -396,7 +396,13 @@ class Embedder(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         a = a.to(self.patch_embed.weight.dtype)
-        return self.embed(self.patch_embed(a.transpose(1, 2)).transpose(1, 2))
+        x = self.patch_embed(a.transpose(1, 2)).transpose(1, 2)  # [B, T, smoothed], not contiguous
+        # The MLP runs on [B*T, smoothed] rows. Handed the strided 3-d tensor, nn.Linear goes through
+        # torch.matmul, which copies it into rows for one mm when the weight requires grad and runs a
+        # bmm when it does not: kernels that can round differently, so a frozen model (LeWMWorldModel
+        # freezes its module) did not reproduce the same trainable model's outputs bit for bit. A
+        # trainable model multiplied these rows already (training runs as before, to the bit here).
+        return self.embed(x.reshape(-1, x.shape[-1])).unflatten(0, x.shape[:2])
 
 
 class FeedForward(nn.Module):
