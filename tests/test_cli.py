@@ -11,6 +11,7 @@ import pytest
 import wmcore
 from wmcore.cli import main
 from wmcore.config import Thresholds
+from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
 
@@ -116,16 +117,12 @@ def test_corrupt_report_exits_2(command, passing, capsys):
 
 
 def test_version(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--version"])
-    assert e.value.code == 0
+    assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"wmcore {wmcore.__version__}"
 
 
 def test_no_command_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        main([])
-    assert e.value.code == 2
+    assert main([]) == 2
     assert "usage" in capsys.readouterr().err
 
 
@@ -135,3 +132,48 @@ def test_console_script_help():
     r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "plot" in r.stdout and "show" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# the exit-code contract (wmcore.errors): 2 only for bad input, 3 and the traceback for a bug
+
+def _raise(exc: BaseException):
+    def body() -> int:
+        raise exc
+    return body
+
+
+@pytest.mark.parametrize(
+    "exc, code, shown",
+    [
+        (WMError("data.npz: no actions"), 2, "prog: error: data.npz: no actions"),
+        (ValueError("an internal shape check"), 3, "Traceback"),  # a plain ValueError is a bug, not bad input
+        (KeyError("missing"), 3, "internal error (exit 3)"),
+        (KeyboardInterrupt(), 130, "prog: interrupted"),
+        (SystemExit(2), 2, ""),  # argparse's usage error, already printed by argparse
+        (SystemExit(0), 0, ""),  # --help
+    ],
+    ids=["wmerror", "valueerror", "keyerror", "ctrl-c", "usage", "help"],
+)
+def test_exit_code_contract(exc, code, shown, capsys):
+    from wmcore.errors import run_command
+
+    assert run_command("prog", _raise(exc)) == code
+    err = capsys.readouterr().err
+    assert shown in err
+    if code == 2:
+        assert "Traceback" not in err
+
+
+def test_a_bug_in_a_subcommand_exits_3_with_its_traceback(passing, monkeypatch, capsys):
+    """Only WMError means bad input: a ValueError from inside wmcore (here planted in the report
+    reader) is shown with its traceback and exit 3, never disguised as exit 2."""
+    from wmcore import report
+
+    def broken(path):
+        raise ValueError("planted bug")
+
+    monkeypatch.setattr(report.DriftReport, "load", staticmethod(broken))
+    assert main(["show", str(passing)]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "planted bug" in err and "internal error" in err

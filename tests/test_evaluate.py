@@ -98,7 +98,7 @@ def test_bad_input_writes_nothing(analytic, tmp_path):
     cfg, model, episodes = analytic
     with pytest.raises(WMError, match="needs"):
         evaluate(model, episodes, EvalConfig(horizon=500), FAST).save(tmp_path / "r.json")
-    with pytest.raises(ValueError, match="horizon must be a positive int"):
+    with pytest.raises(WMError, match="EvalConfig.horizon: expected an integer >= 1, found 0"):
         evaluate(model, episodes, EvalConfig(horizon=0), FAST).save(tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []
 

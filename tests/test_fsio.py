@@ -1,15 +1,19 @@
-"""Files that never clobber: write_new and new_run_dir."""
+"""Files that never clobber and are never half written: write_new, write_replace, link_new, the
+umask's file mode, and new_run_dir."""
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
+from contextlib import contextmanager
 
 import pytest
 
 from wmcore.errors import WMError
-from wmcore.fsio import new_run_dir, write_new
+from wmcore import fsio
+from wmcore.fsio import current_umask, file_mode, link_new, new_run_dir, write_new, write_replace
 
 
 def _leftovers(d):
@@ -105,3 +109,124 @@ def test_new_run_dir_never_reuses_an_existing_directory(tmp_path):
     assert second != first and list(second.iterdir()) == []
     assert (first / "result.json").read_text() == "{}"
     assert first.name.startswith("run-")
+
+
+# --- the umask's mode, and writes interrupted half way ---------------------------------------------
+
+
+@contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+@pytest.mark.parametrize("mask, want", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664), (0o027, 0o640)],
+                         ids=["022", "077", "002", "027"])
+def test_files_get_the_mode_of_the_umask_not_the_temp_files_0600(tmp_path, mask, want):
+    with _umask(mask):
+        assert current_umask() == mask and file_mode() == want
+        new = write_new(tmp_path / "sub" / "new.json", b"{}")
+        replaced = write_replace(tmp_path / "log.json", b"[]")
+        replaced_again = write_replace(tmp_path / "log.json", b"[1]")
+        called = write_new(tmp_path / "blob.bin", lambda f: f.write(b"streamed"))
+        run = new_run_dir(tmp_path / "runs")
+    assert {_mode(p) for p in (new, replaced, replaced_again, called)} == {want}
+    assert replaced_again.read_bytes() == b"[1]" and called.read_bytes() == b"streamed"
+    assert _mode(run) == 0o777 & ~mask and _mode(new.parent) == 0o777 & ~mask
+    assert _leftovers(tmp_path) == []
+
+
+def test_link_new_publishes_a_temp_file_with_the_umask_mode(tmp_path):
+    tmp = tmp_path / ".video.mp4.abc.tmp"  # as write_video makes it: mkstemp, 0600
+    tmp.write_bytes(b"frames")
+    os.chmod(tmp, 0o600)
+    with _umask(0o022):
+        link_new(tmp, tmp_path / "video.mp4")
+    assert _mode(tmp_path / "video.mp4") == 0o644 and (tmp_path / "video.mp4").read_bytes() == b"frames"
+
+
+def test_umask_without_proc_is_read_and_restored(monkeypatch):
+    real_open = open
+
+    def no_proc(file, *a, **k):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    with _umask(0o027):
+        assert current_umask() == 0o027 and file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # left as it was
+
+
+class _Killed(BaseException):
+    """Stands for KeyboardInterrupt (SIGINT) arriving in the middle of a write."""
+
+
+def _half_then_killed(f):
+    f.write(b'{"half": ')
+    f.flush()
+    raise _Killed
+
+
+def test_a_write_interrupted_half_way_leaves_no_file_and_no_temp(tmp_path):
+    with pytest.raises(_Killed):
+        write_new(tmp_path / "report.json", _half_then_killed)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_replace_leaves_the_old_file(tmp_path):
+    p = write_replace(tmp_path / "checkpoint.pt", b"old complete checkpoint")
+    with pytest.raises(_Killed):
+        write_replace(p, _half_then_killed)
+    assert p.read_bytes() == b"old complete checkpoint" and sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
+def test_a_reader_never_sees_a_partial_file(tmp_path, monkeypatch):
+    """While the bytes are being written, the final name does not exist yet (only the hidden temp)."""
+    seen = []
+    target = tmp_path / "r.json"
+
+    def writer(f):
+        f.write(b"{}")
+        seen.append((target.exists(), sorted(os.listdir(tmp_path))))
+
+    write_new(target, writer)
+    exists, names = seen[0]
+    assert not exists and len(names) == 1 and names[0].startswith(".r.json.") and names[0].endswith(".tmp")
+    assert target.read_bytes() == b"{}"
+
+
+def test_write_replace_replaces_only_its_own_file(tmp_path):
+    keep = tmp_path / "other"
+    keep.write_bytes(b"x")
+    p = write_replace(tmp_path / "a" / "train_log.json", b"[1]")
+    write_replace(p, b"[1, 2]")
+    assert p.read_bytes() == b"[1, 2]" and keep.read_bytes() == b"x"
+    assert sorted(os.listdir(p.parent)) == ["train_log.json"]
+
+
+def test_concurrent_writers_all_get_the_umask_mode(tmp_path):
+    with _umask(0o022):
+        errors = []
+
+        def work(i):
+            try:
+                for j in range(20):
+                    fsio.write_new(tmp_path / f"{i}-{j}", b"x")
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and {_mode(p) for p in tmp_path.iterdir()} == {0o644}

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,10 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from wmcore import video
 from wmcore.data import Episode, load
 from wmcore.data.lerobot import load_lerobot
 from wmcore.errors import WMError
-from wmcore.video import write_video
+from wmcore.video import VideoSource, write_video
 
 FPS = 10
 H = W = 32
@@ -79,7 +82,7 @@ def _rows(ep: int, n: int, start: int, fixed: bool, nan_at: int | None = None) -
     })
 
 
-def _info(version: str, lengths, cams, chunks_size: int, state: bool) -> dict:
+def _info(version: str, lengths, cams, chunks_size: int, state: bool, codec: str = "h264") -> dict:
     feats = {
         "action": {"dtype": "float32", "shape": [3], "names": ["x", "y", "grip"]},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -93,7 +96,7 @@ def _info(version: str, lengths, cams, chunks_size: int, state: bool) -> dict:
     for cam in cams:
         feats[cam] = {
             "dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
-            "info": {"video.fps": float(FPS), "video.height": H, "video.width": W, "video.codec": "h264",
+            "info": {"video.fps": float(FPS), "video.height": H, "video.width": W, "video.codec": codec,
                      "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "has_audio": False},
         }
     v3 = version.startswith("v3")
@@ -139,15 +142,44 @@ def make_v2(root: Path, lengths=LENGTHS, cams=CAMS, chunks_size: int = 2, state:
     return root
 
 
+def write_av1(path: Path, frames: np.ndarray, fps: float = FPS) -> Path:
+    """AV1 as lerobot's ``encode_video_frames`` writes it by default: libsvtav1, yuv420p, g=2, crf=30."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("SVT_LOG")
+    os.environ["SVT_LOG"] = "1"  # SVT-AV1 prints a 24-line banner to stderr unless told: errors only
+    try:
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("libsvtav1", fps, options={"g": "2", "crf": "30"})
+            s.pix_fmt, s.height, s.width = "yuv420p", frames.shape[1], frames.shape[2]
+            for f in frames:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            c.mux(s.encode())
+    finally:
+        if before is None:
+            os.environ.pop("SVT_LOG", None)
+        else:
+            os.environ["SVT_LOG"] = before
+    return path
+
+
+def _has_av1_encoder() -> bool:
+    try:
+        av.codec.Codec("libsvtav1", "w")
+        return True
+    except Exception:  # noqa: BLE001 - UnknownCodecError, or ValueError in older PyAV
+        return False
+
+
 def make_v3(root: Path, lengths=LENGTHS, cams=CAMS, files=V3_FILES, state: bool = True,
             short: dict[int, int] | None = None, nan: tuple[int, int] | None = None,
-            meta_short: dict[int, int] | None = None) -> Path:
+            meta_short: dict[int, int] | None = None, codec: str = "h264") -> Path:
     """A v3.0 dataset; files groups episodes into data / video files (all in chunk 0). short: episode
     -> frames it has in the shared videos (fewer than its rows; the metadata says so); meta_short:
-    episode -> frames its to_timestamp claims, the videos being complete."""
+    episode -> frames its to_timestamp claims, the videos being complete; codec: "h264" (lossless,
+    wmcore's writer) or "av1" (lerobot's default encoding, see ``write_av1``)."""
     short, meta_short = short or {}, meta_short or {}
     (root / "meta").mkdir(parents=True)
-    (root / "meta" / "info.json").write_text(json.dumps(_info("v3.0", lengths, cams, 1000, state), indent=4))
+    (root / "meta" / "info.json").write_text(json.dumps(_info("v3.0", lengths, cams, 1000, state, codec), indent=4))
     meta: dict[str, list] = {k: [] for k in (
         "episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
         "dataset_to_index", "meta/episodes/chunk_index", "meta/episodes/file_index", "stats/action/mean")}
@@ -187,8 +219,8 @@ def make_v3(root: Path, lengths=LENGTHS, cams=CAMS, files=V3_FILES, state: bool 
         (root / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
         pq.write_table(table, root / "data" / "chunk-000" / f"file-{f:03d}.parquet")
         for cam in cams:
-            write_video(root / "videos" / cam / "chunk-000" / f"file-{f:03d}.mp4",
-                        np.concatenate(video[cam]), fps=FPS, crf=0)
+            path, frames = root / "videos" / cam / "chunk-000" / f"file-{f:03d}.mp4", np.concatenate(video[cam])
+            write_av1(path, frames) if codec == "av1" else write_video(path, frames, fps=FPS, crf=0)
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     pq.write_table(pa.table(meta), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     return root
@@ -328,6 +360,55 @@ def test_data_load_finds_a_lerobot_dataset(make):
     eps = load(str(make()), limit=2, camera=CAMS[0])
     assert len(eps) == 2
     _check(eps[1], 1, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# which reader decoded the videos: H.264 (decord) and AV1, LeRobot's default codec (PyAV)
+
+
+def test_each_episode_records_its_reader_and_codec(make):
+    """The lossless H.264 sets: decord where it is installed, and no word on the terminal."""
+    for e in load_lerobot(make(), camera=CAMS[0]):
+        assert e.video.codec == "h264"
+        if video._decord is not None:
+            assert e.video == VideoSource("decord", video._decord.__version__, "h264", None)
+        else:
+            assert e.video.backend == "pyav" and e.video.reason == "decord is not installed"
+
+
+@pytest.mark.skipif(not _has_av1_encoder(), reason="this PyAV's FFmpeg has no SVT-AV1 encoder to write AV1")
+def test_v3_in_av1_as_lerobot_writes_it_reads_and_says_how(tmp_path, monkeypatch, capsys):
+    """A v3.0 set encoded the way the lerobot library encodes by default (SVT-AV1, crf 30, a key frame
+    every 2 frames): decord 0.6 cannot open AV1, so PyAV reads it; every episode (including those
+    that start inside a shared file) has the right frames, and the report says PyAV / av1, once on
+    the terminal, and in its data["video"] (which survives save and load)."""
+    from wmcore.config import Thresholds
+    from wmcore.evaluate import EvalConfig, evaluate
+    from wmcore.models.analytic import AnalyticConfig, AnalyticModel
+    from wmcore.report import DriftReport
+
+    monkeypatch.setattr(video, "_SAID", {})  # as in a fresh process: nothing said yet
+    root = make_v3(tmp_path / "d", codec="av1")
+    with av.open(str(root / "videos" / CAMS[0] / "chunk-000" / "file-000.mp4")) as c:
+        assert c.streams.video[0].codec_context.codec.canonical_name == "av1"
+    eps = load_lerobot(root, camera=CAMS[0])
+    for i, e in enumerate(eps):
+        _check(e, i, 0)  # frames within 3 levels of their colours: lossy, but the right frames
+    reason = ("decord is not installed" if video._decord is None
+              else f"decord {video._decord.__version__} cannot decode this av1 video")
+    assert {e.video for e in eps} == {VideoSource("pyav", av.__version__, "av1", reason)}
+    said = capsys.readouterr().err
+    assert said.count("wmcore: video decoded by PyAV") == 1 and "codec av1" in said
+
+    model = AnalyticModel(AnalyticConfig(height=H, width=W, action_dim=3, gain=(0.1, -0.05, 0.0)))
+    r = evaluate(model, eps, EvalConfig(horizon=4), Thresholds(bootstrap=50), data_id=str(root))
+    want = {"backend": "pyav", "codec": "av1", "reason": reason,
+            "sources": [{"backend": "pyav", "version": av.__version__, "codec": "av1", "reason": reason,
+                         "episodes": 3}]}
+    assert r.data["video"] == want
+    back = DriftReport.load(r.save(tmp_path / "r.json"))
+    assert back.data["video"] == want
+    assert capsys.readouterr().err == ""  # said once per run, not again for the evaluation
 
 
 # --------------------------------------------------------------------------------------------------

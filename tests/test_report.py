@@ -166,6 +166,45 @@ def test_reproducibility_metadata(report, world):
     else:
         assert env["transformers"] == transformers.__version__
     assert env["device"] == "cpu" and env["dtype"] == "float32"
+    assert "video" not in d["data"]  # frames made in memory: no video was decoded, nothing to say
+
+
+def test_the_video_reader_is_recorded_for_the_h264_fixtures(tmp_path):
+    """fixtures/pusht (lossless RGB H.264): decord reads it where installed; data["video"] says so and
+    survives save and load. Adding it is backward compatible: "data" was always a free mapping, so
+    schema_version stays 1 (reports without it load, as the others in this file show)."""
+    from wmcore import video
+    from wmcore.data import load as load_data
+    from wmcore.models import load as load_model
+
+    episodes = load_data("pusht", limit=2)
+    model = load_model("pusht-ac-tiny")
+    r = evaluate(model, episodes, EvalConfig(horizon=3, start=10), FAST, spec="pusht-ac-tiny", data_id="pusht")
+    v = r.data["video"]
+    if video._decord is not None:
+        one = {"backend": "decord", "version": video._decord.__version__, "codec": "h264", "reason": None}
+    else:
+        import av
+
+        one = {"backend": "pyav", "version": av.__version__, "codec": "h264", "reason": "decord is not installed"}
+    assert v == {"backend": one["backend"], "codec": "h264", "reason": one["reason"],
+                 "sources": [{**one, "episodes": 2}]}
+    d = strict_loads(DriftReport.load(r.save(tmp_path / "r.json")).to_json())
+    assert d["schema_version"] == SCHEMA_VERSION == 1 and d["data"]["video"] == v
+
+
+def test_video_summary_of_mixed_sources():
+    from wmcore.data import video_summary
+    from wmcore.video import VideoSource
+
+    h264 = VideoSource("decord", "0.6.0", "h264")
+    av1 = VideoSource("pyav", "18.1.0", "av1", "decord 0.6.0 cannot decode this av1 video")
+    assert video_summary(None) is None and video_summary([None, None]) is None
+    v = video_summary([av1, h264, av1, None])
+    assert (v["backend"], v["codec"], v["reason"]) == ("mixed", "mixed", "mixed")
+    assert [(s["backend"], s["codec"], s["episodes"]) for s in v["sources"]] == [
+        ("pyav", "av1", 2), ("decord", "h264", 1), (None, None, 1)]
+    assert json.loads(json.dumps(v)) == v
 
 
 # --- summary ------------------------------------------------------------------------------------

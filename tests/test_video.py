@@ -17,6 +17,9 @@ from wmcore.video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     VideoInfo,
+    VideoSource,
+    decode_video,
+    notices,
     preprocess,
     read_video,
     sample_indices,
@@ -210,6 +213,124 @@ def test_video_info(clip, backend):
     with pytest.raises(Exception):  # frozen: a recorded VideoInfo cannot drift
         info.num_frames = 1
     assert isinstance(info, VideoInfo)
+
+
+# --------------------------------------------------------------------------------------------------
+# which reader decoded it, and saying so: AV1 (LeRobot's default codec), which decord 0.6 cannot open
+
+
+def _has_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+        return True
+    except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError (or ValueError in older versions)
+        return False
+
+
+needs_av1_encoder = pytest.mark.skipif(not _has_encoder("libsvtav1"),
+                                       reason="this PyAV's FFmpeg has no SVT-AV1 encoder to write an AV1 clip")
+
+
+def write_av1(path, frames, fps=10):
+    """AV1 as lerobot's ``encode_video_frames`` writes it by default (libsvtav1, yuv420p, g=2, crf=30)."""
+    before = os.environ.get("SVT_LOG")
+    os.environ["SVT_LOG"] = "1"  # SVT-AV1 prints a 24-line banner to stderr unless told: errors only
+    try:
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("libsvtav1", fps, options={"g": "2", "crf": "30"})
+            s.pix_fmt, s.height, s.width = "yuv420p", frames.shape[1], frames.shape[2]
+            for f in frames:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            c.mux(s.encode())
+    finally:
+        if before is None:
+            os.environ.pop("SVT_LOG", None)
+        else:
+            os.environ["SVT_LOG"] = before
+    return path
+
+
+@pytest.fixture
+def fresh_notices(monkeypatch):
+    """Each test starts as a fresh process would: nothing said yet."""
+    monkeypatch.setattr(video, "_SAID", {})
+
+
+@pytest.fixture(scope="module")
+def av1_clip(tmp_path_factory):
+    if not _has_encoder("libsvtav1"):
+        pytest.skip("this PyAV's FFmpeg has no SVT-AV1 encoder to write an AV1 clip")
+    frames = moving_blocks()
+    return write_av1(tmp_path_factory.mktemp("av1") / "clip.mp4", frames), frames
+
+
+@needs_decord
+def test_h264_is_decoded_by_decord_and_says_so(clip, fresh_notices, capsys):
+    path, _ = clip
+    frames, source = decode_video(path)
+    assert torch.equal(frames, read_video(path))
+    assert source == VideoSource(backend="decord", version=video._decord.__version__, codec="h264", reason=None)
+    assert capsys.readouterr().err == "" and notices() == []  # nothing to report when decord did it
+
+
+def test_pyav_when_asked_for_says_so_quietly(clip, fresh_notices, capsys):
+    path, _ = clip
+    _, source = decode_video(path, [3, 1], backend="pyav")
+    assert source == VideoSource("pyav", av.__version__, "h264", "backend='pyav' asked for")
+    assert source.to_dict() == {"backend": "pyav", "version": av.__version__, "codec": "h264",
+                                "reason": "backend='pyav' asked for"}
+    assert capsys.readouterr().err == ""  # the caller chose it: no news
+
+
+@needs_decord
+@needs_av1_encoder
+def test_av1_is_read_by_pyav_because_decord_cannot(av1_clip, fresh_notices, capsys):
+    path, written = av1_clip
+    with av.open(str(path)) as c:  # really AV1, as LeRobot writes it
+        assert c.streams.video[0].codec_context.codec.canonical_name == "av1"
+    with pytest.raises(WMError, match="decord cannot decode it"):  # decord 0.6 really cannot
+        read_video(path, backend="decord")
+    frames, source = decode_video(path)
+    assert frames.shape == (T, H, W, 3) and torch.equal(frames, read_video(path, backend="pyav"))
+    err = np.abs(frames.numpy().astype(np.float64)[:, None] - written[None]).mean((2, 3, 4))
+    assert np.diag(err).max() < 6 and (err.argmin(1) == np.arange(T)).all()  # the right frames, in order
+    assert source == VideoSource("pyav", av.__version__, "av1",
+                                 f"decord {video._decord.__version__} cannot decode this av1 video")
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and said.startswith(f"wmcore: video decoded by PyAV {av.__version__}, not decord")
+    assert "codec av1" in said and str(path) in said and "cannot find video stream" in said
+    assert notices() == [said.rstrip("\n")]
+
+
+@needs_decord
+@needs_av1_encoder
+def test_the_fallback_is_said_once_per_run_not_per_file(av1_clip, tmp_path, fresh_notices, capsys):
+    path, written = av1_clip
+    other = write_av1(tmp_path / "other.mp4", written[:5])
+    for p, idx in ((path, None), (other, [4, 0]), (path, [2]), (other, None)):
+        assert decode_video(p, idx)[1].codec == "av1"
+    assert video_info(other).backend == "pyav"
+    assert capsys.readouterr().err.count("wmcore: video decoded by PyAV") == 1
+    assert len(notices()) == 1
+
+
+def test_without_decord_every_video_is_pyavs_and_that_is_said_once(clip, monkeypatch, fresh_notices, capsys):
+    path, _ = clip
+    monkeypatch.setattr(video, "_decord", None)
+    sources = {decode_video(path, [i])[1] for i in range(3)}
+    assert sources == {VideoSource("pyav", av.__version__, "h264", "decord is not installed")}
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "codec h264; decord is not installed" in said
+
+
+@pytest.mark.parametrize("reader,reason", [(_exploding_reader, "decord exploded"), (_empty_reader, "0 frames")])
+def test_a_failing_decord_is_named_in_the_source_and_the_notice(clip, monkeypatch, fresh_notices, capsys,
+                                                                  reader, reason):
+    path, _ = clip
+    monkeypatch.setattr(video, "_decord", types.SimpleNamespace(VideoReader=reader, cpu=lambda i: None))
+    _, source = decode_video(path)
+    assert source == VideoSource("pyav", av.__version__, "h264", "decord unknown cannot decode this h264 video")
+    assert reason in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .config import DTYPES
+from .errors import WMError, run_command
+from .rollout import ACTION_SOURCES
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -37,49 +40,84 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0 if r.passed else 1
 
 
+def _out_dir(arg: str | None) -> Path | None:
+    """``--out DIR`` checked before any work: not a file, and creatable (None: a fresh runs/run-*/ later)."""
+    if arg is None:
+        return None
+    out = Path(arg)
+    if out.exists() and not out.is_dir():
+        raise WMError(f"--out {arg!r}: exists and is not a directory; give a directory for the JSON and PNG")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise WMError(f"--out {arg!r}: cannot be created, {parent} is a file, not a directory")
+    return out
+
+
+def _make_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WMError(f"--out {str(out)!r}: cannot create the directory ({e.strerror or e}); choose a writable place") from None
+    return out
+
+
+def _check_fit(model, episodes, what: str) -> None:
+    """WMError naming ``what`` (the data option) unless the episodes' actions fit the model."""
+    from .evaluate import check_actions
+
+    try:
+        for e in episodes:
+            check_actions(model, e.actions.shape[-1])
+    except WMError as e:
+        raise WMError(f"{what}: {e}") from None
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.[]=," else "_" for ch in name)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import load_thresholds
+    from .config import check_placement, load_thresholds, place_model
     from .data import DEFAULT_DATA, load as load_data
     from .evaluate import EvalConfig, evaluate
     from .fsio import new_run_dir
     from .models import load
     from .plot import plot_drift
 
-    model = load(args.model)
-    if args.device != "cpu" or args.dtype != "float32":
-        import torch
-
-        model = model.to(args.device, getattr(torch, args.dtype))
+    check_placement(args.device, args.dtype)  # before anything slow
+    out = _out_dir(args.out)
+    model = place_model(load(args.model), args.device, args.dtype)
+    stem = _safe_name(f"{model.name}-{args.actions}")
+    if out is not None:
+        for suffix in (".json", ".png"):
+            if (out / f"{stem}{suffix}").exists():
+                raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
+                              "(nothing is overwritten)")
+    thresholds = load_thresholds(model.name)
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data, limit=args.episodes, camera=args.camera)
-    thresholds = load_thresholds(model.name)
+    _check_fit(model, episodes, f"--data {data!r}")
     start = thresholds.start if args.start is None else args.start
-    cfg = EvalConfig(horizon=args.horizon or thresholds.horizon, start=start, action_source=args.actions,
-                     device=args.device, dtype=args.dtype)
+    horizon = thresholds.horizon if args.horizon is None else args.horizon
+    cfg = EvalConfig(horizon=horizon, start=start, action_source=args.actions, device=args.device, dtype=args.dtype)
     print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
     r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
-    out = Path(args.out) if args.out else new_run_dir(Path("runs"))
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{model.name}-{args.actions}"
+    out = _make_dir(out) if out is not None else new_run_dir(Path("runs"))
     _print_report(r)
     print(r.save(out / f"{stem}.json"))
     print(plot_drift(r, out / f"{stem}.png"))
     return 0 if r.passed else 1
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import main as train_main
-
-    return train_main(args.rest)
-
-
-def _cmd_make_fixtures(args: argparse.Namespace) -> int:
-    if args.kind != "pusht":
-        raise ValueError(f"make-fixtures: unknown kind {args.kind!r}; available: pusht")
+def _cmd_make_fixtures(argv: list[str]) -> int:
+    has_kind = bool(argv) and not argv[0].startswith("-")
+    kind, rest = (argv[0], argv[1:]) if has_kind else ("pusht", argv)
+    if kind != "pusht":
+        raise WMError(f"make-fixtures: unknown kind {kind!r}; available: pusht (wmcore make-fixtures pusht --out DIR)")
     from .data.pusht import main as pusht_main
 
-    return pusht_main(args.rest, prog="wmcore make-fixtures pusht")
+    return pusht_main(rest, prog="wmcore make-fixtures pusht")
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
@@ -92,19 +130,18 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         # the report goes to the same name with .json: an --out of x.json would get the PNG written under it
-        raise ValueError(f"--out {args.out!r}: expected a .png file name (the DriftReport JSON is written beside it)")
-    if args.horizon < 1:
-        raise ValueError(f"--horizon {args.horizon}: expected a positive number of model steps")
+        raise WMError(f"--out {args.out!r}: expected a .png file name (the DriftReport JSON is written beside it)")
     report_path = out.with_suffix(".json")
     for p in (out, report_path):
         if p.exists():
-            raise ValueError(f"{p}: exists already; choose another --out (nothing is overwritten)")
+            raise WMError(f"{p}: exists already; choose another --out (nothing is overwritten)")
     model = load(args.model)
     zeros = args.actions == "zeros"
     episode = load_clip(args.video, "zeros" if zeros else args.actions, action_dim=model.action_dim // model.frameskip)
+    _check_fit(model, [episode], f"--video {args.video!r} with --actions {args.actions or 'beside it'!r}")
     steps_available = episode.steps // model.frameskip  # model steps after the first (context) frame
     if args.horizon > steps_available:
-        raise ValueError(
+        raise WMError(
             f"{args.video}: {episode.steps + 1} frames = {steps_available} model steps at frameskip "
             f"{model.frameskip}, fewer than --horizon {args.horizon}; use --horizon <= {steps_available} or a longer clip"
         )
@@ -125,6 +162,21 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (a usage error, exit 2, otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
     p.add_argument("--version", action="version", version=f"wmcore {__version__}")
@@ -143,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--video", required=True, help="the clip (mp4, mkv, ...)")
     sr.add_argument("--actions", help="action file (.npy [T,A], .npz 'actions', .csv, .json) or 'zeros'; "
                     "default: the file beside the video with the same stem")
-    sr.add_argument("--horizon", type=int, default=30, help="model steps to roll out (default 30)")
+    sr.add_argument("--horizon", type=_count(1), default=30, help="model steps to roll out (default 30)")
     sr.add_argument("--out", required=True, help="PNG to write (the DriftReport goes to the same name .json); never overwritten")
     sr.set_defaults(func=_cmd_rollout)
     se = sub.add_parser("evaluate", help="roll a model out on episodes, print the drift summary and gates, "
@@ -151,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", default="pusht-lewm", help="model spec: embedded name or FAMILY:PATH (default pusht-lewm)")
     se.add_argument("--data", help="episode directory, LeRobot dataset, or fixtures set name (default pusht)")
     se.add_argument("--camera", help="camera key of a LeRobot dataset with several")
-    se.add_argument("--horizon", type=int, help="model steps to roll out (default: [tool.wmcore] horizon)")
-    se.add_argument("--episodes", type=int, help="use the first N episodes (default all)")
-    se.add_argument("--start", type=int, help="recorded steps to skip at the start of each episode "
+    se.add_argument("--horizon", type=_count(1), help="model steps to roll out (default: [tool.wmcore] horizon)")
+    se.add_argument("--episodes", type=_count(1), help="use the first N episodes (default all)")
+    se.add_argument("--start", type=_count(0), help="recorded steps to skip at the start of each episode "
                     "(default: start in [tool.wmcore])")
-    se.add_argument("--actions", default="recorded", choices=["recorded", "zeros", "random"], help="action source")
-    se.add_argument("--device", default="cpu")
-    se.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    se.add_argument("--actions", default="recorded", choices=ACTION_SOURCES, help="action source (default recorded)")
+    se.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default cpu)")
+    se.add_argument("--dtype", default="float32", choices=DTYPES, help="model and latent dtype (default float32)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
     # listed for --help; main() hands their arguments over whole (they own their options and exit codes)
@@ -171,24 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``wmcore`` command; exit codes as in ``wmcore.errors`` (2 bad input, 3 a bug with its traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "compare":
         from .compare import main as compare_main
 
         return compare_main(argv[1:])
     if argv and argv[0] == "train":
-        args = argparse.Namespace(func=_cmd_train, rest=argv[1:])
-    elif argv and argv[0] == "make-fixtures":
-        has_kind = len(argv) > 1 and not argv[1].startswith("-")
-        args = argparse.Namespace(func=_cmd_make_fixtures, kind=argv[1] if has_kind else "pusht",
-                                  rest=argv[2:] if has_kind else argv[1:])
-    else:
+        from .train import main as train_main
+
+        return train_main(argv[1:])
+    if argv and argv[0] == "make-fixtures":
+        return run_command("wmcore make-fixtures", lambda: _cmd_make_fixtures(argv[1:]))
+
+    def body() -> int:
         args = build_parser().parse_args(argv)
-    try:
         return args.func(args)
-    except ValueError as e:  # WMError included: bad input the user can fix
-        print(f"wmcore: error: {e}", file=sys.stderr)
-        return 2
+
+    return run_command("wmcore", body)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import metrics as M
-from .config import find_pyproject, read_pyproject
-from .errors import WMError
+from .config import find_pyproject, wmcore_table
+from .errors import WMError, run_command
 from .report import SCHEMA, DriftReport
 
 MODEL_PARAM = "wm_model_spec"  # the bench's model parameter: what changes between the two runs
@@ -82,7 +82,7 @@ def load_tolerances(
     ``pyproject`` (default: the nearest pyproject.toml with a ``[tool.wmcore]`` table, as for the
     thresholds) over the defaults. Returns them and the pyproject read (None if none)."""
     path = Path(pyproject) if pyproject else find_pyproject()
-    table = read_pyproject(path).get("tool", {}).get("wmcore", {}).get("compare", {}) if path else {}
+    table = (wmcore_table(path) or {}).get("compare", {}) if path else {}
     if not isinstance(table, dict):
         raise WMError(f"{path}: [tool.wmcore] compare must be a table ([tool.wmcore.compare])")
     known = [f.name for f in dataclasses.fields(Tolerances)]
@@ -596,16 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
-        return e.code if isinstance(e.code, int) else 2
-    try:
-        return _run(args)
-    except ValueError as e:  # WMError included: bad input the user can fix
-        print(f"wmcore compare: error: {e}", file=sys.stderr)
-        return 2
+    """``wmcore compare``; exit codes as in ``wmcore.errors`` (1: a regression)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command("wmcore compare", lambda: _run(build_parser().parse_args(argv)))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ def find_pyproject(start: str | os.PathLike | None = None) -> Path | None:
     here = Path(start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         p = d / "pyproject.toml"
-        if p.is_file() and "wmcore" in read_pyproject(p).get("tool", {}):
+        if p.is_file() and wmcore_table(p) is not None:
             return p
     return None
 
@@ -56,14 +56,19 @@ def load_thresholds(
 ) -> Thresholds:
     """Resolve the thresholds for ``model`` (its name before any ``:`` or ``[``)."""
     path = Path(pyproject) if pyproject else find_pyproject()
-    table = read_pyproject(path).get("tool", {}).get("wmcore", {}) if path else {}
+    table = (wmcore_table(path) or {}) if path else {}
     merged: dict[str, Any] = {k: v for k, v in table.items() if not isinstance(v, dict)}
     unknown_tables = set(k for k, v in table.items() if isinstance(v, dict)) - {"models", "compare"}
     if unknown_tables:
         raise WMError(f"{path}: unknown tables [tool.wmcore.{sorted(unknown_tables)[0]}]; expected models or compare")
+    if not isinstance(table.get("models", {}), dict):
+        raise WMError(f"{path}: [tool.wmcore] models must be a table of per-model tables")
     if model:
         key = model.split(":")[0].split("[")[0]
-        merged.update(table.get("models", {}).get(key, {}))
+        own = table.get("models", {}).get(key, {})
+        if not isinstance(own, dict):
+            raise WMError(f"{path}: [tool.wmcore.models] {key} must be a table of thresholds, found {own!r}")
+        merged.update(own)
     merged.update(overrides or {})
     fields = {f.name: f.type for f in dataclasses.fields(Thresholds)}
     bad = sorted(set(merged) - set(fields))
@@ -87,6 +92,15 @@ def load_thresholds(
     return Thresholds(**out)
 
 
+def wmcore_table(path: Path) -> dict | None:
+    """``[tool.wmcore]`` of ``path`` (None if it has none); WMError if it is not a table."""
+    tool = read_pyproject(path).get("tool", {})
+    table = tool.get("wmcore") if isinstance(tool, dict) else None
+    if table is not None and not isinstance(table, dict):
+        raise WMError(f"{path}: tool.wmcore must be a table ([tool.wmcore]), found {table!r}")
+    return table
+
+
 def read_pyproject(path: Path) -> dict:
     """The parsed TOML of ``path``; WMError if it is missing or invalid."""
     if not path.is_file():
@@ -94,5 +108,63 @@ def read_pyproject(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise WMError(f"{path}: not valid TOML ({e}); fix the file") from None
+    except OSError as e:
+        raise WMError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+# What the command line and the plugin accept for --dtype (ACTION_SOURCES: wmcore.rollout).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_placement(device: str, dtype: str) -> None:
+    """WMError unless ``device`` names a torch device this process can use and ``dtype`` is one of
+    ``DTYPES``: an unknown device string, CUDA on a build or machine without it, a CUDA index past
+    the last GPU, MPS where it is unavailable."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise WMError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise WMError(f"device {device!r}: not a torch device ({e}); use cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else f"torch (CUDA {torch.version.cuda}) finds no CUDA device")
+            raise WMError(f"device {device!r}: {why} ({torch.__version__}); use --device cpu, or install a CUDA "
+                          "build of torch (make setup TORCH_SPEC='torch==... --index-url ...') on a machine with a GPU")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise WMError(f"device {device!r}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise WMError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+        return
+    raise WMError(f"device {device!r}: wmcore runs on cpu, cuda[:N] or mps, not {dev.type}")
+
+
+def place_model(model: Any, device: str, dtype: str) -> Any:
+    """``model`` moved to ``device``/``dtype`` through its optional ``to(device, dtype)``.
+
+    A model without ``to`` (a closed-form model such as ``analytic``, or a user's model that does not
+    implement it) runs where it is, on the CPU in float32: asking for anything else is refused with a
+    WMError rather than silently ignored.
+    """
+    import torch
+
+    check_placement(device, dtype)
+    if device == "cpu" and dtype == "float32":
+        return model
+    if not callable(getattr(model, "to", None)):
+        raise WMError(
+            f"model {getattr(model, 'name', model)!r} cannot be moved to device {device!r} / dtype {dtype!r}: it has "
+            "no to(device, dtype) method (it runs on the CPU in float32); drop --device/--dtype for it, or implement "
+            "to() in the model"
+        )
+    return model.to(device, getattr(torch, dtype))

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
-from .config import Thresholds
-from .data import Batch, Episode, content_sha256, stack
+from .config import DTYPES, Thresholds
+from .data import Batch, Episode, content_sha256, stack, video_summary
 from .errors import WMError
 from .protocol import WorldModel
 from .report import DriftReport, environment
-from .rollout import block_actions, closed_loop, make_actions, open_loop, subsample
+from .rollout import ACTION_SOURCES, block_actions, closed_loop, make_actions, open_loop, subsample
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,35 @@ class EvalConfig:
     device: str = "cpu"
     dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1)):
+            v = getattr(self, name)
+            if v is None and name == "window":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise WMError(f"EvalConfig.{name}: expected an integer >= {least}, found {v!r}")
+        if self.action_source not in ACTION_SOURCES:
+            raise WMError(f"EvalConfig.action_source {self.action_source!r}: expected one of {', '.join(ACTION_SOURCES)}")
+        if self.dtype not in DTYPES:
+            raise WMError(f"EvalConfig.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def check_actions(model: WorldModel, width: int) -> None:
+    """WMError unless recorded actions ``width`` wide make the model's action: one model step is
+    ``frameskip`` recorded actions, concatenated, so ``width * frameskip`` must be ``action_dim``."""
+    if width * model.frameskip != model.action_dim:
+        raise WMError(
+            f"the episodes' actions are {width} wide; model {model.name!r} takes {model.action_dim // model.frameskip}-wide "
+            f"recorded actions (action_dim {model.action_dim} = {model.frameskip} recorded steps x "
+            f"{model.action_dim // model.frameskip}); use data recorded for this model, or a model trained on this data"
+        )
+
 
 @dataclass(frozen=True)
 class Prepared:
     """Episodes seen at the model's step: latents ``[B, S+1, N, D]``, actions ``[B, S, A]`` (from the
-    chosen source), states ``[B, S+1, St]`` or None, and what identifies the data."""
+    chosen source), states ``[B, S+1, St]`` or None, and what identifies the data; video: how the
+    frames were decoded (``wmcore.data.video_summary``; None for frames that were no video file)."""
 
     latents: Tensor
     actions: Tensor
@@ -49,6 +73,7 @@ class Prepared:
     ids: list[str]
     data_sha256: str
     fps: float
+    video: dict | None = None
 
 
 def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalConfig) -> Prepared:
@@ -58,10 +83,11 @@ def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalCon
         if cfg.start < 0 or cfg.start >= batch.actions.shape[1]:
             raise WMError(f"start {cfg.start}: expected 0 <= start < {batch.actions.shape[1]} (the episodes' recorded steps)")
         s0 = cfg.start
-        batch = Batch(
-            frames=batch.frames[:, s0:], actions=batch.actions[:, s0:],
-            states=None if batch.states is None else batch.states[:, s0:], ids=batch.ids, fps=batch.fps,
+        batch = dataclasses.replace(
+            batch, frames=batch.frames[:, s0:], actions=batch.actions[:, s0:],
+            states=None if batch.states is None else batch.states[:, s0:],
         )
+    check_actions(model, batch.actions.shape[-1])
     k = model.frameskip
     actions = block_actions(batch.actions, k)
     s = actions.shape[1]
@@ -91,6 +117,7 @@ def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalCon
         ids=batch.ids,
         data_sha256=content_sha256(batch.frames, batch.actions, batch.states),
         fps=batch.fps,
+        video=video_summary(batch.videos),
     )
 
 
@@ -170,6 +197,16 @@ def build_report(
     if t.horizon_min is not None:
         gates.append(M.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
     fp = model.fingerprint()
+    data = {
+        "id": data_id,
+        "sha256": prep.data_sha256,
+        "episodes": len(prep.ids),
+        "episode_ids": prep.ids,
+        "model_steps": int(prep.actions.shape[1]),
+        "fps": prep.fps,
+    }
+    if prep.video is not None:  # which reader decoded the frames, and their codec
+        data["video"] = prep.video
     return DriftReport(
         model={
             "name": model.name,
@@ -180,14 +217,7 @@ def build_report(
             "tokens_per_frame": model.tokens_per_frame,
             "max_context": model.max_context,
         },
-        data={
-            "id": data_id,
-            "sha256": prep.data_sha256,
-            "episodes": len(prep.ids),
-            "episode_ids": prep.ids,
-            "model_steps": int(prep.actions.shape[1]),
-            "fps": prep.fps,
-        },
+        data=data,
         config=dataclasses.asdict(cfg),
         thresholds=thresholds.to_dict(),
         loops=loops,

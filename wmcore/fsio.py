@@ -1,33 +1,105 @@
-"""Files that never clobber: atomic writes that refuse to replace what exists, and fresh run dirs."""
+"""Files that never clobber and are never seen half written: atomic writes that refuse to replace what
+exists (``write_new``), atomic replacement of a file that is ours to rewrite (``write_replace``), and
+fresh run dirs.
+
+Every file is written under a hidden temporary name (``.NAME.XXXXXXXX.tmp``) in the directory of its
+final name, flushed to disk, given the mode the user's umask asks for (``0o666 & ~umask``, like any
+file a shell creates; a temporary file starts 0600) and only then linked or renamed into place. A
+process killed at any point (SIGINT, SIGKILL, power loss) leaves the complete file or none, plus at
+most a hidden ``.tmp`` leftover (which no reader of ``*.json`` / ``*.png`` picks up).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import tempfile
+import threading
 from pathlib import Path
+from typing import BinaryIO, Callable, Union
 
 from .errors import WMError
 
+#: What a write takes: the bytes, or a callable that writes into the open binary file it is given
+#: (e.g. ``lambda f: torch.save(obj, f)``, which then needs no second copy in memory).
+Data = Union[bytes, bytearray, memoryview, Callable[[BinaryIO], object]]
 
-def write_new(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; refuse if ``path`` exists.
+_UMASK_LOCK = threading.Lock()
 
-    The bytes go to a temporary file in the same directory, which is then hard-linked to the final
-    name (``link`` fails if the name exists, so a concurrent writer cannot be clobbered either) and
-    removed. A reader never sees a half-written file.
-    """
-    path = Path(path)
-    if path.exists():
-        raise WMError(f"{path}: exists already; wmcore never overwrites a file, choose a new name")
+
+def current_umask() -> int:
+    """The process's umask, without changing it where the system can tell (Linux >= 4.7:
+    ``/proc/self/status``). Elsewhere it is read by setting and restoring it (``os.umask`` can only
+    be read that way), serialised against other callers of this function."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the briefest and safest value in between
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a newly created file under the current umask: ``0o666 & ~umask`` (0644 for 022)."""
+    return 0o666 & ~current_umask()
+
+
+def _write_temp(path: Path, data: Data) -> str:
+    """Write ``data`` to a fresh temporary file beside ``path``, flushed to disk and with the umask's
+    mode; return its name (the caller publishes and removes it). Removed again if writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            os.fchmod(f.fileno(), file_mode())
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return tmp
+
+
+def write_new(path: str | os.PathLike, data: Data) -> Path:
+    """Write ``data`` (bytes, or a callable writing into a binary file) to ``path`` atomically;
+    refuse if ``path`` exists.
+
+    The bytes go to a temporary file in the same directory, which is then hard-linked to the final
+    name (``link`` fails if the name exists, so a concurrent writer cannot be clobbered either) and
+    removed. A reader never sees a half-written file; the file gets the umask's mode (``file_mode``).
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        raise WMError(f"{path}: exists already; wmcore never overwrites a file, choose a new name")
+    tmp = _write_temp(path, data)
+    try:
         link_new(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_replace(path: str | os.PathLike, data: Data) -> Path:
+    """Write ``data`` to ``path`` atomically, replacing the file there if any: for files that are
+    ours to rewrite (a resumable training run's checkpoint and log). A reader, or the next run after
+    a crash, finds the old file or the new one, never a partial one. The umask's mode, as above."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -36,20 +108,24 @@ def write_new(path: str | os.PathLike, data: bytes) -> Path:
 
 def link_new(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Give the finished temporary file ``tmp`` the name ``path``, refusing if ``path`` exists (a hard
-    link fails on an existing name, so a concurrent writer is not clobbered either). The caller removes
-    ``tmp`` afterwards (it may be gone already where hard links are unsupported and it was renamed)."""
+    link fails on an existing name, so a concurrent writer is not clobbered either). ``tmp`` first gets
+    the umask's mode (``file_mode``: a ``mkstemp`` file is 0600, unreadable to other users such as a CI
+    artifact uploader). The caller removes ``tmp`` afterwards (it may be gone already where hard links
+    are unsupported and it was renamed)."""
+    os.chmod(tmp, file_mode())
     try:
         os.link(tmp, path)
     except FileExistsError:
         raise WMError(f"{path}: exists already; wmcore never overwrites a file, choose a new name") from None
     except OSError:  # file systems without hard links: rename after a last check
-        if os.path.exists(path):
+        if os.path.lexists(path):
             raise WMError(f"{path}: exists already; wmcore never overwrites a file") from None
         os.replace(tmp, path)
 
 
 def new_run_dir(root: str | os.PathLike, label: str = "run") -> Path:
-    """Create and return a fresh directory ``root/<label>-YYYYmmdd-HHMMSS[-n]``; never reuses one."""
+    """Create and return a fresh directory ``root/<label>-YYYYmmdd-HHMMSS[-n]``; never reuses one.
+    Directories are created with ``0o777 & ~umask``, like the files in them."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

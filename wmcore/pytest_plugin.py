@@ -23,21 +23,27 @@ loaded model, episodes and encoded ground truth.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .config import Thresholds, load_thresholds
+from .config import DTYPES, Thresholds, check_placement, load_thresholds
+from .errors import WMError
 from .fsio import new_run_dir
 from .report import DriftReport
+from .rollout import ACTION_SOURCES
 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
 _SETTINGS = pytest.StashKey["Settings"]()
-ACTION_SOURCES = ("recorded", "zeros", "random")
-DTYPES = ("float32", "bfloat16", "float16")
+_CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents of this session
+# the fixtures that need the models / the episodes loaded: collected tests that use them make the
+# plugin load both before any test runs, so that data or a model that cannot be loaded is a usage error
+_NEEDS_MODEL = {"wm_model", "wm_prepared"}
+_NEEDS_DATA = {"wm_episodes", "wm_prepared"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
+    config.stash[_CACHE] = {}
     from .data import DEFAULT_DATA
     from .models import EMBEDDED, FAMILIES
 
@@ -108,6 +115,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--wm-actions {bad[0]!r}: expected one of {', '.join(ACTION_SOURCES)}")
     if o("wm_dtype") not in DTYPES:
         raise pytest.UsageError(f"--wm-dtype {o('wm_dtype')!r}: expected one of {', '.join(DTYPES)}")
+    if o("wm_device") != "cpu":
+        try:
+            check_placement(o("wm_device"), o("wm_dtype"))
+        except WMError as e:
+            raise pytest.UsageError(f"--wm-device: {e}") from None
     if o("wm_start") is not None and o("wm_start") < 0:
         raise pytest.UsageError(f"--wm-start must be >= 0, found {o('wm_start')}")
     for name in ("wm_horizon", "wm_episodes"):
@@ -150,37 +162,74 @@ def wm_settings(pytestconfig: pytest.Config) -> Settings:
     return pytestconfig.stash[_SETTINGS]
 
 
-@pytest.fixture(scope="session")
-def _wm_cache() -> dict:
-    return {}
-
-
-@pytest.fixture(scope="session")
-def wm_model(wm_model_spec: str, wm_settings: Settings, _wm_cache: dict):
-    """The loaded model of ``wm_model_spec``, on the chosen device and dtype (once per session)."""
-    import torch
-
-    key = ("model", wm_model_spec)
-    if key not in _wm_cache:
+def _model(config: pytest.Config, spec: str):
+    """The model of ``spec`` on the chosen device and dtype, loaded once per session."""
+    cache, s = config.stash[_CACHE], config.stash[_SETTINGS]
+    key = ("model", spec)
+    if key not in cache:
+        from .config import place_model
         from .models import load
 
-        m = load(wm_model_spec)
-        if hasattr(m, "to"):
-            m = m.to(wm_settings.device, getattr(torch, wm_settings.dtype))
-        _wm_cache[key] = m
-    return _wm_cache[key]
+        cache[key] = place_model(load(spec), s.device, s.dtype)
+    return cache[key]
+
+
+def _episodes(config: pytest.Config):
+    """The episodes of ``--wm-data``, loaded once per session."""
+    cache, s = config.stash[_CACHE], config.stash[_SETTINGS]
+    if "episodes" not in cache:
+        from .data import load
+
+        cache["episodes"] = load(s.data, limit=s.episodes, camera=s.camera, actions=s.actions_file)
+    return cache["episodes"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Load the data and every model the collected tests need, before the first test: an unreadable
+    ``--wm-data`` or a ``--wm-model`` that cannot be loaded is a usage error (exit 4) naming the
+    option, not an error in each test."""
+    config = session.config
+    if _SETTINGS not in config.stash or config.option.collectonly:
+        return
+    used = set().union(*(getattr(item, "fixturenames", ()) for item in session.items)) if session.items else set()
+    s = config.stash[_SETTINGS]
+    if used & _NEEDS_DATA:
+        try:
+            _episodes(config)
+        except WMError as e:
+            raise pytest.UsageError(f"--wm-data {s.data!r}: {e}") from None
+    if used & _NEEDS_MODEL:
+        from .evaluate import check_actions
+
+        for spec in s.models:
+            try:
+                model = _model(config, spec)
+            except WMError as e:
+                raise pytest.UsageError(f"--wm-model {spec!r}: {e}") from None
+            if used & _NEEDS_DATA:
+                try:
+                    for e in _episodes(config):
+                        check_actions(model, e.actions.shape[-1])
+                except WMError as e:
+                    data = f"--wm-data {s.data!r}" + (f" (--wm-actions-file {s.actions_file!r})" if s.actions_file else "")
+                    raise pytest.UsageError(f"--wm-model {spec!r} does not fit {data}: {e}") from None
 
 
 @pytest.fixture(scope="session")
-def wm_episodes(wm_settings: Settings, _wm_cache: dict):
-    """The episodes of ``--wm-data`` (once per session)."""
-    if "episodes" not in _wm_cache:
-        from .data import load
+def _wm_cache(pytestconfig: pytest.Config) -> dict:
+    return pytestconfig.stash[_CACHE]
 
-        _wm_cache["episodes"] = load(
-            wm_settings.data, limit=wm_settings.episodes, camera=wm_settings.camera, actions=wm_settings.actions_file
-        )
-    return _wm_cache["episodes"]
+
+@pytest.fixture(scope="session")
+def wm_model(wm_model_spec: str, pytestconfig: pytest.Config):
+    """The loaded model of ``wm_model_spec``, on the chosen device and dtype (once per session)."""
+    return _model(pytestconfig, wm_model_spec)
+
+
+@pytest.fixture(scope="session")
+def wm_episodes(pytestconfig: pytest.Config):
+    """The episodes of ``--wm-data`` (once per session)."""
+    return _episodes(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -301,6 +350,10 @@ def _table(reports: list) -> list[str]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     written = config.stash.get(_WRITTEN, [])
     reports = config.stash.get(_REPORTS, [])
+    if "episodes" in config.stash.get(_CACHE, {}):  # which decoder read --wm-data, when it was not decord
+        video = sys.modules.get("wmcore.video")
+        for line in video.notices() if video else []:
+            terminalreporter.write_line(line)
     if reports:
         terminalreporter.section("wmcore drift summary")
         for line in _table(reports):
@@ -314,3 +367,84 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         terminalreporter.write_line(f"run directory: {Path(written[0]).parent}")
         for p in written:
             terminalreporter.write_line(f"  {p}")
+
+
+# --- crash-safe pytest-benchmark records ----------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make pytest-benchmark's own JSON writes atomic (after its ``pytest_configure`` made the session)."""
+    _atomic_benchmark_writes(session.config)
+
+
+def _atomic_benchmark_writes(config: pytest.Config) -> None:
+    """pytest-benchmark's ``FileStorage.save`` opens the final ``NNNN_*.json`` and then writes into it,
+    and ``--benchmark-json`` truncates its file before writing: a run killed in between leaves an empty
+    or partial JSON, which breaks a later ``--benchmark-compare`` and ``wmcore compare`` (or destroys
+    the previous ``--benchmark-json``). Route both writes through ``wmcore.fsio``: the same file name
+    and content, written under a hidden temporary name beside it and linked (a new record, never
+    replacing one) or renamed (``--benchmark-json``, which pytest-benchmark rewrites) into place, with
+    the umask's mode. Left alone: no pytest-benchmark, another storage (elasticsearch), a subclass
+    with its own ``save``, or a pytest-benchmark whose layout is not the one this was written for."""
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None or getattr(bs, "_wmcore_atomic", False):
+        return
+    try:
+        from pytest_benchmark.storage.file import FileStorage
+        from pytest_benchmark.utils import safe_dumps
+    except ImportError:
+        return
+    storage = getattr(bs, "storage", None)
+    upstream_layout = (callable(getattr(storage, "get", None))
+                       and isinstance(getattr(type(storage), "_next_num", None), property))
+    if isinstance(storage, FileStorage) and type(storage).save is FileStorage.save and upstream_layout:
+        storage.save = lambda output_json, save: _save_benchmark_record(storage, safe_dumps, output_json, save)
+    original = getattr(bs, "save_json", None)
+    if callable(original):
+        bs.save_json = lambda output_json: _save_benchmark_json(bs, original, safe_dumps, output_json)
+    bs._wmcore_atomic = True
+
+
+def _save_benchmark_record(storage: Any, dumps: Any, output_json: dict, save: str) -> None:
+    """``FileStorage.save`` made atomic: ``NNNN_<save>.json`` with the next free number, linked into
+    place complete (a concurrent run that took the number meanwhile makes this take the next one)."""
+    import os
+
+    from .errors import WMError
+    from .fsio import write_new
+
+    data = dumps(output_json, ensure_ascii=True, indent=4).encode()
+    for _ in range(100):
+        path = storage.get(f"{storage._next_num}_{save}.json")
+        try:
+            write_new(path, data)
+        except WMError:
+            if os.path.lexists(path):
+                continue
+            raise
+        storage.logger.info(f"Saved benchmark data in: {path}")
+        return
+    raise WMError(f"{storage.path}: could not find a free record number for {save!r} (100 tries)")
+
+
+def _save_benchmark_json(bs: Any, original: Any, dumps: Any, output_json: dict) -> None:
+    """``--benchmark-json PATH`` written atomically: the complete new file replaces the old one, or
+    the old one stays. A PATH that is not a plain file (``/dev/stdout``, a pipe, a symlink) is written
+    through as pytest-benchmark does."""
+    import os
+    import stat
+
+    from .fsio import write_replace
+
+    path = Path(bs.json)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return original(output_json)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return original(output_json)
+    write_replace(path, dumps(output_json, ensure_ascii=True, indent=4).encode())
+    bs.logger.info(f"Wrote benchmark data in: {bs.json}", purple=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import os
@@ -165,11 +166,9 @@ def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
         "dtype": dtype,
         "threads": torch.get_num_threads(),
     }
-    try:
-        import transformers
-
-        env["transformers"] = transformers.__version__
-    except ImportError:
+    try:  # the installed version, without importing transformers (1-2 s) only to read it
+        env["transformers"] = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
         env["transformers"] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))

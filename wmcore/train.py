@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ from pathlib import Path
 import torch
 
 from .data.episodes import load_episodes
-from .errors import WMError
-from .models import ac_tiny
+from .errors import WMError, run_command
+from .fsio import write_replace
+from .models import ac_tiny, read_error
 from .models.ac_tiny import ACJEPA, ACTinyConfig
 from .models.lewm import LeWMConfig, LeWorldModel, recalibrate_bn, save_pretrained
 from .models.vjepa2_ac import ac_preprocess
@@ -189,7 +189,17 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig | ACTinyConfig, cfg
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         # on the CPU: the RNG states must stay CPU ByteTensors; load_state_dict moves the rest
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
+            raise WMError(f"{read_error(ckpt, e, 'the resume checkpoint')}; delete it to start afresh, "
+                          "or use another --out") from None
+        want = ("model_config", "train_config", "model", "opt", "rng", "torch_rng", "step", "history")
+        if not isinstance(state, dict) or any(k not in state for k in want):
+            found = sorted(map(str, state))[:20] if isinstance(state, dict) else type(state).__name__
+            raise WMError(f"{ckpt}: not a wmcore resume checkpoint (expected keys {list(want)}, found {found}); "
+                          "delete it to start afresh, or use another --out")
         if state["model_config"] != dataclasses.asdict(model_cfg) or state["train_config"] != dataclasses.asdict(cfg):
             raise WMError(f"{ckpt}: was written with other settings; use the same command or another --out")
         model.load_state_dict(state["model"])
@@ -241,7 +251,7 @@ def train(data_dir: str, out_dir: str, model_cfg: LeWMConfig | ACTinyConfig, cfg
                 + f"  {rate:.2f} it/s  eta {eta / 60:.1f} min"
             )
             _save_checkpoint(ckpt, model, opt, g, done, history, model_cfg, cfg)
-            (out / "train_log.json").write_text(json.dumps(history, indent=1))
+            write_replace(out / "train_log.json", json.dumps(history, indent=1).encode())
         if over_time:
             log(f"time limit of {cfg.time_limit_min} min reached at step {done}")
             break
@@ -343,23 +353,21 @@ def _validate(model: LeWorldModel | ACJEPA, batches, dev, cfg: LeWMConfig | ACTi
 
 
 def _save_checkpoint(path: Path, model, opt, g, step, history, model_cfg, cfg) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "rng": g.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(next(model.parameters()).device)
-            if next(model.parameters()).is_cuda else None,
-            "step": step,
-            "history": json.dumps(history),
-            "model_config": dataclasses.asdict(model_cfg),
-            "train_config": dataclasses.asdict(cfg),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)  # the checkpoint is ours to replace; a crash mid-write leaves the old one
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "rng": g.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(next(model.parameters()).device)
+        if next(model.parameters()).is_cuda else None,
+        "step": step,
+        "history": json.dumps(history),
+        "model_config": dataclasses.asdict(model_cfg),
+        "train_config": dataclasses.asdict(cfg),
+    }
+    # the checkpoint is ours to replace: written beside it, then renamed over it (a crash mid-write
+    # leaves the old one, never a partial file), with the umask's mode
+    write_replace(path, lambda f: torch.save(state, f))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,18 +402,22 @@ def _model_overrides(path: str, cls=LeWMConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``wmcore train``; exit codes as in ``wmcore.errors``."""
+    return run_command("wmcore train", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cls = ARCHS[args.arch]
+    overrides = _model_overrides(args.model_config, cls) if args.model_config else {}
+    if args.name:
+        overrides["name"] = args.name
     try:
-        tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-        cls = ARCHS[args.arch]
-        overrides = _model_overrides(args.model_config, cls) if args.model_config else {}
-        if args.name:
-            overrides["name"] = args.name
         mcfg = cls(**overrides)
-        train(args.data, args.out, mcfg, tcfg, device=args.device, log=lambda s: print(s, flush=True))
-    except ValueError as e:
-        print(f"wmcore train: error: {e}", file=sys.stderr)
-        return 2
+    except TypeError as e:  # a JSON value of the wrong type that a comparison in the config's checks trips on
+        raise WMError(f"--model-config {args.model_config}: a value has the wrong type ({e})") from None
+    train(args.data, args.out, mcfg, tcfg, device=args.device, log=lambda s: print(s, flush=True))
     return 0
 
 

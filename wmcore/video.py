@@ -3,6 +3,11 @@
 Frames are uint8 ``[T, H, W, 3]`` RGB torch tensors wherever they leave this module. Frame indices
 are 0-based positions in decode order. Everything here is plain torch + numpy (no torchvision, cv2
 or PIL), so the preprocessing runs wherever the model runs.
+
+The fallback is never silent: ``decode_video`` says which reader decoded a file and its codec (a
+``VideoSource``, which the data loaders attach to each Episode and the DriftReport records under
+``data["video"]``), and the first time in a process that PyAV stands in for decord for a codec
+(decord 0.6 cannot open AV1, LeRobot's default codec) one line goes to stderr (see ``notices``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WMError
-from .fsio import link_new
+from .fsio import file_mode, link_new
 
 try:  # decord is fast at random access but has wheels for x86_64 only; PyAV reads everywhere
     import decord as _decord
@@ -51,6 +58,24 @@ class VideoInfo:
     backend: str  # which reader produced these numbers: "decord" or "pyav"
 
 
+@dataclass(frozen=True)
+class VideoSource:
+    """Which reader decoded a video file, and its codec: what a report needs to say how frames were read.
+
+    backend: "decord" or "pyav"; version: that library's version; codec: FFmpeg's name of the
+    stream's codec ("h264", "av1", "hevc", ...; "unknown" if PyAV cannot tell); reason: why PyAV and
+    not decord read it (None where decord did). Deterministic: no paths, times or library messages.
+    """
+
+    backend: str
+    version: str
+    codec: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "version": self.version, "codec": self.codec, "reason": self.reason}
+
+
 class _Unreadable(Exception):
     """A backend could not decode the file; the message is its reason, for the user-facing WMError."""
 
@@ -66,7 +91,7 @@ def video_info(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     (Matroska, MPEG-TS).
     """
     path = _check_file(path)
-    return _dispatch(path, backend, _decord_info, _pyav_info)
+    return _dispatch(path, backend, _decord_info, _pyav_info)[0]
 
 
 def read_video(
@@ -78,14 +103,45 @@ def read_video(
 
     indices: 1-D non-negative frame indices, in any order, repeats allowed (T = len(indices));
     None reads every frame. backend: "auto" (decord, else PyAV when decord is missing or fails on
-    the file), "decord" or "pyav"; both give identical frames.
+    the file), "decord" or "pyav"; both give identical frames. ``decode_video`` also says which
+    reader it was.
+    """
+    return decode_video(path, indices, backend)[0]
+
+
+def decode_video(
+    path: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, VideoSource]:
+    """``read_video``, and the ``VideoSource`` that says which reader decoded the file and its codec.
+
+    With backend "auto", the first file in this process that PyAV decodes for want of decord (not
+    installed, or failing on the file: decord 0.6 cannot open AV1) prints one line to stderr for
+    its codec; later files like it are silent (``notices()`` lists what was said).
     """
     path = _check_file(path)
     idx = _check_indices(path, indices)
-    return _dispatch(path, backend, lambda p: _decord_read(p, idx), lambda p: _pyav_read(p, idx))
+    frames, used, failed = _dispatch(path, backend, lambda p: _decord_read(p, idx), lambda p: _pyav_read(p, idx))
+    codec = _probe_codec(path)
+    reason = None
+    if used == "pyav":
+        if backend == "pyav":
+            reason = "backend='pyav' asked for"
+        elif _decord is None:
+            reason = "decord is not installed"
+        else:
+            reason = f"decord {_version(_decord)} cannot decode this {codec} video"
+    source = VideoSource(backend=used, version=_version(_decord if used == "decord" else av), codec=codec,
+                         reason=reason)
+    if used == "pyav" and backend == "auto":
+        _notice(source, path, failed)
+    return frames, source
 
 
-def _dispatch(path: Path, backend: str, with_decord: Callable[[Path], _T], with_pyav: Callable[[Path], _T]) -> _T:
+def _dispatch(path: Path, backend: str, with_decord: Callable[[Path], _T],
+              with_pyav: Callable[[Path], _T]) -> tuple[_T, str, str | None]:
+    """(result, the backend that produced it, decord's reason to fail where PyAV stood in for it)"""
     if backend not in BACKENDS:
         raise WMError(f"backend={backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "decord" and _decord is None:
@@ -93,20 +149,58 @@ def _dispatch(path: Path, backend: str, with_decord: Callable[[Path], _T], with_
                       "install decord (x86_64 only) or use backend='auto' or 'pyav'")
     if backend == "pyav" or (backend == "auto" and _decord is None):
         try:
-            return with_pyav(path)
+            return with_pyav(path), "pyav", None
         except _Unreadable as e:
             raise WMError(f"{path}: PyAV cannot decode it ({e}); {_FIX}") from None
     try:
-        return with_decord(path)
+        return with_decord(path), "decord", None
     except _Unreadable as e:
         if backend == "decord":
             raise WMError(f"{path}: decord cannot decode it ({e}); {_FIX}") from None
         first = e
     try:
-        return with_pyav(path)
+        return with_pyav(path), "pyav", str(first)
     except _Unreadable as e:
         raise WMError(f"{path}: cannot decode the video: decord failed ({first}) and PyAV failed too ({e}); "
                       f"{_FIX}") from None
+
+
+def _version(module) -> str:
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _probe_codec(path: Path) -> str:
+    """FFmpeg's name of the first video stream's codec ("h264", "av1"; not the decoder, e.g. libdav1d)."""
+    try:
+        with av.open(str(path)) as container:
+            codec = container.streams.video[0].codec_context.codec
+            return str(getattr(codec, "canonical_name", None) or codec.name)
+    except Exception:  # noqa: BLE001 - the frames are decoded already; the codec is only reported
+        return "unknown"
+
+
+_SAID: dict[tuple[str, str, str | None], str] = {}  # (backend, codec, reason) -> the line printed for it
+
+
+def _notice(source: VideoSource, path: Path, detail: str | None) -> None:
+    key = (source.backend, source.codec, source.reason)
+    if key in _SAID:
+        return
+    why = source.reason or ""
+    if detail:  # decord's own words, without its time stamp and source location
+        detail = detail.rsplit("ERROR ", 1)[-1] if "ERROR " in detail else detail
+        detail = re.sub(r"\[\d\d:\d\d:\d\d\] |\S+\.(cc|h|cpp):\d+: ", "", detail)
+        why += ": " + detail[:160].strip()
+    line = (f"wmcore: video decoded by PyAV {source.version}, not decord (codec {source.codec}; {why}); "
+            f"first such file: {path}")
+    _SAID[key] = line
+    print(line, file=sys.stderr, flush=True)
+
+
+def notices() -> list[str]:
+    """The lines ``decode_video`` printed to stderr in this process (each once): for a caller whose
+    stderr is captured (a pytest plugin) to repeat in its summary."""
+    return list(_SAID.values())
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -399,6 +493,7 @@ def write_video(
     try:
         _encode(tmp, frames.cpu().numpy(), fps, crf, path, pix_fmt)
         if overwrite:
+            os.chmod(tmp, file_mode())  # mkstemp made it 0600; link_new does this for the other branch
             os.replace(tmp, path)
         else:
             link_new(tmp, path)  # fails if the name was taken meanwhile; replace would clobber it

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -17,7 +18,9 @@ class Episode:
     """One recorded episode.
 
     frames: uint8 ``[T+1, H, W, 3]``; actions: float ``[T, A]`` (``actions[t]`` leads from frame t to
-    t+1); states: float ``[T+1, S]`` or None; fps of the recording; id names it in reports.
+    t+1); states: float ``[T+1, S]`` or None; fps of the recording; id names it in reports; video:
+    the ``wmcore.video.VideoSource`` that says which reader decoded its frames and their codec (None
+    for frames that never were a video file), for the report's ``data["video"]``.
     """
 
     frames: Tensor
@@ -25,6 +28,7 @@ class Episode:
     states: Tensor | None = None
     fps: float = 10.0
     id: str = "episode"
+    video: Any = None
 
     def __post_init__(self) -> None:
         f, a, s = self.frames, self.actions, self.states
@@ -58,7 +62,8 @@ class Episode:
 class Batch:
     """Episodes cut to a common length and stacked.
 
-    frames uint8 ``[B, T+1, H, W, 3]``, actions ``[B, T, A]``, states ``[B, T+1, S]`` or None.
+    frames uint8 ``[B, T+1, H, W, 3]``, actions ``[B, T, A]``, states ``[B, T+1, S]`` or None;
+    videos: each episode's ``VideoSource`` (or None), see ``video_summary``.
     """
 
     frames: Tensor
@@ -66,6 +71,7 @@ class Batch:
     states: Tensor | None
     ids: list[str]
     fps: float
+    videos: list | None = None
 
 
 def stack(episodes: Sequence[Episode], steps: int | None = None) -> Batch:
@@ -93,7 +99,31 @@ def stack(episodes: Sequence[Episode], steps: int | None = None) -> Batch:
         states=states,
         ids=[e.id for e in episodes],
         fps=float(episodes[0].fps),
+        videos=[e.video for e in episodes],
     )
+
+
+def video_summary(sources: Sequence[Any] | None) -> dict[str, Any] | None:
+    """How the episodes' frames were decoded, for a report's ``data["video"]``; None when no episode
+    came from a video file. ``backend`` / ``codec`` / ``reason`` are the one reader's (``"mixed"``
+    where episodes differ); ``sources`` counts the episodes per distinct (backend, version, codec,
+    reason), in order of first appearance; frames from memory count under backend None."""
+    if not sources or all(s is None for s in sources):
+        return None
+    keys = [None if s is None else (s.backend, s.version, s.codec, s.reason) for s in sources]
+    counts = Counter(keys)
+    entries = [
+        {"backend": None, "version": None, "codec": None, "reason": "frames from memory, not a video file",
+         "episodes": counts[k]} if k is None else
+        {"backend": k[0], "version": k[1], "codec": k[2], "reason": k[3], "episodes": counts[k]}
+        for k in dict.fromkeys(keys)
+    ]
+
+    def one(field: str) -> Any:
+        values = {e[field] for e in entries}
+        return values.pop() if len(values) == 1 else "mixed"
+
+    return {"backend": one("backend"), "codec": one("codec"), "reason": one("reason"), "sources": entries}
 
 
 def content_sha256(*tensors: Tensor | None) -> str:

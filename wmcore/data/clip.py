@@ -24,6 +24,7 @@ import torch
 
 from ..errors import WMError
 from . import Episode
+from .episodes import load_npz
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts")
 ACTION_SUFFIXES = (".npz", ".npy", ".csv", ".json")
@@ -44,6 +45,14 @@ def find_actions(video: str | Path) -> Path | None:
     return None
 
 
+def _load_npy(p: Path) -> np.ndarray:
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy raises many types for a damaged header (SyntaxError too)
+        raise WMError(f"{p}: unreadable action file ({type(e).__name__}: {str(e)[:200] or 'empty or cut short'}); "
+                      "save it again with np.save(path, actions)") from None
+
+
 def read_actions(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``(actions [T, A], states [T+1, S] or None)`` from an action file (see the module docstring)."""
     p = Path(path)
@@ -54,16 +63,15 @@ def read_actions(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     csv_lines: list[int] | None = None
     try:
         if suffix == ".npy":
-            actions = np.load(p, allow_pickle=False)
+            actions = _load_npy(p)
         elif suffix == ".npz":
             if not zipfile.is_zipfile(p):
                 raise WMError(f"{p}: not an .npz archive (an .npz is a zip of arrays, e.g. from np.savez); "
                               "save it with np.savez(path, actions=...) or name a single array .npy")
-            with np.load(p, allow_pickle=False) as z:
-                if "actions" not in z.files:
-                    raise WMError(f"{p}: no 'actions' array; it has {sorted(z.files)}")
-                actions = z["actions"]
-                states = z["states"] if "states" in z.files else None
+            z = load_npz(p, "save it again with np.savez(path, actions=...)")
+            if "actions" not in z:
+                raise WMError(f"{p}: no 'actions' array; it has {sorted(z)}")
+            actions, states = z["actions"], z.get("states")
         elif suffix == ".csv":
             with open(p, newline="") as f:
                 reader = csv.reader(f)
@@ -93,7 +101,7 @@ def read_actions(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise WMError(f"{p}: unknown action file type {suffix!r}; use one of {', '.join(ACTION_SUFFIXES)}")
     except WMError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty .npy
+    except (ValueError, TypeError, OSError) as e:  # e.g. JSON that is no array of numbers
         raise WMError(f"{p}: unreadable action file ({type(e).__name__}: {e or 'empty or cut short'})") from None
     actions = np.asarray(actions)
     if actions.ndim == 1:
@@ -123,10 +131,10 @@ def load_clip(
 ) -> Episode:
     """An Episode from ``video`` and its actions: a file, None (the file beside the video), or
     ``"zeros"`` (needs ``action_dim``, the width of one recorded action)."""
-    from ..video import read_video, video_info
+    from ..video import decode_video, video_info
 
     v = Path(video)
-    frames = read_video(v)
+    frames, source = decode_video(v)
     if frames.shape[0] < 2:
         raise WMError(f"{v}: {frames.shape[0]} frame(s); a rollout needs at least 2")
     n = frames.shape[0] - 1
@@ -160,6 +168,7 @@ def load_clip(
         states=None if states is None else torch.from_numpy(np.ascontiguousarray(states)),
         fps=float(rate),
         id=v.name,
+        video=source,
     )
 
 

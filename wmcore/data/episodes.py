@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,6 @@ def episode_name(index: int) -> str:
     if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
         raise WMError(f"episode index must be an int >= 0, found {index!r}")
     return f"episode_{int(index):03d}"
-
-
-def _readable(*paths: Path) -> None:
-    # Temporary files are created 0600; an episode set is data to share: the usual 0666 - umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in paths:
-        os.chmod(p, 0o666 & ~umask)
 
 
 def _sha256(path: Path) -> str:
@@ -79,9 +70,10 @@ def video_format(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _decode_video(path: Path):
-    from ..video import read_video
+    """(frames, the VideoSource that says which reader decoded them)"""
+    from ..video import decode_video
 
-    return read_video(path)
+    return decode_video(path)
 
 
 def save_episode(
@@ -131,7 +123,6 @@ def save_episode(
     except BaseException:
         video.unlink(missing_ok=True)  # no half episodes: the video alone is useless
         raise
-    _readable(video, data)
     return {
         "name": name,
         "video": video.name,
@@ -159,9 +150,7 @@ def write_index(dir: str | os.PathLike, meta: dict[str, Any], episodes: list[dic
         text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise WMError(f"write_index: meta is not JSON-serialisable ({e})") from None
-    path = write_new(dir / INDEX, text.encode())
-    _readable(path)
-    return path
+    return write_new(dir / INDEX, text.encode())
 
 
 def read_index(dir: str | os.PathLike) -> dict[str, Any]:
@@ -195,12 +184,13 @@ def index_sha256(dir: str | os.PathLike) -> str:
     return _sha256(Path(dir) / INDEX)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike, what: str = "regenerate the episode") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles); WMError naming ``path`` if it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise WMError(f"{path}: not a readable npz ({type(e).__name__}: {e}); regenerate the episode") from None
+    except Exception as e:  # noqa: BLE001 - numpy and zipfile raise a dozen types for a damaged file
+        raise WMError(f"{path}: not a readable npz ({type(e).__name__}: {str(e)[:200]}); {what}") from None
 
 
 def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool = True) -> list[Episode]:
@@ -229,7 +219,7 @@ def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
                         f"{p}: sha256 differs from {dir / INDEX}; the file was changed or the index belongs "
                         "to other files: regenerate the set (or load with verify=False at your own risk)"
                     )
-        z = _load_npz(data)
+        z = load_npz(data)
         if "actions" not in z:
             raise WMError(f"{data}: has no 'actions' array (keys {sorted(z)})")
         actions = z["actions"]
@@ -243,7 +233,7 @@ def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
         states = z.get("states")
         if states is not None and (states.ndim != 2 or states.shape[0] != steps + 1):
             raise WMError(f"{data}: states must be [T+1={steps + 1}, S], found {states.shape}")
-        frames = _decode_video(video)
+        frames, source = _decode_video(video)
         frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
         if frames.dim() != 4 or frames.shape[0] != steps + 1:
             raise WMError(
@@ -259,6 +249,7 @@ def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
                 states=torch.from_numpy(states.astype(np.float32)) if states is not None else None,
                 fps=fps,
                 id=f"{dir.name}/{name}",
+                video=source,
             )
         )
     return out

@@ -43,7 +43,7 @@ def load_lerobot(
     in that order (None: all). Returns Episodes with frames uint8 ``[L, H, W, 3]``, actions
     ``[L-1, A]``, states ``[L, S]``.
     """
-    from ..video import read_video, video_info
+    from ..video import decode_video, video_info
 
     root = Path(root)
     info = _info(root)
@@ -93,7 +93,7 @@ def load_lerobot(
                 f"camera {camera!r} ({where}, {num_frames[video]} frames in the file); video and data "
                 f"must have one frame per row: {_FIX}"
             )
-        frames = read_video(video, range(first, first + n))
+        frames, source = decode_video(video, range(first, first + n))
         out.append(
             Episode(
                 frames=frames,
@@ -101,6 +101,7 @@ def load_lerobot(
                 states=torch.from_numpy(states).float() if states is not None else None,
                 fps=fps,
                 id=f"{root.name}/episode_{ep:06d}",
+                video=source,
             )
         )
     return out

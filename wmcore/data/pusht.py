@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WMError
+from ..errors import WMError, run_command
 
 ENV_ID = "gym_pusht/PushT-v0"
 WORKSPACE = 512.0
@@ -495,14 +495,15 @@ def build_parser(prog: str = "python -m wmcore.data.pusht") -> argparse.Argument
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m wmcore.data.pusht") -> int:
+    """Generate an episode set; exit codes as in ``wmcore.errors``."""
+    return run_command(prog, lambda: _main(argv, prog))
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
     command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        doc = generate(args.out, args.episodes, args.steps, args.seed, args.size, crf=args.crf,
-                       progress=not args.quiet, command=command)
-    except ValueError as e:  # WMError included
-        print(f"wmcore: error: {e}", file=sys.stderr)
-        return 2
+    doc = generate(args.out, args.episodes, args.steps, args.seed, args.size, crf=args.crf,
+                   progress=not args.quiet, command=command)
     s = doc["summary"]
     print(
         f"{args.out}: {s['episodes']} episodes x {args.steps} steps at {args.size} px; block moved in "

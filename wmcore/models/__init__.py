@@ -9,6 +9,8 @@ small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``). Families register
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,6 +38,23 @@ def state_mismatch(state: Mapping[str, Any], expected: Mapping[str, Any], want: 
              f"unexpected keys {key_list(unexpected)}" if unexpected else "",
              f"shape mismatches {key_list(shapes)}" if shapes else ""]
     return "; ".join(p for p in parts if p)
+
+
+def read_error(path: str | os.PathLike, e: BaseException, what: str = "the weights") -> WMError:
+    """The WMError for a weights or checkpoint file that could not be read (``e``: what the reader
+    raised). Every ``.pt`` is read with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, never a pickle's code. A file that asks for anything else is refused with its own message,
+    naming what it asked for, and without torch's advice to retry with weights_only=False."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and ("weights_only" in text or "Weights only" in text):
+        asked = re.search(r"GLOBAL ([\w.]+)", text)
+        return WMError(
+            f"{path}: cannot read {what}: refused, its pickle asks for "
+            f"{asked.group(1) if asked else 'an object that is no tensor or plain container'}, and unpickling "
+            "that could run code; wmcore reads .pt files with torch.load(weights_only=True) only. Use weights "
+            "from a source you trust that hold tensors only (a state dict, or safetensors)"
+        )
+    return WMError(f"{path}: cannot read {what} ({type(e).__name__}: {text[:300]})")
 
 
 def _load_analytic(arg: str) -> WorldModel:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
-from . import state_mismatch
+from . import read_error, state_mismatch
 from ..fsio import write_new
 from ..protocol import fingerprint as _fingerprint
 
@@ -111,38 +111,38 @@ class LeWMConfig:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"LeWMConfig.{f.name}: expected a positive integer, found {v!r}")
+                raise WMError(f"LeWMConfig.{f.name}: expected a positive integer, found {v!r}")
         for key in ("image_mean", "image_std", "action_mean", "action_std"):
             v = getattr(self, key)
             if isinstance(v, list):  # from JSON
                 object.__setattr__(self, key, tuple(float(x) for x in v))
         if self.image_size % self.patch_size:
-            raise ValueError(f"LeWMConfig: patch_size {self.patch_size} must divide image_size {self.image_size}")
+            raise WMError(f"LeWMConfig: patch_size {self.patch_size} must divide image_size {self.image_size}")
         if self.encoder_hidden % self.encoder_heads:
-            raise ValueError(
+            raise WMError(
                 f"LeWMConfig: encoder_hidden {self.encoder_hidden} must be a multiple of "
                 f"encoder_heads {self.encoder_heads}"
             )
         if self.action_dim % self.frameskip:
-            raise ValueError(
+            raise WMError(
                 f"LeWMConfig: action_dim {self.action_dim} (per model step) must be a multiple of "
                 f"frameskip {self.frameskip}"
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("LeWMConfig: image_mean and image_std need 3 entries (RGB)")
+            raise WMError("LeWMConfig: image_mean and image_std need 3 entries (RGB)")
         if (self.action_mean is None) != (self.action_std is None):
-            raise ValueError("LeWMConfig: give both action_mean and action_std, or neither")
+            raise WMError("LeWMConfig: give both action_mean and action_std, or neither")
         if self.action_mean is not None:
             w = self.action_dim // self.frameskip
             if len(self.action_mean) != w or len(self.action_std) != w or min(self.action_std) <= 0:
-                raise ValueError(
+                raise WMError(
                     f"LeWMConfig: action_mean/action_std need {w} entries (one per recorded action dimension) "
                     "and positive stds"
                 )
         if not 0 <= self.predictor_dropout < 1 or not 0 <= self.predictor_emb_dropout < 1:
-            raise ValueError("LeWMConfig: dropout rates must be in [0, 1)")
+            raise WMError("LeWMConfig: dropout rates must be in [0, 1)")
         if self.sigreg_lambda < 0 or self.sigreg_knots < 2:
-            raise ValueError("LeWMConfig: sigreg_lambda must be >= 0 and sigreg_knots >= 2")
+            raise WMError("LeWMConfig: sigreg_lambda must be >= 0 and sigreg_knots >= 2")
 
     def vit_config(self):
         """The transformers ``ViTConfig`` of the encoder (as stable_pretraining's ``vit_hf`` builds it)."""
@@ -819,7 +819,7 @@ def _read_state(path: Path, device: str | torch.device) -> dict[str, Tensor]:
                 warnings.simplefilter("ignore")
                 state = torch.load(io.BytesIO(path.read_bytes()), map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
-        raise WMError(f"{path}: cannot read the weights ({type(e).__name__}: {str(e)[:300]})") from None
+        raise read_error(path, e, "the weights") from None
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):  # Lightning / le-wm conversions wrap the dict
             if isinstance(state.get(wrapper), dict):

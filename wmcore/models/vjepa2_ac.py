@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
-from . import key_list, state_mismatch
+from . import key_list, read_error, state_mismatch
 from ..protocol import fingerprint as _fingerprint
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 
@@ -939,7 +939,7 @@ def _read_checkpoint(path: str | Path, device: str | torch.device) -> tuple[Path
             warnings.simplefilter("ignore")
             ckpt = torch.load(io.BytesIO(p.read_bytes()), map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
-        raise WMError(f"{p}: cannot read the checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
+        raise read_error(p, e, "the checkpoint") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("predictor"), dict):
         found = sorted(map(str, ckpt))[:20] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise WMError(
