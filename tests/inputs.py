@@ -4,11 +4,13 @@ checkpoint, a LeRobot set), for the bad-input and fuzzing tests to damage."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import av
 import numpy as np
 import torch
 
@@ -81,3 +83,21 @@ def edit_npz(path: Path, **arrays) -> Path:
     return path
 
 
+def write_av1(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """AV1 as lerobot's ``encode_video_frames`` writes it by default: libsvtav1, yuv420p, g=2, crf=30."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("SVT_LOG")
+    os.environ["SVT_LOG"] = "1"  # SVT-AV1 prints a 24-line banner to stderr unless told: errors only
+    try:
+        with av.open(str(path), "w") as c:
+            s = c.add_stream("libsvtav1", fps, options={"g": "2", "crf": "30"})
+            s.pix_fmt, s.height, s.width = "yuv420p", frames.shape[1], frames.shape[2]
+            for f in frames:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            c.mux(s.encode())
+    finally:
+        if before is None:
+            os.environ.pop("SVT_LOG", None)
+        else:
+            os.environ["SVT_LOG"] = before
+    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import av
@@ -22,6 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+
+from inputs import write_av1
 
 from wmcore import video
 from wmcore.data import Episode, load
@@ -140,26 +141,6 @@ def make_v2(root: Path, lengths=LENGTHS, cams=CAMS, chunks_size: int = 2, state:
                         _frames(ep, short.get(ep, n), CAMS.index(cam)), fps=FPS, crf=0)
         start += n
     return root
-
-
-def write_av1(path: Path, frames: np.ndarray, fps: float = FPS) -> Path:
-    """AV1 as lerobot's ``encode_video_frames`` writes it by default: libsvtav1, yuv420p, g=2, crf=30."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    before = os.environ.get("SVT_LOG")
-    os.environ["SVT_LOG"] = "1"  # SVT-AV1 prints a 24-line banner to stderr unless told: errors only
-    try:
-        with av.open(str(path), "w") as c:
-            s = c.add_stream("libsvtav1", fps, options={"g": "2", "crf": "30"})
-            s.pix_fmt, s.height, s.width = "yuv420p", frames.shape[1], frames.shape[2]
-            for f in frames:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-            c.mux(s.encode())
-    finally:
-        if before is None:
-            os.environ.pop("SVT_LOG", None)
-        else:
-            os.environ["SVT_LOG"] = before
-    return path
 
 
 def _has_av1_encoder() -> bool:

@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inputs import write_av1
+
 from wmcore import video
 from wmcore.errors import WMError
 from wmcore.video import (
@@ -229,25 +231,6 @@ def _has_encoder(name: str) -> bool:
 
 needs_av1_encoder = pytest.mark.skipif(not _has_encoder("libsvtav1"),
                                        reason="this PyAV's FFmpeg has no SVT-AV1 encoder to write an AV1 clip")
-
-
-def write_av1(path, frames, fps=10):
-    """AV1 as lerobot's ``encode_video_frames`` writes it by default (libsvtav1, yuv420p, g=2, crf=30)."""
-    before = os.environ.get("SVT_LOG")
-    os.environ["SVT_LOG"] = "1"  # SVT-AV1 prints a 24-line banner to stderr unless told: errors only
-    try:
-        with av.open(str(path), "w") as c:
-            s = c.add_stream("libsvtav1", fps, options={"g": "2", "crf": "30"})
-            s.pix_fmt, s.height, s.width = "yuv420p", frames.shape[1], frames.shape[2]
-            for f in frames:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-            c.mux(s.encode())
-    finally:
-        if before is None:
-            os.environ.pop("SVT_LOG", None)
-        else:
-            os.environ["SVT_LOG"] = before
-    return path
 
 
 @pytest.fixture
