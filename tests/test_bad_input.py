@@ -185,6 +185,9 @@ CLI: list[tuple[str, Callable[[Valid, Path], tuple[list[str], str]]]] = [
                                lambda r: r["loops"]["open_loop"].update(cosine="high")))], "r.json")),
     ("show-a-directory", lambda v, d: (["show", str(d)], str(d))),
     ("plot-report-binary", lambda v, d: (["plot", str(_random_file(d / "r.json"))], "r.json")),
+    ("plot-out-under-a-file", lambda v, d: (["plot", str(v.report), "--out", str(_text(d / "f") / "x.png")], "x.png")),
+    ("rollout-out-under-a-file", lambda v, d: (["rollout", "--model", "analytic", "--video", str(v.clip), "--horizon", "3",
+                                                "--out", str(_text(d / "f") / "x.png")], "x.png")),
     # comparisons
     ("compare-missing-run", lambda v, d: (["compare", str(v.bench), str(d / "new.json")], "new.json")),
     ("compare-benchmark-json-truncated", lambda v, d: (

@@ -52,8 +52,11 @@ def file_mode() -> int:
 def _write_temp(path: Path, data: Data) -> str:
     """Write ``data`` to a fresh temporary file beside ``path``, flushed to disk and with the umask's
     mode; return its name (the caller publishes and removes it). Removed again if writing fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), file_mode())
@@ -63,13 +66,19 @@ def _write_temp(path: Path, data: Data) -> str:
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):  # a full disk, a quota, an I/O error: the place, not wmcore
+            raise _unwritable(path, e) from None
         raise
     return tmp
+
+
+def _unwritable(path: Path, e: OSError) -> WMError:
+    return WMError(f"{path}: cannot write it ({e.strerror or e}); choose a writable place with free space")
 
 
 def write_new(path: str | os.PathLike, data: Data) -> Path:
@@ -127,7 +136,10 @@ def new_run_dir(root: str | os.PathLike, label: str = "run") -> Path:
     """Create and return a fresh directory ``root/<label>-YYYYmmdd-HHMMSS[-n]``; never reuses one.
     Directories are created with ``0o777 & ~umask``, like the files in them."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WMError(f"{root}: cannot create the run directory's parent ({e.strerror or e}); choose a writable place") from None
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         d = root / (f"{label}-{stamp}" + (f"-{n}" if n else ""))
