@@ -31,6 +31,8 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "test_drift.py"
 FIXTURES = ROOT / "fixtures"
+# a CUDA device this machine lacks: any on a CPU-only torch, else the one past the last GPU
+MISSING_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,8 @@ CLI: list[tuple[str, Callable[[Valid, Path], tuple[list[str], str]]]] = [
                                                            "horizon 400")),
     ("evaluate-dtype-on-a-model-without-to", lambda v, d: (_ev("--data", str(v.episodes), "--dtype", "bfloat16"),
                                                            "cannot be moved")),
-    ("evaluate-cuda-on-a-cpu-torch", lambda v, d: (_ev("--data", str(v.episodes), "--device", "cuda"), "'cuda'")),
+    ("evaluate-cuda-device-not-there", lambda v, d: (_ev("--data", str(v.episodes), "--device", MISSING_CUDA),
+                                                     f"'{MISSING_CUDA}'")),
     ("evaluate-device-not-a-device", lambda v, d: (_ev("--data", str(v.episodes), "--device", "gpu7"), "'gpu7'")),
     ("evaluate-dtype-unknown", lambda v, d: (_ev("--data", str(v.episodes), "--dtype", "float8"), "--dtype")),
     # models
@@ -306,7 +309,7 @@ PLUGIN: list[tuple[str, Callable[[Valid, Path], tuple[list[str], str]]]] = [
     ("wm-model-truncated-weights", lambda v, d: (
         ["--wm-model", f"lewm:{truncate(copy(v.lewm, d / 'ck') / 'model.safetensors').parent}",
          "--wm-data", str(v.episodes)], "model.safetensors")),
-    ("wm-device-cuda-on-cpu-torch", lambda v, d: (["--wm-model", "analytic", "--wm-device", "cuda"], "--wm-device")),
+    ("wm-device-cuda-not-there", lambda v, d: (["--wm-model", "analytic", "--wm-device", MISSING_CUDA], "--wm-device")),
     ("wm-dtype-on-a-model-without-to", lambda v, d: (
         ["--wm-model", "analytic", "--wm-dtype", "bfloat16", "--wm-data", str(v.episodes)], "cannot be moved")),
     ("wm-horizon-negative", lambda v, d: (["--wm-horizon", "-3"], "--wm-horizon")),

@@ -335,6 +335,12 @@ def test_benchmark_json_replaces_its_file_atomically_or_writes_through(tmp_path)
     _atomic_benchmark_writes(config)
     config._benchmarksession.save_json(RECORD)
     assert through == [RECORD] and link.is_symlink()
+    # pytest-benchmark 5.2 opens --benchmark-json itself (argparse FileType): its own write, no path to rename
+    with open(tmp_path / "opened.json", "wb") as opened:
+        config, through = _session(tmp_path, json_path=opened)
+        _atomic_benchmark_writes(config)
+        config._benchmarksession.save_json(RECORD)
+    assert through == [RECORD]
 
 
 def test_other_storages_and_no_benchmark_session_are_left_alone(tmp_path):

@@ -171,7 +171,8 @@ def build_report(
 ) -> DriftReport:
     """Metrics, baselines, chance level and gates from finished rollouts ``[B, H, N, D]``."""
     c, h = cfg.context, cfg.horizon
-    z = prep.latents
+    # metrics on the CPU whatever device the model ran on: small tensors, one numerics for every run
+    z, pred_open, pred_closed = prep.latents.cpu(), pred_open.cpu(), pred_closed.cpu()
     target = z[:, c : c + h]
     last, first = M.copy_last(z, h, c), M.copy_first(z, h, c)
     mean = M.latent_mean(z)

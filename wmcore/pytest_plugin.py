@@ -437,6 +437,8 @@ def _save_benchmark_json(bs: Any, original: Any, dumps: Any, output_json: dict) 
 
     from .fsio import write_replace
 
+    if not isinstance(bs.json, (str, os.PathLike)):  # a file pytest-benchmark opened itself (FileType)
+        return original(output_json)
     path = Path(bs.json)
     try:
         st = os.lstat(path)
