@@ -94,6 +94,22 @@ def test_save_load_round_trip_preserves_everything(which, request, tmp_path):
     assert strict_loads(back.to_json()) == on_disk
 
 
+def test_created_is_stamped_once_when_the_report_is_made(report, tmp_path, monkeypatch):
+    """Every to_dict / save of one report says the same time, also across a second boundary (the
+    clock below moves a day at each reading)."""
+    import dataclasses
+    import itertools
+
+    from wmcore import report as report_module
+
+    days = itertools.count(1)
+    monkeypatch.setattr(report_module, "_now", lambda: f"2026-01-{next(days):02d}T00:00:00+00:00")
+    fresh = dataclasses.replace(report, created="")
+    first = fresh.to_dict()["created"]
+    assert fresh.to_dict()["created"] == first == "2026-01-01T00:00:00+00:00"
+    assert DriftReport.load(fresh.save(tmp_path / "r.json")).to_dict() == fresh.to_dict()
+
+
 def test_failing_report_round_trips_as_failed(failing_report, tmp_path):
     assert not failing_report.passed
     d = strict_loads(failing_report.to_json())

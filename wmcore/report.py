@@ -46,6 +46,11 @@ class DriftReport:
     timings: dict[str, Any] = field(default_factory=dict)
     created: str = ""
 
+    def __post_init__(self) -> None:
+        # stamped once, when the report is made: every to_dict / save of it says the same time
+        if not self.created:
+            object.__setattr__(self, "created", _now())
+
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
@@ -70,7 +75,7 @@ class DriftReport:
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
-            "created": self.created or _now(),
+            "created": self.created,
             "step_index": STEP_INDEX,
             "model": self.model,
             "data": self.data,
