@@ -63,11 +63,10 @@ def _make_dir(out: Path) -> Path:
 
 def _check_fit(model, episodes, what: str) -> None:
     """WMError naming ``what`` (the data option) unless the episodes' actions fit the model."""
-    from .evaluate import check_actions
+    from .evaluate import check_episodes
 
     try:
-        for e in episodes:
-            check_actions(model, e.actions.shape[-1])
+        check_episodes(model, episodes)
     except WMError as e:
         raise WMError(f"{what}: {e}") from None
 

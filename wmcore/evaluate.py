@@ -61,6 +61,12 @@ def check_actions(model: WorldModel, width: int) -> None:
         )
 
 
+def check_episodes(model: WorldModel, episodes: Sequence[Episode]) -> None:
+    """``check_actions`` for every distinct action width among ``episodes``."""
+    for width in sorted({e.actions.shape[-1] for e in episodes}):
+        check_actions(model, width)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """Episodes seen at the model's step: latents ``[B, S+1, N, D]``, actions ``[B, S, A]`` (from the

@@ -199,7 +199,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         except WMError as e:
             raise pytest.UsageError(f"--wm-data {s.data!r}: {e}") from None
     if used & _NEEDS_MODEL:
-        from .evaluate import check_actions
+        from .evaluate import check_episodes
 
         for spec in s.models:
             try:
@@ -208,8 +208,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 raise pytest.UsageError(f"--wm-model {spec!r}: {e}") from None
             if used & _NEEDS_DATA:
                 try:
-                    for e in _episodes(config):
-                        check_actions(model, e.actions.shape[-1])
+                    check_episodes(model, _episodes(config))
                 except WMError as e:
                     data = f"--wm-data {s.data!r}" + (f" (--wm-actions-file {s.actions_file!r})" if s.actions_file else "")
                     raise pytest.UsageError(f"--wm-model {spec!r} does not fit {data}: {e}") from None
