@@ -415,10 +415,12 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", n
         state = load(wpath.read_bytes())
     except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
         raise WMError(f"{wpath}: cannot read the weights ({type(e).__name__}: {str(e)[:300]})") from None
-    model = ACJEPA(cfg)
-    wrong = state_mismatch(state, model.state_dict(), want="config wants")
+    with torch.device("meta"):  # shapes only: a config that does not fit the weights allocates nothing
+        skeleton = ACJEPA(cfg)
+    wrong = state_mismatch(state, skeleton.state_dict(), want="config wants")
     if wrong:
         raise WMError(f"{wpath}: does not match {cpath} — {wrong}")
+    model = ACJEPA(cfg)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 

@@ -867,8 +867,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     wpath = _weights_path(d)
     state = _read_state(wpath, device)
 
-    model = LeWorldModel(cfg)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: a config that does not fit the weights allocates nothing
+        expected = LeWorldModel(cfg).state_dict()
     target = vit_naming(expected)
     if target is not None:
         state = rename_vit_keys(state, target)
@@ -877,6 +877,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise WMError(
             f"{wpath}: does not match {cpath} — {wrong}. Are config.json and the weights from the same model?"
         )
+    model = LeWorldModel(cfg)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
