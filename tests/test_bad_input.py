@@ -104,6 +104,13 @@ CLI: list[tuple[str, Callable[[Valid, Path], tuple[list[str], str]]]] = [
         ["evaluate", "--model",
          f"ac-tiny:{edit_json(copy(FIXTURES / 'models' / 'pusht-ac-tiny', d / 'ac') / 'config.json', lambda c: 'x').parent}"],
         "config.json")),
+    ("model-ac-tiny-config-absurd-size", lambda v, d: (  # found by fuzzing: was a 475 GB allocation, killed by the OOM killer
+        ["evaluate", "--model",
+         f"ac-tiny:{edit_json(copy(FIXTURES / 'models' / 'pusht-ac-tiny', d / 'ac') / 'config.json', lambda c: c.update(tubelet_size=302272)).parent}"],
+        "config.json")),
+    ("model-lewm-config-absurd-size", lambda v, d: (
+        ["evaluate", "--model", f"lewm:{edit_json(copy(v.lewm, d / 'ck') / 'config.json', _absurd_lewm).parent}"],
+        "config.json")),
     ("model-vjepa2-ac-random-bytes", lambda v, d: (["evaluate", "--model", f"vjepa2-ac:{_random_file(d / 'ck.pt')}"],
                                                    "ck.pt")),
     ("model-vjepa2-ac-directory", lambda v, d: (["evaluate", "--model", f"vjepa2-ac:{d}"], str(d))),
@@ -209,6 +216,11 @@ CLI: list[tuple[str, Callable[[Valid, Path], tuple[list[str], str]]]] = [
         "m.json")),
     ("make-fixtures-unknown-kind", lambda v, d: (["make-fixtures", "cubes", "--out", str(d / "x")], "cubes")),
 ]
+
+
+def _absurd_lewm(cfg: dict) -> None:
+    """A LeWM config whose encoder would need about 10^12 parameters."""
+    cfg["encoder"]["hidden_size"] = cfg["encoder"]["intermediate_size"] = 10**6
 
 
 def _mkdir(p: Path) -> Path:
