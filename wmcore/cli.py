@@ -53,14 +53,6 @@ def _out_dir(arg: str | None) -> Path | None:
     return out
 
 
-def _make_dir(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WMError(f"--out {str(out)!r}: cannot create the directory ({e.strerror or e}); choose a writable place") from None
-    return out
-
-
 def _check_fit(model, episodes, what: str) -> None:
     """WMError naming ``what`` (the data option) unless the episodes' actions fit the model."""
     from .evaluate import check_episodes
@@ -102,7 +94,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(horizon=horizon, start=start, action_source=args.actions, device=args.device, dtype=args.dtype)
     print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
     r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
-    out = _make_dir(out) if out is not None else new_run_dir(Path("runs"))
+    out = out if out is not None else new_run_dir(Path("runs"))  # fsio creates --out, or says why it cannot
     _print_report(r)
     print(r.save(out / f"{stem}.json"))
     print(plot_drift(r, out / f"{stem}.png"))
