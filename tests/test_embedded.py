@@ -15,7 +15,8 @@ from wmcore.compare import main as compare_main
 from wmcore.config import load_thresholds
 from wmcore.data import load as load_data
 from wmcore.evaluate import EvalConfig, evaluate
-from wmcore.models import fixtures_dir, load
+from wmcore.models import load
+from wmcore.paths import fixtures_dir
 
 EPISODES = 12  # of the 32: enough for stable curves, quick on 2 cores
 NOISE = 0.5  # relative to each predictor tensor's own std: the gates fail

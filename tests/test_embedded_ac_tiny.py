@@ -13,7 +13,8 @@ import pytest
 from wmcore.config import load_thresholds
 from wmcore.data import load as load_data
 from wmcore.evaluate import EvalConfig, evaluate
-from wmcore.models import fixtures_dir, load
+from wmcore.models import load
+from wmcore.paths import fixtures_dir
 from wmcore.models.ac_tiny import PositionTargetACWorldModel
 
 NAME = "pusht-ac-tiny"

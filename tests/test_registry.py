@@ -15,7 +15,8 @@ from wmcore.data import Episode
 from wmcore.data import load as load_data
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
-from wmcore.models import EMBEDDED, FAMILIES, fixtures_dir
+from wmcore.models import EMBEDDED, FAMILIES
+from wmcore.paths import fixtures_dir
 from wmcore.models import load as load_model
 from wmcore.models.lewm import LeWMConfig, LeWMWorldModel, LeWorldModel, save_pretrained, tiny_config
 from wmcore.protocol import WorldModel

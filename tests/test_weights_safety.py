@@ -23,7 +23,8 @@ import torch
 
 from wmcore.cli import main as cli_main
 from wmcore.errors import WMError
-from wmcore.models import fixtures_dir, load
+from wmcore.models import load
+from wmcore.paths import fixtures_dir
 
 pytestmark = pytest.mark.usefixtures("few_threads")
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import metrics as M
 from .config import DTYPES, Thresholds
-from .data import Batch, Episode, content_sha256, stack, video_summary
+from .episode import Batch, Episode, content_sha256, stack, video_summary
 from .errors import WMError
 from .protocol import WorldModel
 from .report import DriftReport, environment

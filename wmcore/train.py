@@ -27,7 +27,8 @@ import torch
 from .data.episodes import load_episodes
 from .errors import WMError, run_command
 from .fsio import write_replace
-from .models import ac_tiny, read_error
+from .models import ac_tiny
+from .models.checkpoint import read_error
 from .models.ac_tiny import ACJEPA, ACTinyConfig
 from .models.lewm import LeWMConfig, LeWorldModel, recalibrate_bn, save_pretrained
 from .models.vjepa2_ac import ac_preprocess

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import WMError
-from . import Episode
+from ..episode import Episode
 from .episodes import load_npz
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts")

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import WMError
 from ..fsio import write_new
-from . import Episode
+from ..episode import Episode
 
 FORMAT = "wmcore.episodes"
 VERSION = 1

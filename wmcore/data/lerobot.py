@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import WMError
-from . import Episode
+from ..episode import Episode
 
 _FIX = "the dataset is incomplete or damaged: download or convert it again"
 

@@ -382,7 +382,7 @@ def generate(
     ``wmcore.data.episodes`` and returns the index document (with a ``summary``: contact fraction,
     frames per second of generation, bytes per episode).
     """
-    from . import Episode
+    from ..episode import Episode
     from ..video import read_video
     from .episodes import CRF, read_index, save_episode, video_format, write_index
 

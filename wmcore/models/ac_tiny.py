@@ -68,7 +68,7 @@ from torch import Tensor, nn
 from ..errors import WMError
 from ..fsio import write_new
 from .lewm import sigreg
-from . import state_mismatch
+from .checkpoint import state_mismatch
 from .vjepa2_ac import (
     ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, _quiet_transformers, _shape,
 )

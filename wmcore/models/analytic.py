@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..data import Episode
+from ..episode import Episode
 from ..protocol import fingerprint as _fingerprint
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
-from . import read_error, state_mismatch
+from .checkpoint import read_error, state_mismatch
 from ..fsio import write_new
 from ..protocol import fingerprint as _fingerprint
 

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
-from . import key_list, read_error, state_mismatch
+from .checkpoint import key_list, read_error, state_mismatch
 from ..protocol import fingerprint as _fingerprint
 from ..video import IMAGENET_MEAN, IMAGENET_STD
 

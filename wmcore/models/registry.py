@@ -1,0 +1,79 @@
+"""Model registry: ``load(spec)`` turns a model spec string into a WorldModel.
+
+A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
+family with a path or options), e.g. ``pusht-lewm``, ``pusht-ac-tiny``, ``lewm:path/to/dir``, ``analytic``,
+``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``, ``ac-tiny:DIR`` (a
+small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``). Families register a loader here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import WMError
+from ..paths import EMBEDDED, fixtures_dir
+from ..protocol import WorldModel
+
+__all__ = ["EMBEDDED", "FAMILIES", "load"]
+
+
+def _load_analytic(arg: str, name: str | None = None) -> WorldModel:
+    from .analytic import AnalyticModel, parse_spec
+
+    try:
+        cfg = parse_spec(arg)
+    except ValueError as e:
+        raise WMError(str(e)) from None
+    return AnalyticModel(cfg, name=name or "analytic" + (f"[{arg}]" if arg else ""))
+
+
+def _load_lewm(arg: str, name: str | None = None) -> WorldModel:
+    from .lewm import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'lewm' needs a checkpoint directory: lewm:DIR (config.json + weights)")
+    return load_world_model(arg, name=name)
+
+
+def _load_vjepa2_ac(arg: str, name: str | None = None) -> WorldModel:
+    from .vjepa2_ac import SPEC_HELP, load_world_model, parse_spec
+
+    if not arg:
+        raise WMError(f"model spec 'vjepa2-ac' needs an official checkpoint: {SPEC_HELP}")
+    path, kw = parse_spec(arg)
+    return load_world_model(path, **kw)
+
+
+def _load_ac_tiny(arg: str, name: str | None = None) -> WorldModel:
+    from .ac_tiny import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'ac-tiny' needs a model directory: ac-tiny:DIR (config.json + model.safetensors)")
+    return load_world_model(arg, name=name)
+
+
+# family -> loader(the argument after the colon). A user registers a family of their own from a
+# conftest: FAMILIES["mine"] = lambda arg: MyModel(arg). Ours also take the display name of an
+# embedded model as a second argument.
+FAMILIES: dict[str, Callable[..., WorldModel]] = {
+    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
+}
+
+
+def load(spec: str) -> WorldModel:
+    """Load a model from its spec (see the module docstring). Unknown specs raise WMError."""
+    if spec in EMBEDDED:  # a directory in fixtures/models, read by its family's loader
+        d = fixtures_dir() / "models" / spec
+        if not d.is_dir():
+            raise WMError(
+                f"embedded model {spec!r}: {d} is missing; run from a wmcore checkout (or set WMCORE_FIXTURES "
+                "to its fixtures/ directory), or retrain it (`make train`, `make train-ac-tiny`; see its MODEL_CARD.md)"
+            )
+        return FAMILIES[EMBEDDED[spec]](str(d), spec)
+    family, _, arg = spec.partition(":")
+    if family not in FAMILIES:
+        raise WMError(
+            f"unknown model spec {spec!r}: not an embedded model {sorted(EMBEDDED)} and the family "
+            f"{family!r} is not one of {sorted(FAMILIES)}; write NAME or FAMILY:PATH"
+        )
+    return FAMILIES[family](arg)

@@ -1,0 +1,21 @@
+"""Where things are and what they are called by default: the fixtures directory, the default data
+set and model. The ground floor: imports nothing of wmcore."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "EMBEDDED", "fixtures_dir"]
+
+DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
+# Embedded models: NAME -> the family whose loader reads fixtures/models/NAME. The drift bench
+# measures all of them by default; the command line's default model is DEFAULT_MODEL.
+EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny"}
+DEFAULT_MODEL = "pusht-lewm"
+
+
+def fixtures_dir() -> Path:
+    """The repository's ``fixtures/`` (or ``$WMCORE_FIXTURES``): embedded models and episode sets."""
+    env = os.environ.get("WMCORE_FIXTURES")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "fixtures"
