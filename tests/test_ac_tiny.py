@@ -18,11 +18,12 @@ from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
 from wmcore.models import load as load_model
 from wmcore.models.ac_tiny import (
-    ACJEPA, ACTinyConfig, PositionTargetACWorldModel, load_checkpoint, load_world_model, normalise_actions,
-    propagate_position, save_pretrained, state_tokens, tiny_config,
+    ACJEPA, ACTinyConfig, PositionTargetCodec, load_checkpoint, load_world_model, normalise_actions,
+    propagate_position, save_pretrained, state_tokens, tiny_config, training_state_tokens, world_model,
 )
+from wmcore.models.vjepa2_ac import VJEPA2ACWorldModel
 from wmcore.rollout import closed_loop, open_loop
-from wmcore.train import TrainConfig, _ac_states, train
+from wmcore.train import TrainConfig, train
 
 K, W = 2, 2  # frameskip, recorded action width
 CFG = tiny_config(frameskip=K, action_width=W, action_mean=(10.0, -5.0), action_std=(2.0, 4.0))
@@ -37,8 +38,13 @@ def _module(cfg: ACTinyConfig = CFG, seed: int = 0) -> ACJEPA:
 
 
 @pytest.fixture(scope="module")
-def wm() -> PositionTargetACWorldModel:
-    return PositionTargetACWorldModel(_module(), name="tiny-ac")
+def module() -> ACJEPA:
+    return _module()
+
+
+@pytest.fixture(scope="module")
+def wm(module) -> VJEPA2ACWorldModel:
+    return world_model(module, name="tiny-ac")
 
 
 def _inputs(b: int, t: int, seed: int = 1, s: int = 5):
@@ -112,12 +118,12 @@ def test_training_states_mix_recorded_and_propagated_positions():
     st = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
     act = 100 + torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
     mix = torch.tensor([True, False])
-    got = _ac_states(st, act, CFG, mix)
+    got = training_state_tokens(st, act, CFG, mix)
     want_prop = st[0].clone()
     want_prop[1:, :2] = act[0, :-1, 2:]  # frames 1, 2: the last target of blocks 0, 1
     assert torch.allclose(got[0], state_tokens(want_prop, CFG))
     assert torch.allclose(got[1], state_tokens(st[1], CFG))
-    assert torch.allclose(_ac_states(st, act, CFG, None), state_tokens(st, CFG))
+    assert torch.allclose(training_state_tokens(st, act, CFG, None), state_tokens(st, CFG))
 
 
 # --- the world model
@@ -190,13 +196,23 @@ def test_wrong_action_width_names_the_convention(wm):
 
 
 def test_fingerprint_covers_weights_and_the_action_convention():
-    a = PositionTargetACWorldModel(_module())
-    assert a.fingerprint() == PositionTargetACWorldModel(_module()).fingerprint()
-    assert a.fingerprint() != PositionTargetACWorldModel(_module(seed=1)).fingerprint()
+    a = world_model(_module())
+    assert a.fingerprint() == world_model(_module()).fingerprint()
+    assert a.fingerprint() != world_model(_module(seed=1)).fingerprint()
     other = _module()
     other.cfg = dataclasses.replace(CFG, action_mean=(0.0, 0.0))
-    assert a.fingerprint() != PositionTargetACWorldModel(other).fingerprint()
+    assert a.fingerprint() != world_model(other).fingerprint()
     assert a.config()["ac_tiny"]["action_std"] == [2.0, 4.0]
+
+
+def test_the_world_model_is_the_ac_adapter_with_the_position_codec_and_one_frameskip(wm):
+    """No subclass: the adapter reads actions and states through the codec it was given, and the
+    frameskip it was given is the model's (the config's)."""
+    assert type(wm) is VJEPA2ACWorldModel and isinstance(wm.codec, PositionTargetCodec)
+    assert (wm.frameskip, wm.action_dim, wm.state_dim) == (K, K * W, 2)
+    assert wm.codec.cfg == CFG
+    with pytest.raises(WMError, match="frameskip 3"):
+        VJEPA2ACWorldModel(wm.predictor, wm.encoder, frameskip=3, codec=PositionTargetCodec(CFG))
 
 
 # --- loss
@@ -283,8 +299,8 @@ def test_the_action_pathway_learns_a_global_action_effect():
 # --- saving and loading
 
 
-def test_save_load_round_trip_gives_the_same_predictions(tmp_path, wm):
-    save_pretrained(wm, tmp_path / "m")
+def test_save_load_round_trip_gives_the_same_predictions(tmp_path, module, wm):
+    save_pretrained(module, tmp_path / "m")
     back = load_world_model(tmp_path / "m", name="back")
     assert back.fingerprint() == wm.fingerprint()
     frames, actions, states = _inputs(1, 3)
@@ -294,12 +310,12 @@ def test_save_load_round_trip_gives_the_same_predictions(tmp_path, wm):
     assert load_model(f"ac-tiny:{tmp_path / 'm'}").fingerprint() == wm.fingerprint()
     before = (tmp_path / "m" / "config.json").read_bytes()
     with pytest.raises(WMError, match="never overwrites"):
-        save_pretrained(wm, tmp_path / "m")
+        save_pretrained(module, tmp_path / "m")
     assert (tmp_path / "m" / "config.json").read_bytes() == before
 
 
-def test_corrupt_or_mismatched_weights_are_refused(tmp_path, wm):
-    d = save_pretrained(wm, tmp_path / "m")
+def test_corrupt_or_mismatched_weights_are_refused(tmp_path, module):
+    d = save_pretrained(module, tmp_path / "m")
     (d / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(WMError, match="cannot read the weights"):
         load_checkpoint(d)
@@ -351,7 +367,7 @@ def test_training_writes_a_loadable_model_deterministically(ac_data, tmp_path):
     lines: list[str] = []
     final = train(str(ac_data), str(tmp_path / "a"), cfg, TCFG, device="cpu", log=lines.append)
     wm = load_world_model(final)
-    assert wm.tiny.action_mean is not None and len(wm.tiny.action_mean) == W  # training-split statistics
+    assert wm.codec.cfg.action_mean is not None and len(wm.codec.cfg.action_mean) == W  # training-split statistics
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())
     assert [e["step"] for e in log] == [2, 4] and all(np.isfinite(e["val_cos"]) for e in log)
     train(str(ac_data), str(tmp_path / "b"), cfg, TCFG, device="cpu", log=lambda s: None)
@@ -379,7 +395,7 @@ def test_a_frozen_encoder_stage_starts_from_another_models_encoder(ac_data, tmp_
     assert not any(k.startswith("inverse.") for k in w2) and any(k.startswith("inverse.") for k in w1)
     log1 = json.loads((tmp_path / "s1" / "train_log.json").read_text())
     assert all(np.isfinite(e["val_inverse"]) for e in log1)
-    assert load_world_model(final).tiny.pred_loss == "mse"
+    assert load_world_model(final).codec.cfg.pred_loss == "mse"
     with pytest.raises(WMError, match=r"encoder differs from this run's: patch_size 8 \(this run: 4\)"):
         train(str(ac_data), str(tmp_path / "s3"), tiny_config(frameskip=K, patch_size=4),
               dataclasses.replace(TCFG, encoder_from=str(stage1)), device="cpu", log=lambda s: None)

@@ -15,7 +15,8 @@ from wmcore.data import load as load_data
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models import load
 from wmcore.paths import fixtures_dir
-from wmcore.models.ac_tiny import PositionTargetACWorldModel
+from wmcore.models.ac_tiny import PositionTargetCodec
+from wmcore.models.vjepa2_ac import VJEPA2ACWorldModel
 
 NAME = "pusht-ac-tiny"
 EPISODES = 32  # all: per-step skill of this model is noisy on fewer (see its MODEL_CARD.md); it evaluates in ~2 s
@@ -58,7 +59,8 @@ def test_shipped_files_and_model_card():
 
 
 def test_the_embedded_ac_model_passes_its_gates(report, model):
-    assert isinstance(model, PositionTargetACWorldModel) and model.name == NAME and model.action_dim == 10
+    assert isinstance(model, VJEPA2ACWorldModel) and isinstance(model.codec, PositionTargetCodec)
+    assert model.name == NAME and model.action_dim == 10 and model.frameskip == 5
     failed = [g.message for g in report.gates if not g.passed]
     assert not failed, failed
     cl, op = report.loops["closed_loop"], report.loops["open_loop"]

@@ -25,7 +25,6 @@ from wmcore.models.vjepa2_ac import (
     VJEPA2VideoEncoder,
     ac_preprocess,
     compute_new_pose,
-    frame_causal_mask,
     load_official_checkpoint,
     load_predictor_state,
     official_encoder_to_vjepa2,
@@ -201,12 +200,27 @@ def test_rope_positions_follow_the_official_separate_positions():
     assert pos.col.tolist() == (cond + [0.0, 0.5, 1.0, 1.5] * 2) * 2
 
 
-def test_frame_mask_matches_the_official_construction():
-    m = frame_causal_mask(3, 2, 2, add_tokens=2)  # 3 frames of 2 + 4 tokens
-    assert m.shape == (18, 18)
-    for q in range(18):
-        for k in range(18):
-            assert bool(m[q, k]) == (k // 6 <= q // 6)
+def official_mask(frames: int, per_frame: int) -> torch.Tensor:
+    """``build_action_block_causal_attention_mask`` written out: bool ``[L, L]``, L = frames * per_frame
+    (conditioning + patch tokens), True where token q may attend to token k (k's frame <= q's)."""
+    n = frames * per_frame
+    return torch.tensor([[k // per_frame <= q // per_frame for k in range(n)] for q in range(n)])
+
+
+def test_predictor_mask_matches_the_official_construction(monkeypatch):
+    p = ACPredictor(**{**TINY, "img_size": (32, 64)}).eval()  # 2 x 4 patches + 2 conditioning tokens per frame
+    masks: list = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        masks.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    _, a, s = episode(b=1, t=3)
+    p(torch.randn(1, 3 * 8, E), a, s)
+    assert len(masks) == DEPTH
+    assert all(m.dtype == torch.bool and torch.equal(m, official_mask(3, 10)) for m in masks)
 
 
 def test_prediction_is_the_layer_normed_last_slot(model, predictor):
@@ -588,7 +602,7 @@ def test_attention_is_sdpa_with_the_block_causal_mask_as_a_boolean_mask(released
     calls.clear()
     z, a, s = episode(t=3)
     m.predict(z, a, s)
-    ref = frame_causal_mask(3, 2, 2, add_tokens=2)
+    ref = official_mask(3, 2 + N)
     assert len(calls) == DEPTH and all(c[2].dtype == torch.bool and torch.equal(c[2], ref) for c in calls)
     calls.clear()
     cache = m.start(2, None)

@@ -3,7 +3,8 @@
 The architecture is V-JEPA 2-AC's at toy size: transformers' ``VJEPA2Model`` video ViT as the encoder
 (each frame fed as a 2-frame tubelet of itself, as the official AC pipeline does) and wmcore's
 ``ACPredictor`` (the official layout: block-causal frames, action and state tokens, 3D RoPE) as the
-predictor, wrapped in ``VJEPA2ACWorldModel`` so that rollouts use its exact KV cache.
+predictor, wrapped in ``VJEPA2ACWorldModel`` so that rollouts use its exact KV cache; the adapter reads
+actions and states through this module's ``PositionTargetCodec`` (``world_model``).
 
 The loss (``wmcore.train``) is LeWM's recipe: teacher-forced L1 (or MSE, ``pred_loss``) between the
 layer-normed predictions and the layer-normed encodings of the next frames (gradient through both, no
@@ -68,10 +69,14 @@ from torch import Tensor, nn
 from ..errors import WMError
 from ..fsio import write_new
 from .lewm import sigreg
-from .checkpoint import state_mismatch
-from .vjepa2_ac import (
-    ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, _quiet_transformers, _shape,
-)
+from .checkpoint import meta_state_dict, read_json, require_match, safetensors_load
+from .vjepa2_ac import ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, shape_of
+
+__all__ = [
+    "ACJEPA", "ACTinyConfig", "CONFIG_FILE", "ENCODER_FIELDS", "FORMAT", "PositionTargetCodec", "WEIGHTS_FILE",
+    "canonical_state_dict", "copy_encoder", "load_checkpoint", "load_world_model", "normalise_actions",
+    "propagate_position", "save_pretrained", "state_tokens", "tiny_config", "training_state_tokens", "world_model",
+]
 
 FORMAT = "wmcore-ac-tiny"
 CONFIG_FILE = "config.json"
@@ -217,11 +222,8 @@ class ACJEPA(nn.Module):
 
     def __init__(self, cfg: ACTinyConfig | None = None):
         super().__init__()
-        from transformers import VJEPA2Model
-
         self.cfg = cfg = cfg or ACTinyConfig()
-        with _quiet_transformers():
-            self.encoder = VJEPA2VideoEncoder(VJEPA2Model(cfg.encoder_config()))
+        self.encoder = VJEPA2VideoEncoder.from_config(cfg.encoder_config())
         self.predictor = ACPredictor.from_config(cfg.predictor_config())
         if cfg.inverse_dynamics:  # (mean token of frame t, of frame t+1) -> the action block between them
             d = cfg.encoder_hidden
@@ -325,54 +327,86 @@ def propagate_position(states: Tensor, actions: Tensor, cfg: ACTinyConfig) -> Te
     return out
 
 
-class PositionTargetACWorldModel(VJEPA2ACWorldModel):
-    """``VJEPA2ACWorldModel`` for absolute position-target actions (PushT): action blocks of
-    ``frameskip`` recorded targets, the agent's position as the state (see the module docstring)."""
+def training_state_tokens(states: Tensor, actions: Tensor, cfg: ACTinyConfig, mix: Tensor | None) -> Tensor:
+    """The predictor's state input for a training window: states ``[B, T, S]``, action blocks
+    ``[B, T, action_dim]``, ``mix`` ``[B]`` (bool) or None -> ``[B, T, action_dim]``. Where ``mix`` is
+    True, frames 1.. read the position propagated from the previous frame's recorded state and action
+    block, as open loop reads it (``propagate_position``); elsewhere the recorded one (``state_mix``)."""
+    if mix is not None and bool(mix.any()):
+        prop = torch.cat([states[:, :1], propagate_position(states[:, 1:], actions[:, :-1], cfg)], 1)
+        states = torch.where(mix[:, None, None], prop, states)
+    return state_tokens(states, cfg)
 
-    def __init__(self, model: ACJEPA, name: str | None = None, compile: bool = False):
-        cfg = model.cfg
-        super().__init__(model.predictor, model.encoder, name=name or cfg.name, frameskip=1, compile=compile)
-        self.module = model.eval()
-        self.tiny = cfg
-        self.frameskip = cfg.frameskip  # recorded steps per model step; the actions are concatenated
-        self.state_dim = max(cfg.state_columns) + 1  # at least this many data-set state columns
 
-    def _merge_actions(self, a: Tensor) -> Tensor:
-        return normalise_actions(a, self.tiny)
+@dataclass(frozen=True)
+class PositionTargetCodec:
+    """The ``VJEPA2ACWorldModel`` codec of absolute position-target actions (PushT; see the module
+    docstring): an action block is ``frameskip`` recorded targets, normalised (``normalise_actions``);
+    the state token is the agent's position (``state_tokens``), propagated to the block's last target
+    (``propagate_position``); with ``residual`` the predictor's output is a change to the last latent."""
 
-    def _check_action_width(self, a: Tensor, name: str) -> None:
-        if not isinstance(a, Tensor) or a.shape[-1:] != (self.action_dim,):
+    cfg: ACTinyConfig
+
+    @property
+    def action_width(self) -> int:
+        return self.cfg.action_width
+
+    @property
+    def state_dim(self) -> int:
+        """At least this many data-set state columns."""
+        return max(self.cfg.state_columns) + 1
+
+    def check(self, cfg: ACPredictorConfig, frameskip: int) -> None:
+        if frameskip != self.cfg.frameskip or cfg.action_embed_dim != self.cfg.action_dim:
             raise WMError(
-                f"{name}: model {self.name!r} takes action_dim {self.action_dim} ({self.frameskip} recorded "
-                f"{self.tiny.action_width}-d position targets), found shape {_shape(a)}"
+                f"PositionTargetCodec: frameskip {frameskip} and a predictor of {cfg.action_embed_dim}-d actions; "
+                f"the ac-tiny config has frameskip {self.cfg.frameskip} and action_dim {self.cfg.action_dim}"
             )
 
-    def _state_tokens(self, states: Tensor | None, b: int, t: int) -> Tensor:
-        cols = self.tiny.state_columns
+    def describe_actions(self, frameskip: int) -> str:
+        return f"{frameskip} recorded {self.cfg.action_width}-d position targets"
+
+    def actions(self, blocks: Tensor) -> Tensor:
+        """``[..., frameskip, width]`` -> ``[..., action_dim]``, normalised."""
+        return normalise_actions(blocks.flatten(-2), self.cfg)
+
+    def states(self, states: Tensor | None, b: int, t: int, model: str) -> Tensor:
+        """``[B, T, S]`` -> ``[B, T, action_dim]`` (``state_tokens``), the position columns finite."""
+        cols = self.cfg.state_columns
         if states is None:
             raise WMError(
-                f"states: model {self.name!r} reads the agent's position (state columns {list(cols)}) of every "
+                f"states: model {model!r} reads the agent's position (state columns {list(cols)}) of every "
                 "context frame; none were given (use a data set that records states, e.g. wmcore's PushT episodes)"
             )
         if (not isinstance(states, Tensor) or states.dim() != 3 or tuple(states.shape[:2]) != (b, t)
                 or states.shape[2] < self.state_dim):
-            raise WMError(f"states: expected [B={b}, Tc={t}, S >= {self.state_dim}], found {_shape(states)}")
+            raise WMError(f"states: expected [B={b}, Tc={t}, S >= {self.state_dim}], found {shape_of(states)}")
         if not torch.isfinite(states[..., list(cols)]).all():
             raise WMError(f"states: the agent's position (columns {list(cols)}) contains NaN or inf")
-        return state_tokens(states, self.tiny)
+        return state_tokens(states, self.cfg)
 
-    def propagate_state(self, state: Tensor, action: Tensor) -> Tensor:
-        """state ``[B, S]``, action ``[B, action_dim]`` -> next state: the agent at the last target."""
+    def check_state(self, state: Tensor, model: str) -> None:
         if not isinstance(state, Tensor) or state.dim() != 2 or state.shape[1] < self.state_dim:
-            raise WMError(f"state: expected [B, S >= {self.state_dim}], found {_shape(state)}")
-        self._check_action_width(action, "action")
-        return propagate_position(state, action, self.tiny)
+            raise WMError(f"state: expected [B, S >= {self.state_dim}], found {shape_of(state)}")
 
-    def _output(self, z: Tensor, last: Tensor) -> Tensor:
-        return self._norm(last + z if self.tiny.residual else z)
+    def propagate(self, state: Tensor, blocks: Tensor) -> Tensor:
+        """state ``[B, S]``, block ``[B, frameskip, width]`` -> next state ``[B, S]``: the agent at the last target."""
+        return propagate_position(state, blocks.flatten(-2), self.cfg)
 
-    def _extra_config(self) -> dict:
-        return {"ac_tiny": self.tiny.to_json()}
+    def output(self, z: Tensor, last: Tensor) -> Tensor:
+        return last + z if self.cfg.residual else z
+
+    def config(self) -> dict:
+        return {"ac_tiny": self.cfg.to_json()}
+
+
+def world_model(model: ACJEPA, name: str | None = None, compile: bool = False) -> VJEPA2ACWorldModel:
+    """An ``ACJEPA`` as a WorldModel: its predictor and encoder in ``VJEPA2ACWorldModel`` (exact KV-cached
+    rollout), reading actions and states through ``PositionTargetCodec``, in eval mode."""
+    cfg = model.cfg
+    model.eval()
+    return VJEPA2ACWorldModel(model.predictor, model.encoder, name=name or cfg.name, frameskip=cfg.frameskip,
+                              codec=PositionTargetCodec(cfg), compile=compile)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,11 +418,10 @@ def canonical_state_dict(model: ACJEPA) -> dict[str, Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_pretrained(model: ACJEPA | PositionTargetACWorldModel, directory: str | Path) -> Path:
+def save_pretrained(model: ACJEPA, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; refuses if either exists."""
     from safetensors.torch import save
 
-    model = model.module if isinstance(model, PositionTargetACWorldModel) else model
     d = Path(directory)
     for f in (CONFIG_FILE, WEIGHTS_FILE):
         if (d / f).exists():
@@ -400,26 +433,13 @@ def save_pretrained(model: ACJEPA | PositionTargetACWorldModel, directory: str |
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> ACJEPA:
     """An ``ACJEPA`` from ``directory`` (config.json + model.safetensors), strict, in eval mode."""
-    from safetensors.torch import load
-
     d = Path(directory)
     cpath, wpath = d / CONFIG_FILE, d / WEIGHTS_FILE
     if not cpath.is_file() or not wpath.is_file():
         raise WMError(f"{d}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (an {FORMAT} model directory)")
-    try:
-        raw = json.loads(cpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WMError(f"{cpath}: not readable JSON ({e})") from None
-    cfg = ACTinyConfig.from_json(raw, str(cpath), name=name)
-    try:
-        state = load(wpath.read_bytes())
-    except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
-        raise WMError(f"{wpath}: cannot read the weights ({type(e).__name__}: {str(e)[:300]})") from None
-    with torch.device("meta"):  # shapes only: a config that does not fit the weights allocates nothing
-        skeleton = ACJEPA(cfg)
-    wrong = state_mismatch(state, skeleton.state_dict(), want="config wants")
-    if wrong:
-        raise WMError(f"{wpath}: does not match {cpath} — {wrong}")
+    cfg = ACTinyConfig.from_json(read_json(cpath), str(cpath), name=name)
+    state = safetensors_load(wpath)
+    require_match(state, meta_state_dict(lambda: ACJEPA(cfg)), str(wpath), str(cpath), want="config wants")
     model = ACJEPA(cfg)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
@@ -441,6 +461,6 @@ def copy_encoder(model: ACJEPA, directory: str | Path) -> None:
 
 
 def load_world_model(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None,
-                     compile: bool = False) -> PositionTargetACWorldModel:
-    """``load_checkpoint`` wrapped as a WorldModel with the exact KV-cached rollout."""
-    return PositionTargetACWorldModel(load_checkpoint(directory, device), name=name, compile=compile)
+                     compile: bool = False) -> VJEPA2ACWorldModel:
+    """``load_checkpoint`` as a WorldModel with the exact KV-cached rollout (``world_model``)."""
+    return world_model(load_checkpoint(directory, device), name=name, compile=compile)

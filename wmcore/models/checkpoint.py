@@ -1,17 +1,30 @@
-"""Shared helpers of the families' checkpoint loaders: error messages for weights that cannot be read
-or do not fit (missing, unexpected and misshapen keys). Every ``.pt`` is read with
-``torch.load(weights_only=True)``; safetensors are read by the safetensors library."""
+"""Shared helpers of the families' checkpoint loaders: reading config and weights files, and the
+error messages for weights that cannot be read or do not fit (missing, unexpected and misshapen keys).
+
+Every ``.pt`` is read with ``torch.load(weights_only=True)`` (``torch_load``); safetensors are read by
+the safetensors library (``safetensors_load``). A loader checks the weights against the module its
+config describes, built on the meta device (``meta_state_dict``: shapes only, no memory, no
+initialisation), before it builds the real one (``require_match``), so that a config that does not
+fit its weights allocates nothing."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pickle
 import re
-from typing import Any, Mapping
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
 
 from ..errors import WMError
 
-__all__ = ["key_list", "read_error", "state_mismatch"]
+__all__ = ["key_list", "meta_state_dict", "read_error", "read_json", "require_match", "safetensors_load",
+           "state_mismatch", "torch_load"]
 
 
 def key_list(keys: list[str], n: int = 10) -> str:
@@ -51,3 +64,48 @@ def read_error(path: str | os.PathLike, e: BaseException, what: str = "the weigh
             "from a source you trust that hold tensors only (a state dict, or safetensors)"
         )
     return WMError(f"{path}: cannot read {what} ({type(e).__name__}: {text[:300]})")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in ``path`` (a config.json); WMError naming the file if it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WMError(f"{path}: not readable JSON ({e})") from None
+
+
+def torch_load(path: str | os.PathLike, device: str | torch.device = "cpu", what: str = "the weights") -> Any:
+    """What a ``.pt`` file holds, read with ``torch.load(weights_only=True)`` onto ``device``: tensors and
+    plain containers only. Any failure is the file's: a WMError (``read_error``)."""
+    try:
+        with warnings.catch_warnings():  # torch's musings on a broken file: read_error says it
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(Path(path).read_bytes()), map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
+        raise read_error(path, e, what) from None
+
+
+def safetensors_load(path: str | os.PathLike, what: str = "the weights") -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (names -> CPU tensors); WMError (``read_error``) if unreadable."""
+    from safetensors.torch import load
+
+    try:
+        return load(Path(path).read_bytes())
+    except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
+        raise read_error(path, e, what) from None
+
+
+def meta_state_dict(build: Callable[[], nn.Module]) -> dict[str, Tensor]:
+    """The state dict of the module ``build()`` makes, built on the meta device: names and shapes only,
+    so that checking weights against a config allocates and initialises nothing."""
+    with torch.device("meta"):
+        return build().state_dict()
+
+
+def require_match(state: Mapping[str, Any], expected: Mapping[str, Any], source: str, target: str,
+                  want: str = "expected", hint: str = "") -> None:
+    """Raise ``WMError("{source}: does not match {target} — {mismatch}{hint}")`` unless ``state`` has
+    exactly the keys and shapes of ``expected`` (see ``state_mismatch``)."""
+    wrong = state_mismatch(state, expected, want=want)
+    if wrong:
+        raise WMError(f"{source}: does not match {target} — {wrong}{hint}")
