@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from wmcore.cli import main as cli_main
 from wmcore.data import Episode
 from wmcore.data import load as load_data
 from wmcore.data.episodes import save_episode, write_index
@@ -109,6 +110,30 @@ def test_family_without_its_argument():
         load_model("lewm")
     with pytest.raises(WMError, match="not a directory"):
         load_model("lewm:/no/such/checkpoint")
+
+
+def test_analytic_spec_options_and_bad_ones():
+    m = load_model("analytic:delta=0.1,frameskip=2")
+    assert m.cfg.delta == 0.1 and m.action_dim == 4 and m.name == "analytic[delta=0.1,frameskip=2]"
+    with pytest.raises(WMError, match="option 'colour=1': expected key=value"):
+        load_model("analytic:colour=1")
+    with pytest.raises(WMError, match="delta='x': expected a number"):
+        load_model("analytic:delta=x")
+    with pytest.raises(WMError, match="keep pixels in range"):
+        load_model("analytic:offset=0.9")
+
+
+def test_analytic_on_other_frames_is_bad_input_that_says_how_to_make_its_episodes(tmp_path, capsys):
+    """The analytic model reads only its own world's frames: the default PushT data is the user's
+    mistake (exit 2, with what to do), not a bug in wmcore (exit 3, with a traceback)."""
+    m = load_model("analytic")
+    with pytest.raises(WMError, match=r"expected uint8 \[B, T, 16, 16, 3\], found \(1, 2, 96, 96, 3\).*make_episodes"):
+        m.encode(torch.zeros(1, 2, 96, 96, 3, dtype=torch.uint8))
+    code = cli_main(["evaluate", "--model", "analytic", "--episodes", "1", "--horizon", "2",
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "make_episodes" in err and "--data DIR" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ is exactly ``cos(angle error)``: open loop after k steps ``cos(k delta)``, close
 at every step; with zero actions instead of recorded ones the error is ``k delta - b . sum(a)``.
 With offset 0 the raw cosine is that value too; with a large offset the raw cosine of unrelated frames
 is high, which is what the chance level and the centred cosine exist to expose.
+
+The model reads only frames of this world (``make_episodes``), not PushT or any other video: its
+"encoder" is the world's own pixel layout. Written to an episode directory, they are data for the
+command line and the plugin (see ``AnalyticModel.encode``'s error message).
 """
 
 from __future__ import annotations
@@ -22,7 +26,20 @@ import torch
 from torch import Tensor
 
 from ..episode import Episode
+from ..errors import WMError
 from ..protocol import fingerprint as _fingerprint
+
+__all__ = [
+    "AnalyticConfig", "AnalyticModel", "expected_open_cosine", "make_episodes", "offset_latent", "parse_spec",
+    "patchify", "rotate_pairs", "unpatchify", "world_latents",
+]
+
+# How to make data this model can read, for its error message.
+_MAKE_EPISODES = (
+    "episodes = wmcore.models.analytic.make_episodes(AnalyticConfig(...)), written to a directory with "
+    "wmcore.data.episodes.save_episode and write_index (as scripts/behaviour_snapshot.py's analytic_data does), "
+    "then --data DIR (pytest: --wm-data DIR)"
+)
 
 
 @dataclass(frozen=True)
@@ -42,11 +59,11 @@ class AnalyticConfig:
 
     def __post_init__(self) -> None:
         if self.patch % 2 or self.height % self.patch or self.width % self.patch:
-            raise ValueError(f"patch must be even and divide the frame size, got {self}")
+            raise WMError(f"patch must be even and divide the frame size, got {self}")
         if len(self.gain) != self.action_dim:
-            raise ValueError(f"gain needs {self.action_dim} entries, got {len(self.gain)}")
+            raise WMError(f"gain needs {self.action_dim} entries, got {len(self.gain)}")
         if not 0 <= self.offset <= 0.45 or not 0 < self.radius <= 1 - self.offset:
-            raise ValueError("offset in [0, 0.45] and radius in (0, 1 - offset] keep pixels in range")
+            raise WMError("offset in [0, 0.45] and radius in (0, 1 - offset] keep pixels in range")
 
     @property
     def tokens(self) -> int:
@@ -138,12 +155,14 @@ class AnalyticModel:
         self._gain = torch.tensor(self.cfg.gain, dtype=torch.float64)
 
     def encode(self, frames: Tensor) -> Tensor:
-        """uint8 ``[B, T, H, W, 3]`` -> float32 latents ``[B, T, N, D]``."""
+        """uint8 ``[B, T, H, W, 3]`` (frames of the analytic world) -> float32 latents ``[B, T, N, D]``."""
         c = self.cfg
-        if frames.dim() != 5 or frames.dtype != torch.uint8 or tuple(frames.shape[2:]) != (c.height, c.width, 3):
-            raise ValueError(
-                f"frames: expected uint8 [B, T, {c.height}, {c.width}, 3], found "
-                f"{tuple(frames.shape)} {frames.dtype}"
+        if (not isinstance(frames, Tensor) or frames.dim() != 5 or frames.dtype != torch.uint8
+                or tuple(frames.shape[2:]) != (c.height, c.width, 3)):
+            found = f"{tuple(frames.shape)} {frames.dtype}" if isinstance(frames, Tensor) else type(frames).__name__
+            raise WMError(
+                f"frames: expected uint8 [B, T, {c.height}, {c.width}, 3], found {found}: model {self.name!r} "
+                f"reads only episodes of its own analytic world, not PushT or other videos. Make them: {_MAKE_EPISODES}"
             )
         return patchify(frames, c.patch).float()
 
@@ -185,11 +204,11 @@ def parse_spec(arg: str) -> AnalyticConfig:
         key, sep, val = item.partition("=")
         if not sep or key not in fields or key == "gain":
             known = ", ".join(k for k in fields if k != "gain")
-            raise ValueError(f"analytic model option {item!r}: expected key=value with key one of {known}")
+            raise WMError(f"analytic model option {item!r}: expected key=value with key one of {known}")
         typ = int if fields[key].type in ("int", int) else float
         try:
             kw[key] = typ(val)
         except ValueError:
-            raise ValueError(f"analytic model option {key}={val!r}: expected a number") from None
+            raise WMError(f"analytic model option {key}={val!r}: expected a number") from None
     return AnalyticConfig(**kw)
 

@@ -20,11 +20,7 @@ __all__ = ["EMBEDDED", "FAMILIES", "load"]
 def _load_analytic(arg: str, name: str | None = None) -> WorldModel:
     from .analytic import AnalyticModel, parse_spec
 
-    try:
-        cfg = parse_spec(arg)
-    except ValueError as e:
-        raise WMError(str(e)) from None
-    return AnalyticModel(cfg, name=name or "analytic" + (f"[{arg}]" if arg else ""))
+    return AnalyticModel(parse_spec(arg), name=name or "analytic" + (f"[{arg}]" if arg else ""))
 
 
 def _load_lewm(arg: str, name: str | None = None) -> WorldModel:
