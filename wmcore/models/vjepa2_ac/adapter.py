@@ -285,8 +285,8 @@ class VJEPA2ACWorldModel:
         return torch.cat(out).reshape(b, t, n, d).to(frames.device)
 
     def predict(self, context: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
-        """context ``[B, Tc, N, D]``, actions ``[B, Tc, A]``, states ``[B, Tc, 7]`` -> ``[B, N, D]``
-        (full recompute over the Tc frames, positions 0..Tc-1; the prediction is layer-normed)."""
+        """context ``[B, Tc, N, D]``, actions ``[B, Tc, action_dim]``, states ``[B, Tc, S]`` (read by the
+        codec) -> ``[B, N, D]`` (full recompute over the Tc frames, positions 0..Tc-1; layer-normed)."""
         x, a, s = self._check(context, actions, states)
         with torch.inference_mode():
             z = self.predictor(x.flatten(1, 2), a, s)[:, -self.tokens_per_frame:]
@@ -303,8 +303,8 @@ class VJEPA2ACWorldModel:
     def step(
         self, cache: ACRolloutCache, latent: Tensor, action: Tensor, state: Tensor | None = None
     ) -> tuple[Tensor, ACRolloutCache]:
-        """Append frame latent ``[B, N, D]`` with its action ``[B, A]`` and state ``[B, 7]``; return the
-        next latent ``[B, N, D]`` (= ``predict`` on the last ``window`` frames) and the cache.
+        """Append frame latent ``[B, N, D]`` with its action ``[B, action_dim]`` and state ``[B, S]``; return
+        the next latent ``[B, N, D]`` (= ``predict`` on the last ``window`` frames) and the cache.
 
         Costs one frame's tokens while the window fills; once it is full, the window is re-encoded from
         position 0 (exactness needs it: dropping the oldest frame changes every later frame's states)."""
