@@ -1,6 +1,7 @@
 """World models: ``load(spec)`` (``registry``) turns a model spec into a ``wmcore.protocol.WorldModel``;
-one module per family (``lewm``, ``vjepa2_ac``, ``ac_tiny``, ``analytic``), shared loader helpers in
-``checkpoint``. No model imports the harness."""
+one module per family (``lewm``, ``ac_tiny``, ``analytic``; ``vjepa2_ac`` is a package: predictor, poses,
+adapter, checkpoint conversion, spec), shared loader helpers in ``checkpoint``. No model imports the
+harness."""
 
 from __future__ import annotations
 
