@@ -19,7 +19,7 @@ from wmcore.errors import WMError
 from wmcore.models import EMBEDDED, FAMILIES
 from wmcore.paths import fixtures_dir
 from wmcore.models import load as load_model
-from wmcore.models.lewm import LeWMConfig, LeWMWorldModel, LeWorldModel, save_pretrained, tiny_config
+from wmcore.models.lewm import LeWMWorldModel, LeWorldModel, save_pretrained, tiny_config
 from wmcore.protocol import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]

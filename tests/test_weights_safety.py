@@ -187,7 +187,7 @@ def test_vjepa2_ac_encoder_directory(tmp_path, marker):
     VJEPA2Config(crop_size=32, patch_size=16, frames_per_clip=2, tubelet_size=2, hidden_size=16,
                  num_hidden_layers=1, num_attention_heads=2, pred_hidden_size=16, pred_num_hidden_layers=1,
                  pred_num_attention_heads=2).save_pretrained(enc)
-    f = _torch_file(enc / "pytorch_model.bin", {"encoder.embeddings.patch_embeddings.proj.weight": Payload(marker)})
+    _torch_file(enc / "pytorch_model.bin", {"encoder.embeddings.patch_embeddings.proj.weight": Payload(marker)})
     with pytest.raises(WMError) as e:
         load(f"vjepa2-ac:{ckpt},encoder={enc},num_heads=2")
     assert str(enc) in str(e.value)  # transformers' own message does not name the file in the directory
