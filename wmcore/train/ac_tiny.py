@@ -40,6 +40,7 @@ class ACTinyRecipe:
         return torch.stack([e.states[: steps + 1, :width].float() for e in episodes])
 
     def build(self, cfg: ACTinyConfig, encoder_from: str = "") -> ACJEPA:
+        """A fresh ACJEPA; with ``encoder_from``, its encoder copied from that ac-tiny model directory."""
         model = ACJEPA(cfg)
         if encoder_from:
             ac_tiny.copy_encoder(model, encoder_from)
@@ -58,6 +59,7 @@ class ACTinyRecipe:
 
     def loss(self, model: ACJEPA, inputs: tuple[Tensor, Tensor, Tensor],
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``losses.ac_tiny_loss`` of (pixels ``[B, W, 3, S, S]``, actions, states ``[B, W, action_dim]``)."""
         return ac_tiny_loss(model, *inputs, generator=generator)
 
     def validate(self, model: ACJEPA, batches: list[tuple[Tensor, Tensor, Tensor]]) -> dict[str, float]:
@@ -75,9 +77,10 @@ class ACTinyRecipe:
         return out
 
     def finish(self, model: ACJEPA, sample) -> None:
-        """Nothing to do: the encoder has no BatchNorm, the predictor no running statistics."""
+        """Nothing to recalibrate: neither the encoder nor the predictor has running statistics."""
 
     def save(self, model: ACJEPA, directory) -> None:
+        """config.json + model.safetensors (``wmcore.models.ac_tiny.save_pretrained``)."""
         ac_tiny.save_pretrained(model, directory)
 
 

@@ -33,6 +33,7 @@ class LeWMRecipe:
         return None
 
     def build(self, cfg: LeWMConfig, encoder_from: str = "") -> LeWorldModel:
+        """A freshly initialised LeWorldModel (LeWM has no staged training: no ``encoder_from``)."""
         if encoder_from:
             raise WMError("--encoder-from: only --arch ac-tiny starts from another model's encoder")
         return LeWorldModel(cfg)
@@ -45,6 +46,7 @@ class LeWMRecipe:
 
     def loss(self, model: LeWorldModel, inputs: tuple[Tensor, Tensor],
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``losses.lewm_loss`` of (pixels ``[B, W, 3, S, S]``, actions ``[B, W, A]``): total, pred, sigreg."""
         return lewm_loss(model, *inputs, generator=generator)
 
     def validate(self, model: LeWorldModel, batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
@@ -67,6 +69,7 @@ class LeWMRecipe:
         recalibrate_bn(model, (sample() for _ in range(CALIBRATION_BATCHES)))
 
     def save(self, model: LeWorldModel, directory) -> None:
+        """config.json + model.safetensors (``wmcore.models.lewm.save_pretrained``)."""
         save_pretrained(model, directory)
 
 
