@@ -1,5 +1,6 @@
-"""LeWorldModel: shapes, causality, SIGReg, checkpoints in our layout and in LeWM's release layout
-(both transformers namings of the ViT), bad checkpoints, the WorldModel protocol, BatchNorm recalibration.
+"""LeWorldModel: shapes, causality, checkpoints in our layout and in LeWM's release layout (both
+transformers namings of the ViT), bad checkpoints, the WorldModel protocol, preprocessing; and its
+training side (``wmcore.train``): the objective, SIGReg, BatchNorm recalibration.
 
 Every model here is tiny and built by the test; nothing is downloaded.
 """
@@ -15,22 +16,23 @@ import torch
 from wmcore.errors import WMError
 from wmcore.models import load
 from wmcore.models.lewm import (
-    LEWM_PUSHT,
     LeWMConfig,
     LeWMWorldModel,
     LeWorldModel,
     canonical_state_dict,
     load_checkpoint,
+    fingerprint_config,
+    normalise_actions,
     preprocess,
-    recalibrate_bn,
     rename_vit_keys,
     save_pretrained,
-    sigreg,
     tiny_config,
     vit_naming,
 )
-from wmcore.protocol import WorldModel
+from wmcore.protocol import WorldModel, fingerprint
 from wmcore.rollout import closed_loop, open_loop
+from wmcore.train import lewm_forward, lewm_loss, recalibrate_bn, sigreg
+from wmcore.video import IMAGENET_MEAN, IMAGENET_STD
 
 # PushT-like actions (2 recorded dims x frameskip 5), so a release config (no wmcore section) fits
 TINY = tiny_config(image_size=32, encoder_layers=2, action_dim=10, frameskip=5, predictor_hidden=16, predictor_depth=2,
@@ -91,7 +93,7 @@ def test_shapes_loss_and_gradients_in_every_part():
     emb = m.embed(pixels())
     assert emb.shape == (2, 4, 16)
     assert m.predict_next(emb, actions()).shape == (2, 4, 16)
-    losses = m.loss(pixels(), actions())
+    losses = lewm_loss(m, pixels(), actions())
     assert set(losses) == {"total", "pred", "sigreg"} and all(v.dim() == 0 for v in losses.values())
     assert all(torch.isfinite(v) for v in losses.values())
     assert torch.allclose(losses["total"], losses["pred"] + TINY.sigreg_lambda * losses["sigreg"])
@@ -111,7 +113,7 @@ def test_prediction_loss_has_no_stop_gradient():
     def grad(detach_target: bool | None) -> torch.Tensor:
         torch.manual_seed(0)  # the same dropout masks each time
         if detach_target is None:
-            loss = m.loss(pixels(), actions())["pred"]
+            loss = lewm_loss(m, pixels(), actions())["pred"]
         else:
             emb = m.embed(pixels())
             tgt = emb[:, 1:].detach() if detach_target else emb[:, 1:]
@@ -125,11 +127,11 @@ def test_prediction_loss_has_no_stop_gradient():
 
 def test_loss_reads_t_minus_one_actions_and_rejects_bad_shapes(model):
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    full = model.loss(pixels(), actions(), generator=g())
-    short = model.loss(pixels(), actions()[:, :3], generator=g())
+    full = lewm_loss(model, pixels(), actions(), generator=g())
+    short = lewm_loss(model, pixels(), actions()[:, :3], generator=g())
     assert torch.equal(full["total"], short["total"])
     with pytest.raises(ValueError, match="actions"):
-        model.loss(pixels(), actions(t=2))
+        lewm_loss(model, pixels(), actions(t=2))
     with pytest.raises(ValueError, match=r"\[B, T, 3, H, W\]"):
         model.embed(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="A=10"):
@@ -224,9 +226,14 @@ def test_config_round_trips_and_matches_the_published_pusht_layout():
         "pred_proj": {"_target_": "module.MLP", "input_dim": 192, "output_dim": 192, "hidden_dim": 2048,
                       "norm_fn": {"_target_": "torch.nn.BatchNorm1d", "_partial_": True}},
     }
-    assert LeWMConfig.from_json(published, name="lewm-pusht") == LEWM_PUSHT
+    pusht = LeWMConfig(  # the published PushT architecture: ViT-tiny at 224 px, patch 14
+        name="lewm-pusht", image_size=224, patch_size=14, encoder_hidden=192, encoder_layers=12, encoder_heads=3,
+        encoder_mlp=768, embed_dim=192, projector_hidden=2048, pred_proj_hidden=2048, action_dim=10, frameskip=5,
+        predictor_hidden=192, predictor_depth=6, predictor_heads=16, predictor_dim_head=64, predictor_mlp=2048,
+    )
+    assert LeWMConfig.from_json(published, name="lewm-pusht") == pusht
     with torch.device("meta"):  # shapes only: the published architecture, without allocating it
-        big = LeWorldModel(LEWM_PUSHT)
+        big = LeWorldModel(pusht)
     assert 17e6 < sum(p.numel() for p in big.parameters()) < 19e6
     assert big.action_encoder.patch_embed.weight.shape == (10, 10, 1)  # le-wm's smoothed_dim default
     bad = json.loads(json.dumps(published))
@@ -252,10 +259,7 @@ def test_save_load_round_trip_is_exact_and_never_overwrites(model, tmp_path):
 
     assert T4_QUERY in load_file(d / "model.safetensors")  # the published names, whatever is installed
     # the fingerprint is taken over the published names (as on disk), whatever transformers is installed
-    from wmcore.models.lewm import _fingerprint_config
-    from wmcore.protocol import fingerprint
-
-    assert wm_a.fingerprint() == fingerprint(load_file(d / "model.safetensors"), _fingerprint_config(model.cfg))
+    assert wm_a.fingerprint() == fingerprint(load_file(d / "model.safetensors"), fingerprint_config(model.cfg))
     with pytest.raises(WMError, match="exists"):
         save_pretrained(model, d)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == written
@@ -397,6 +401,30 @@ def test_adapter_implements_the_protocol(model):
     assert (wm.encode(up) - wm.encode(frames(h=16, w=16))).abs().max() < 0.2 * z.abs().max()
 
 
+@pytest.mark.parametrize("h, w", [(32, 32), (64, 64), (16, 16), (48, 40)], ids=["same", "down", "up", "non-square"])
+def test_preprocess_keeps_a_constant_colour_exactly(h, w):
+    """Whatever the resize, a flat colour stays that colour (the antialiased weights sum to one),
+    normalised with the ImageNet statistics."""
+    colour = torch.tensor([200, 17, 90], dtype=torch.uint8)
+    x = preprocess(colour.expand(2, 3, h, w, 3).clone(), TINY)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    want = ((colour.float() / 255 - mean) / std).view(3, 1, 1).expand(2, 3, 3, 32, 32)
+    torch.testing.assert_close(x, want, rtol=0, atol=1e-5)
+
+
+def test_one_definition_of_the_imagenet_statistics():
+    assert (TINY.image_mean, TINY.image_std) == (IMAGENET_MEAN, IMAGENET_STD) == (LeWMConfig().image_mean,
+                                                                               LeWMConfig().image_std)
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+
+
+def test_normalise_actions_z_scores_each_recorded_step_of_a_block():
+    cfg = dataclasses.replace(TINY, action_mean=(1.0, -2.0), action_std=(2.0, 0.5))
+    block = torch.tensor([[3.0, -1.0] * 5])  # frameskip 5 recorded (2-d) actions, in time order
+    assert normalise_actions(block, cfg).tolist() == [[1.0, 2.0] * 5]
+    assert torch.equal(normalise_actions(block, TINY), block)  # no statistics: unchanged
+
+
 @pytest.mark.parametrize(
     "bad",
     [torch.zeros(2, 4, 32, 32, 3), torch.zeros(4, 32, 32, 3, dtype=torch.uint8),
@@ -461,11 +489,11 @@ def test_recalibrate_bn_restores_batch_statistics():
     def rel_err():  # eval (running statistics) against train mode (this batch's statistics), no dropout
         with torch.no_grad():
             m.eval()
-            ev = m._forward(pix, act)
+            ev = lewm_forward(m, pix, act)
             for mod in m.modules():
                 if isinstance(mod, torch.nn.BatchNorm1d):
                     mod.train()
-            bs = m._forward(pix, act)
+            bs = lewm_forward(m, pix, act)
             m.eval()
         return max(float((a - b).norm() / b.norm()) for a, b in zip(ev, bs))
 

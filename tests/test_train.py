@@ -1,5 +1,6 @@
-"""The training recipe (wmcore.train): what a run writes, the validation log, determinism, resuming
-after an interruption, refusals, bad input, and the ``wmcore train`` command.
+"""Training (wmcore.train): what a run writes, the validation log, determinism, resuming after an
+interruption, refusals, bad input, the ``wmcore train`` command; the loop's parts (windows, schedule,
+recipes), the ac-tiny objective, and that training feeds a model what evaluation feeds it.
 
 Every run here trains a tiny model for a few steps on a tiny synthetic episode set written with the
 episode API; nothing is downloaded.
@@ -21,8 +22,17 @@ from wmcore.cli import main as cli_main
 from wmcore.data import Episode
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
-from wmcore.models.lewm import LeWMConfig, canonical_state_dict, load_world_model, tiny_config
-from wmcore.train import TrainConfig, train
+from wmcore.models import ac_tiny
+from wmcore.models.ac_tiny import ACJEPA, ACTinyConfig
+from wmcore.models.lewm import (
+    LeWMConfig, LeWMWorldModel, LeWorldModel, canonical_state_dict, load_world_model, normalise_actions, preprocess,
+    tiny_config,
+)
+from wmcore.models.vjepa2_ac import ac_preprocess
+from wmcore.train import (
+    PREDICTION_LOSSES, RECIPES, TrainConfig, Windows, ac_tiny_loss, add_arguments, build_parser, lr_at,
+    recipe_for, run, train,
+)
 
 FRAMESKIP = 2
 ADIM = 2  # recorded action width
@@ -316,3 +326,152 @@ def test_cli_make_fixtures_unknown_kind_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'foo'" in err and "pusht" in err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop's parts
+
+
+def test_windows_are_frameskip_apart_with_their_action_blocks():
+    e, t, k = 3, 12, 2
+    frames = torch.arange(e * (t + 1), dtype=torch.uint8).reshape(e, t + 1, 1, 1, 1).expand(e, t + 1, 2, 2, 3)
+    actions = torch.arange(e * t * 2, dtype=torch.float32).reshape(e, t, 2)  # A = 2
+    states = torch.arange(e * (t + 1), dtype=torch.float32).reshape(e, t + 1, 1)
+    w = Windows(frames, actions, window=3, frameskip=k, states=states)
+    assert w.starts == t - 3 * k + 1  # the last block needs k actions after the last frame
+    pix, act, st = w.take(torch.tensor([1]), torch.tensor([4]))
+    assert pix[0, :, 0, 0, 0].tolist() == [13 + 4, 13 + 6, 13 + 8]  # episode 1's frames 4, 6, 8
+    assert st[0, :, 0].tolist() == [13 + 4, 13 + 6, 13 + 8]
+    assert act.shape == (1, 3, k * 2)
+    assert torch.equal(act[0, 1], actions[1, 6:8].flatten())  # block 1: the actions from frame 6 to 8
+    with pytest.raises(WMError, match="episodes have 12 steps; a window of 7 model steps at frameskip 2 needs 14"):
+        Windows(frames, actions, window=7, frameskip=k)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_five_percent():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay after the warm-up
+    assert lr_at(cfg.steps, cfg) == pytest.approx(0.05) and lrs[-1] > 0.05
+    assert lr_at(55, cfg) == pytest.approx(0.05 + 0.95 * 0.5)  # half way: the cosine's midpoint
+
+
+def test_every_arch_has_a_recipe_chosen_by_its_config_type():
+    assert {a: r.config for a, r in RECIPES.items()} == {"lewm": LeWMConfig, "ac-tiny": ACTinyConfig}
+    assert recipe_for(TINY).arch == "lewm" and recipe_for(ac_tiny.tiny_config()).arch == "ac-tiny"
+    with pytest.raises(WMError, match="no training recipe for a TrainConfig"):
+        recipe_for(CFG)
+
+
+def test_training_feeds_the_model_what_evaluation_feeds_it():
+    """One preprocessing per family: a training window's pixels and actions are exactly what the
+    evaluation adapter computes from the same recorded frames and actions."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (2, 3, 24, 20, 3), dtype=torch.uint8, generator=g)  # not the model's size
+    actions = torch.randn(2, 3, ADIM * FRAMESKIP, generator=g) * 3 + 1
+    cfg = dataclasses.replace(TINY, action_mean=(1.0, -2.0), action_std=(3.0, 0.5))
+    pix, act = RECIPES["lewm"].inputs(cfg, frames, actions, None, torch.device("cpu"))
+    assert torch.equal(pix, preprocess(frames, cfg)) and pix.shape == (2, 3, 3, 16, 16)
+    assert torch.equal(act, normalise_actions(actions, cfg))
+    torch.manual_seed(0)
+    wm = LeWMWorldModel(LeWorldModel(cfg))
+    with torch.no_grad():
+        assert torch.equal(wm.encode(frames)[:, :, 0], wm.model.embed(pix))
+        assert torch.equal(wm.predict(wm.encode(frames), actions), wm.model.predict_next(wm.model.embed(pix), act)[:, -1:])
+
+    acfg = ac_tiny.tiny_config(frameskip=FRAMESKIP, action_mean=(1.0, -2.0), action_std=(3.0, 0.5))
+    states = torch.randn(2, 3, 4, generator=g)
+    pix, act, st = RECIPES["ac-tiny"].inputs(acfg, frames, actions, states, torch.device("cpu"))
+    assert torch.equal(pix, ac_preprocess(frames, acfg.image_size))
+    assert torch.equal(act, ac_tiny.normalise_actions(actions, acfg))
+    assert torch.equal(st, ac_tiny.state_tokens(states, acfg))  # validation: the recorded positions
+
+
+def test_the_command_options_fit_any_parser_and_default_to_train_config():
+    import argparse
+
+    sub = argparse.ArgumentParser(prog="wmcore").add_subparsers(dest="cmd")
+    args = add_arguments(sub.add_parser("train")).parse_args(["--data", "d", "--out", "o"])
+    assert TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}) == TrainConfig()
+    assert (args.arch, args.device, args.name, args.model_config) == ("lewm", "auto", None, None)
+    assert vars(build_parser().parse_args(["--data", "d", "--out", "o"])) == vars(args)
+    args.val_every = 0
+    with pytest.raises(WMError, match="TrainConfig.val_every"):  # run: bad input raises, main maps it to exit 2
+        run(args)
+
+
+def test_python_m_wmcore_train_is_the_command():
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "wmcore.train", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("usage: wmcore train") and "--arch {ac-tiny,lewm}" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# the ac-tiny objective (wmcore.train.losses.ac_tiny_loss) and its state inputs
+
+K, W = 2, 2  # frameskip, recorded action width
+AC = ac_tiny.tiny_config(frameskip=K, action_width=W, action_mean=(10.0, -5.0), action_std=(2.0, 4.0))
+
+
+def _ac_module(cfg: ACTinyConfig = AC, seed: int = 0) -> ACJEPA:
+    torch.manual_seed(seed)
+    return ACJEPA(cfg).eval()
+
+
+def _ac_batch(b: int = 3, t: int = 4):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(b, t, 3, AC.image_size, AC.image_size, generator=g), torch.randn(b, t, K * W, generator=g),
+            torch.randn(b, t, K * W, generator=g))
+
+
+def test_ac_loss_terms_and_gradients_reach_both_halves():
+    m = _ac_module().train()
+    losses = ac_tiny_loss(m, *_ac_batch(), generator=torch.Generator().manual_seed(0))
+    assert set(losses) == {"total", "pred", "sigreg", "cos", "skill"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.allclose(losses["total"], losses["pred"] + AC.sigreg_lambda * losses["sigreg"])
+    losses["total"].backward()
+    for part in (m.encoder, m.predictor):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_ac_mse_and_inverse_dynamics_terms_are_what_they_say():
+    cfg = dataclasses.replace(AC, pred_loss="mse", inverse_dynamics=0.5)
+    m = _ac_module(cfg).train()
+    pix, act, st = _ac_batch()
+    losses = ac_tiny_loss(m, pix, act, st, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = m.embed(pix)
+        mse = (m.predict_next(emb[:, :-1], act[:, :-1], st[:, :-1]) - emb[:, 1:]).square().mean()
+        mean = emb.mean(2)
+        inverse = (m.inverse(torch.cat([mean[:, :-1], mean[:, 1:]], -1)) - act[:, :-1]).square().mean()
+    torch.testing.assert_close(losses["pred"], mse)
+    torch.testing.assert_close(losses["inverse"], inverse)
+    torch.testing.assert_close(losses["total"], mse + cfg.sigreg_lambda * losses["sigreg"] + 0.5 * inverse)
+    losses["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.inverse.parameters())
+
+
+def test_ac_frozen_encoder_trains_the_predictor_only():
+    m = _ac_module(dataclasses.replace(AC, freeze_encoder=True)).train()
+    losses = ac_tiny_loss(m, *_ac_batch(2, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(losses["total"], losses["pred"]) and torch.isfinite(losses["sigreg"])
+    losses["total"].backward()
+    assert all(p.grad is None for p in m.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.predictor.parameters())
+
+
+def test_every_prediction_loss_the_config_accepts_exists():
+    d = torch.tensor([[1.0, -3.0]])
+    assert {k: float(f(d)) for k, f in PREDICTION_LOSSES.items()} == {"l1": 2.0, "mse": 5.0}
+    for name in PREDICTION_LOSSES:
+        assert ac_tiny.tiny_config(pred_loss=name).pred_loss == name
+    with pytest.raises(WMError, match="pred_loss"):
+        ac_tiny.tiny_config(pred_loss="huber")
+
+

@@ -1,4 +1,4 @@
-"""wmcore.video: both readers agree, sampling and preprocessing are right, bad input says what to fix."""
+"""wmcore.video: both readers agree, sampling and writing are right, bad input says what to fix."""
 
 import os
 import re
@@ -16,16 +16,12 @@ from inputs import write_av1
 from wmcore import video
 from wmcore.errors import WMError
 from wmcore.video import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VideoInfo,
     VideoSource,
     decode_video,
     notices,
-    preprocess,
     read_video,
     sample_indices,
-    to_unit_float,
     video_info,
     write_video,
 )
@@ -478,101 +474,6 @@ def test_sample_indices_bad_arguments(kwargs, match):
 
 
 # --------------------------------------------------------------------------------------------------
-# preprocessing
-
-
-def test_preprocess_shapes_any_leading_dims():
-    frames = torch.from_numpy(moving_blocks(4))
-    out = preprocess(frames)
-    assert out.shape == (4, 3, 256, 256) and out.dtype == torch.float32
-    assert preprocess(frames[None].expand(2, 4, H, W, 3)).shape == (2, 4, 3, 256, 256)
-    assert preprocess(frames[0], crop_size=224).shape == (3, 224, 224)
-    assert preprocess(frames.numpy(), crop_size=32).shape == (4, 3, 32, 32)
-    batched = preprocess(torch.stack([frames, frames.flip(0)]), crop_size=32)
-    assert torch.equal(batched[1], preprocess(frames.flip(0), crop_size=32))  # batch items stay apart
-
-
-def test_preprocess_constant_colour_is_exact():
-    colour = torch.tensor([200, 17, 90], dtype=torch.uint8)
-    frames = colour.expand(2, 50, 70, 3).clone()
-    out = preprocess(frames, crop_size=32)
-    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-    expect = ((colour.float() / 255 - mean) / std).view(3, 1, 1).expand(2, 3, 32, 32)
-    torch.testing.assert_close(out, expect, rtol=0, atol=1e-6)
-
-
-def test_default_resize_follows_vjepa2():
-    # 292 = int(256 * 256 / 224): a 292-pixel square is only cropped, never resampled
-    frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 292, 292, 3), dtype=np.uint8))
-    crop = frames[:, 18:274, 18:274]
-    torch.testing.assert_close(preprocess(frames), preprocess(crop, resize_short=256), rtol=0, atol=0)
-
-
-def three_bands(h=40, w=80):
-    """uint8 [h, w, 3]: red in columns < 30, green in 30..49, blue from 50: not symmetric on purpose."""
-    frame = np.zeros((h, w, 3), np.uint8)
-    frame[:, :30, 0] = 255
-    frame[:, 30:50, 1] = 255
-    frame[:, 50:, 2] = 255
-    return torch.from_numpy(frame)
-
-
-def test_preprocess_keeps_aspect_ratio_and_crops_the_centre():
-    # 40x80 -> short side 20 gives 20x40 (bands red < 15, green 15..24, blue from 25); the centred
-    # 16-crop takes columns 12..27: red, red, red, green x 10, blue, blue, blue. Squashing to a square
-    # or cropping a corner gives other bands.
-    out = preprocess(three_bands(), crop_size=16, resize_short=20, mean=(0, 0, 0), std=(1, 1, 1))
-    colour = out.argmax(0)  # [16, 16]: 0 red, 1 green, 2 blue
-    assert torch.all(colour == colour[0])  # bands are vertical
-    assert colour[0].tolist() == [0] * 3 + [1] * 10 + [2] * 3
-    assert torch.all(out[1, :, 5:9] == 1.0)  # well inside the green band: pure green, no blur
-
-
-def test_preprocess_resized_pixels_are_whole_uint8_steps():
-    # the reference processor resizes uint8 frames, so before scaling every pixel is an integer
-    out = preprocess(torch.from_numpy(moving_blocks(2)), crop_size=32, resize_short=40, mean=(0, 0, 0), std=(1, 1, 1))
-    levels = out * 255
-    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)
-    assert len(levels.unique()) > 20  # really resampled: a gradient, not a few flat colours
-
-
-def test_preprocess_tall_frames_are_the_transpose_of_wide_ones():
-    wide = three_bands()
-    out = preprocess(wide, crop_size=16, resize_short=20)
-    torch.testing.assert_close(preprocess(wide.transpose(0, 1), crop_size=16, resize_short=20), out.transpose(1, 2))
-
-
-def test_to_unit_float():
-    frames = torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8)  # [1, 1, 1, 3]
-    out = to_unit_float(frames)
-    assert out.shape == (1, 3, 1, 1) and out.dtype == torch.float32
-    assert out.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
-
-
-@pytest.mark.parametrize(
-    "frames,found",
-    [
-        (torch.zeros(2, 8, 8, 3), r"torch\.float32 of shape \(2, 8, 8, 3\)"),
-        (torch.zeros(2, 8, 8, 4, dtype=torch.uint8), r"torch\.uint8 of shape \(2, 8, 8, 4\)"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), r"\(2, 3, 8, 8\)"),
-        (torch.zeros(8, 3, dtype=torch.uint8), r"\(8, 3\)"),
-        ([[1, 2, 3]], "list"),
-    ],
-)
-def test_preprocess_rejects_wrong_frames(frames, found):
-    with pytest.raises(WMError, match=r"frames: expected .*uint8.*\[\.\.\., H, W, 3\], found .*" + found):
-        preprocess(frames)
-    with pytest.raises(WMError, match="found .*" + found):
-        to_unit_float(frames)
-
-
-def test_preprocess_rejects_a_crop_larger_than_the_resize():
-    frames = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
-    with pytest.raises(WMError, match="resize_short=100, expected an int >= crop_size=128"):
-        preprocess(frames, crop_size=128, resize_short=100)
-
-
-# --------------------------------------------------------------------------------------------------
 # writing
 
 
@@ -608,6 +509,23 @@ def test_write_video_overwrite_replaces(clip, tmp_path):
 def test_write_video_rejects_bad_frames(tmp_path, frames, match):
     with pytest.raises(WMError, match=match):
         write_video(tmp_path / "x.mp4", frames)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "frames,found",
+    [
+        (torch.zeros(2, 8, 8, 3), r"torch\.float32 of shape \(2, 8, 8, 3\)"),
+        (torch.zeros(2, 8, 8, 4, dtype=torch.uint8), r"torch\.uint8 of shape \(2, 8, 8, 4\)"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), r"\(2, 3, 8, 8\)"),
+        (torch.zeros(8, 3, dtype=torch.uint8), r"\(8, 3\)"),
+        ([[1, 2, 3]], "list"),
+    ],
+)
+def test_write_video_says_what_frames_it_takes_and_how_to_convert_floats(tmp_path, frames, found):
+    with pytest.raises(WMError, match=r"expected .*uint8.*\[\.\.\., H, W, 3\], found .*" + found) as e:
+        write_video(tmp_path / "x.mp4", frames)
+    assert "(x * 255).round().to(torch.uint8)" in str(e.value) or "list" in str(e.value)
     assert os.listdir(tmp_path) == []
 
 

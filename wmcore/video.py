@@ -1,8 +1,9 @@
-"""Video in and out: a decord reader with a PyAV fallback, frame sampling, V-JEPA 2 preprocessing.
+"""Video in and out: a decord reader with a PyAV fallback, frame sampling, a writer.
 
 Frames are uint8 ``[T, H, W, 3]`` RGB torch tensors wherever they leave this module. Frame indices
 are 0-based positions in decode order. Everything here is plain torch + numpy (no torchvision, cv2
-or PIL), so the preprocessing runs wherever the model runs.
+or PIL). Turning frames into a model's pixels is each model family's ``preprocess`` (in
+``wmcore.models``), which reads the ImageNet statistics from here.
 
 The fallback is never silent: ``decode_video`` says which reader decoded a file and its codec (a
 ``VideoSource``, which the data loaders attach to each Episode and the DriftReport records under
@@ -26,7 +27,6 @@ from typing import Callable, Sequence, TypeVar
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import WMError
 from .fsio import file_mode, link_new
@@ -36,6 +36,12 @@ try:  # decord is fast at random access but has wheels for x86_64 only; PyAV rea
 except (ImportError, OSError):
     _decord = None
 
+__all__ = [
+    "BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "PIX_FMTS", "VideoInfo", "VideoSource", "decode_video", "notices",
+    "read_video", "sample_indices", "video_info", "write_video",
+]
+
+# the RGB statistics of ImageNet that LeWM's and V-JEPA 2's normalisations use (the one definition)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKENDS = ("auto", "decord", "pyav")
@@ -391,49 +397,7 @@ def _is_real(x) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# preprocessing
-
-
-def to_unit_float(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 frames ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` in [0, 1]."""
-    frames = _check_frames(frames, "frames")
-    return frames.movedim(-1, -3).float() / 255
-
-
-def preprocess(
-    frames: torch.Tensor | np.ndarray,
-    crop_size: int = 256,
-    resize_short: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """uint8 frames ``[..., H, W, 3]`` -> normalised float32 pixels ``[..., 3, crop_size, crop_size]``.
-
-    The V-JEPA 2 video processor of transformers in plain torch: resize the short side to
-    ``resize_short`` (default crop_size * 256 / 224, i.e. 292 for 256) keeping the aspect ratio
-    (antialiased bilinear), center crop, scale to [0, 1], normalise by ``mean`` / ``std``.
-    Any number of leading dims; runs on the frames' device.
-    """
-    frames = _check_frames(frames, "frames")
-    if not _is_int(crop_size) or crop_size < 1:
-        raise WMError(f"preprocess: crop_size={crop_size!r}, expected an int >= 1")
-    short = int(crop_size * 256 / 224) if resize_short is None else resize_short
-    if not _is_int(short) or short < crop_size:
-        raise WMError(f"preprocess: resize_short={resize_short!r}, expected an int >= crop_size={crop_size} "
-                      "(a crop cannot be larger than the resized frame)")
-    *lead, h, w, _ = frames.shape
-    x = frames.reshape(-1, h, w, 3).permute(0, 3, 1, 2).float()  # [N, 3, H, W], 0..255
-    # the long side is truncated, as transformers' get_resize_output_image_size does
-    size = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-    if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-        # the reference resizes uint8 frames, so its resized pixels are whole numbers
-        x = x.round_().clamp_(0, 255)
-    top, left = (size[0] - crop_size) // 2, (size[1] - crop_size) // 2
-    x = x[:, :, top:top + crop_size, left:left + crop_size] / 255
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return ((x - m) / s).reshape(*lead, 3, crop_size, crop_size)
+# writing
 
 
 def _check_frames(frames, name: str) -> torch.Tensor:
@@ -446,10 +410,6 @@ def _check_frames(frames, name: str) -> torch.Tensor:
                       f"{tuple(frames.shape)}; decode with read_video, or convert floats in [0, 1] with "
                       "(x * 255).round().to(torch.uint8)")
     return frames
-
-
-# --------------------------------------------------------------------------------------------------
-# writing
 
 
 def write_video(

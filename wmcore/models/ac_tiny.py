@@ -68,7 +68,6 @@ from torch import Tensor, nn
 
 from ..errors import WMError
 from ..fsio import write_new
-from .lewm import sigreg
 from .checkpoint import meta_state_dict, read_json, require_match, safetensors_load
 from .vjepa2_ac import ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, shape_of
 
@@ -81,7 +80,7 @@ __all__ = [
 FORMAT = "wmcore-ac-tiny"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PRED_LOSSES = {"l1": lambda d: d.abs().mean(), "mse": lambda d: d.square().mean()}  # of prediction - target
+PRED_LOSSES = ("l1", "mse")  # pred_loss's choices; the losses are wmcore.train.losses.PREDICTION_LOSSES
 
 
 @dataclass(frozen=True)
@@ -252,43 +251,6 @@ class ACJEPA(nn.Module):
         b, t, n, d = emb.shape
         z = self.predictor(emb.flatten(1, 2), actions, states).reshape(b, t, n, d)
         return self.norm(emb + z if self.cfg.residual else z)
-
-    def loss(self, pixels: Tensor, actions: Tensor, states: Tensor,
-             generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """pred: teacher-forced ``pred_loss`` (L1 or MSE) of the predictions against the next frames'
-        latents; sigreg: SIGReg of the raw tokens, one test per time step on ``sigreg_tokens`` tokens drawn
-        from all samples and patch positions (LeWM tests its CLS embedding per time step across the
-        batch); inverse: with ``inverse_dynamics``, the MSE of the action blocks predicted from the mean
-        tokens of consecutive frames; total: pred + sigreg_lambda * sigreg + inverse_dynamics * inverse
-        (pred alone with ``freeze_encoder``). Diagnostics (no gradient): cos, the predictions' mean token
-        cosine; skill, 1 - MSE(pred) / MSE(copy the previous frame).
-
-        See the module docstring for what each variant did on PushT."""
-        t = pixels.shape[1]
-        if t < 2:
-            raise WMError(f"pixels: need at least 2 frames [B, T >= 2, 3, S, S], found {tuple(pixels.shape)}")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoder):
-            raw = self.encode_raw(pixels)
-        emb = self.norm(raw)
-        pred = self.predict_next(emb[:, :-1], actions[:, : t - 1], states[:, : t - 1])
-        target = emb[:, 1:]
-        lp = PRED_LOSSES[self.cfg.pred_loss](pred - target)
-        # one SIGReg test per time step on tokens drawn from all of the batch's frames and positions
-        pool = raw.transpose(0, 1).flatten(1, 2)  # [T, B*N, D]
-        pick = torch.randperm(pool.shape[1], generator=generator)[: self.cfg.sigreg_tokens].to(pool.device)
-        sig = sigreg(pool[:, pick], self.cfg.sigreg_num_proj, self.cfg.sigreg_knots, generator)
-        out = {"pred": lp, "sigreg": sig}
-        total = lp if self.cfg.freeze_encoder else lp + self.cfg.sigreg_lambda * sig  # sig: a diagnostic then
-        if self.cfg.inverse_dynamics:
-            m = emb.mean(2)  # [B, T, D]
-            guess = self.inverse(torch.cat([m[:, :-1], m[:, 1:]], -1))
-            out["inverse"] = (guess - actions[:, : t - 1]).square().mean()
-            total = total + self.cfg.inverse_dynamics * out["inverse"]
-        with torch.no_grad():
-            cos = F.cosine_similarity(pred, target, dim=-1).mean()
-            copy = (emb[:, :-1] - target).square().mean()
-            skill = 1 - (pred - target).square().mean() / copy.clamp_min(1e-12)
-        return {"total": total, **out, "cos": cos, "skill": skill}
 
 
 # --------------------------------------------------------------------------------------------------
