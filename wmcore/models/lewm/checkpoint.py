@@ -3,10 +3,8 @@ config.json + model.safetensors) and ``load_checkpoint`` (ours, or the release's
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -15,7 +13,7 @@ from torch import Tensor
 
 from ...errors import WMError
 from ...fsio import write_new
-from ..checkpoint import read_error, state_mismatch
+from ..checkpoint import meta_state_dict, read_json, require_match, safetensors_load, torch_load
 from .config import LeWMConfig
 from .model import LeWorldModel
 
@@ -97,18 +95,10 @@ def save_pretrained(model: LeWorldModel | Any, directory: str | Path) -> Path:
 
 
 def _read_state(path: Path, device: str | torch.device) -> dict[str, Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load
-
-            state: Any = load(path.read_bytes())
-            state = {k: v.to(device) for k, v in state.items()}
-        else:  # tensors and plain containers only: never run a pickle's code
-            with warnings.catch_warnings():  # torch's musings on a broken file: the error below says it
-                warnings.simplefilter("ignore")
-                state = torch.load(io.BytesIO(path.read_bytes()), map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the file's fault
-        raise read_error(path, e, "the weights") from None
+    if path.suffix == ".safetensors":
+        state: Any = {k: v.to(device) for k, v in safetensors_load(path).items()}
+    else:  # tensors and plain containers only: never run a pickle's code
+        state = torch_load(path, device, "the weights")
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):  # Lightning / le-wm conversions wrap the dict
             if isinstance(state.get(wrapper), dict):
@@ -148,24 +138,16 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             f"{d}: no {CONFIG_FILE}; expected a LeWM checkpoint directory: {CONFIG_FILE} + {WEIGHTS_FILE} "
             f"(wmcore) or {CONFIG_FILE} + {RELEASE_WEIGHTS_FILE} (LeWM release)"
         )
-    try:
-        raw = json.loads(cpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WMError(f"{cpath}: not readable JSON ({e})") from None
-    cfg = LeWMConfig.from_json(raw, source=str(cpath), name=f"lewm[{d.resolve().name}]")
+    cfg = LeWMConfig.from_json(read_json(cpath), source=str(cpath), name=f"lewm[{d.resolve().name}]")
     wpath = _weights_path(d)
     state = _read_state(wpath, device)
 
-    with torch.device("meta"):  # shapes only: a config that does not fit the weights allocates nothing
-        expected = LeWorldModel(cfg).state_dict()
+    expected = meta_state_dict(lambda: LeWorldModel(cfg))  # a config that does not fit allocates nothing
     target = vit_naming(expected)
     if target is not None:
         state = rename_vit_keys(state, target)
-    wrong = state_mismatch(state, expected, want="config wants")
-    if wrong:
-        raise WMError(
-            f"{wpath}: does not match {cpath} — {wrong}. Are config.json and the weights from the same model?"
-        )
+    require_match(state, expected, str(wpath), str(cpath), want="config wants",
+                  hint=". Are config.json and the weights from the same model?")
     model = LeWorldModel(cfg)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
