@@ -16,13 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from wmcore.compare import main  # noqa: E402
-from wmcore.config import Thresholds  # noqa: E402
+from wmcore.cli import main  # noqa: E402
+from wmcore.settings import Thresholds  # noqa: E402
 from wmcore.errors import WMError  # noqa: E402
 from wmcore.evaluate import EvalConfig, evaluate  # noqa: E402
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes  # noqa: E402
 from wmcore.plot import overlay_figure, plot_overlay  # noqa: E402
 from wmcore.report import DriftReport  # noqa: E402
+from wmcore.runs import benchmark_record  # noqa: E402
 
 pytest_plugins = ["pytester"]
 
@@ -51,15 +52,6 @@ def report(delta: float = GOOD, name: str = "analytic", spec: str | None = None,
     )
 
 
-def record(r: DriftReport) -> dict:
-    """What wm_record puts into a benchmark's extra_info['wmcore']."""
-    d = r.to_dict()
-    rec = {k: d[k] for k in ("model", "data", "config", "thresholds", "summary", "gates", "passed",
-                             "chance_level", "chance_level_centred")}
-    rec["curves"] = {k: v["cosine"] for k, v in d["loops"].items()}
-    return rec
-
-
 def bench_doc(*cases: tuple[DriftReport, float]) -> dict:
     """A pytest-benchmark JSON (layout of pytest-benchmark 5) of bench/test_drift.py with one
     benchmark per (report, median seconds)."""
@@ -72,7 +64,7 @@ def bench_doc(*cases: tuple[DriftReport, float]) -> dict:
             "fullname": f"bench/test_drift.py::test_drift[{spec}-{src}]",
             "params": {"wm_action_source": src, "wm_model_spec": spec},
             "param": f"{spec}-{src}",
-            "extra_info": {"wmcore": record(r), "rollout_steps_per_s": 1000.0},
+            "extra_info": {"wmcore": benchmark_record(r), "rollout_steps_per_s": 1000.0},
             "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
                         "min_time": 5e-06, "precision": None, "confidence": None, "warmup": False},
             "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median, "stddev": median * 0.1,
@@ -104,7 +96,7 @@ def run_dir(path: Path, *reports: DriftReport) -> Path:
 
 
 def compare(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
+    code = main(["compare", *(str(a) for a in args)])
     out, err = capsys.readouterr()
     return code, out, err
 

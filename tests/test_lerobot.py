@@ -363,7 +363,7 @@ def test_v3_in_av1_as_lerobot_writes_it_reads_and_says_how(tmp_path, monkeypatch
     every 2 frames): decord 0.6 cannot open AV1, so PyAV reads it; every episode (including those
     that start inside a shared file) has the right frames, and the report says PyAV / av1, once on
     the terminal, and in its data["video"] (which survives save and load)."""
-    from wmcore.config import Thresholds
+    from wmcore.settings import Thresholds
     from wmcore.evaluate import EvalConfig, evaluate
     from wmcore.models.analytic import AnalyticConfig, AnalyticModel
     from wmcore.report import DriftReport

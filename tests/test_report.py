@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from wmcore.config import Thresholds
+from wmcore.settings import Thresholds
 from wmcore.data import content_sha256, stack
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate
@@ -275,7 +275,8 @@ def test_load_truncated_json(saved, tmp_path):
 def test_load_binary_garbage(tmp_path):
     p = tmp_path / "garbage.json"
     p.write_bytes(b"\xff\xfe\x00\x81 not json")
-    assert "not valid JSON" in _load_error(p)
+    # the one JSON reader (wmcore.fsio.read_json) says what it found: not even UTF-8 text
+    assert "not a JSON file (not UTF-8 text)" in _load_error(p)
 
 
 def test_load_a_json_array(tmp_path):

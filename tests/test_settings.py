@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from wmcore.config import Thresholds, find_pyproject, load_thresholds
+from wmcore.settings import Thresholds, find_pyproject, load_thresholds
 from wmcore.errors import WMError
 
 FIELDS = sorted(f.name for f in dataclasses.fields(Thresholds))
