@@ -354,3 +354,36 @@ def test_save_refuses_to_overwrite_and_leaves_no_temp_files(report, tmp_path):
 def test_save_creates_parent_directories(report, tmp_path):
     p = report.save(tmp_path / "runs" / "a" / "report.json")
     assert p.is_file() and DriftReport.load(p).loops == report.loops
+
+
+# --- the text view ---------------------------------------------------------------------------------
+
+
+def test_render_text_one_row_per_report_then_the_details(report, failing_report):
+    from wmcore.report import render_text
+
+    text = render_text([report, failing_report])
+    rows = [ln for ln in text.splitlines() if ln.startswith("analytic")]
+    assert len(rows) == 2
+    cl, op = report.loops["closed_loop"], report.loops["open_loop"]
+    cells = rows[0].split()
+    assert cells[1] == "recorded" and cells[2:6] == [f"{v:.3f}" for v in (cl.cosine[0], op.cosine[0], op.cosine[9], op.cosine[-1])]
+    assert cells[6] == "never" and cells[7] == f"{cl.skill['copy_last'][0]:+.3f}" and rows[0].endswith("PASS")
+    failed = [g.name for g in failing_report.gates if not g.passed]
+    assert failed and rows[1].endswith("FAIL " + ",".join(failed))
+    for r in (report, failing_report):
+        for g in r.gates:
+            assert f"[{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}" in text
+    # without details: the table only, as in the pytest summary; ungated sources are "(measured)"
+    short = render_text([failing_report], details=False, gated_sources=("zeros",))
+    assert "[FAIL]" not in short and short.splitlines()[2].endswith("(measured)")
+
+
+def test_render_text_of_a_saved_report_with_a_null_skill(inf_skill_report, tmp_path):
+    from wmcore.report import render_text
+
+    back = DriftReport.load(inf_skill_report.save(tmp_path / "r.json"))
+    assert back.loops["closed_loop"].skill["copy_last"][0] is None  # not finite: null in the JSON
+    row = render_text([back]).splitlines()[2]
+    assert row.split()[7] == "-"  # skill@1, not a crash; H = 5 < 10: open@10 is "-" too
+    assert row.split()[4] == "-"

@@ -217,9 +217,9 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     eff_o, eff_n = M.horizon_steps(dh_o, h), M.horizon_steps(dh_n, h)
     reg = None
     if eff_o - eff_n >= tol.horizon_drop:
-        reg = (f"open-loop drift horizon shortened by {eff_o - eff_n} steps ({_horizon(dh_o, h)} -> "
-               f"{_horizon(dh_n, h)}; tolerance: shorter by < {tol.horizon_drop})")
-    rows.append(Row(f"open loop, drift horizon @{thr:g}", _horizon(dh_o, h), _horizon(dh_n, h), f"{eff_n - eff_o:+d}",
+        reg = (f"open-loop drift horizon shortened by {eff_o - eff_n} steps ({_horizon(dh_o)} -> "
+               f"{_horizon(dh_n)}; tolerance: shorter by < {tol.horizon_drop})")
+    rows.append(Row(f"open loop, drift horizon @{thr:g}", _horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}",
                     f"shorter by < {tol.horizon_drop}", reg))
 
     rows.append(Row("closed loop, step-1 skill vs copy-last", _signed(o.skill1), _signed(n.skill1),
@@ -249,7 +249,7 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     return PairResult(pair, tuple(rows), tuple(notes))
 
 
-def _horizon(dh: int | None, h: int) -> str:
+def _horizon(dh: int | None) -> str:
     return "never" if dh is None else str(dh)
 
 

@@ -40,7 +40,7 @@ from .report import DriftReport, render_text
 from .rollout import ACTION_SOURCES
 from .settings import DTYPES, Thresholds, check_placement, load_thresholds, parse_overrides, resolve
 
-__all__ = ["WMOptions"]  # and the hooks and fixtures pytest finds by name
+__all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest finds by name
 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
@@ -50,6 +50,8 @@ _CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents
 # plugin load both before any test runs, so that data or a model that cannot be loaded is a usage error
 _NEEDS_MODEL = {"wm_model", "wm_prepared"}
 _NEEDS_DATA = {"wm_episodes", "wm_prepared"}
+# measured by default: recorded actions (the gates) and random ones (a model must do worse with them)
+DEFAULT_ACTIONS = ("recorded", "random")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="recorded steps to skip at the start of each episode (default: start in [tool.wmcore], 0)")
     g.addoption("--wm-episodes", type=int, default=None, metavar="N", help="use only the first N episodes")
     g.addoption("--wm-actions", action="append", default=None, metavar="SRC",
-                help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: recorded and random)")
+                help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: {' and '.join(DEFAULT_ACTIONS)})")
     g.addoption("--wm-device", default="cpu", metavar="DEV", help="torch device (default cpu)")
     g.addoption("--wm-dtype", default="float32", metavar="DT", help=f"one of {', '.join(DTYPES)} (default float32)")
     g.addoption("--wm-threshold", action="append", default=None, metavar="KEY=VALUE",
@@ -110,8 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
     config.stash[_CACHE] = {}
-    from .data import DEFAULT_DATA
     from .models import EMBEDDED, FAMILIES
+    from .paths import DEFAULT_DATA
 
     o = config.getoption
     models = tuple(o("wm_model") or EMBEDDED)
@@ -121,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--wm-model {spec!r}: unknown model spec; use an embedded name {sorted(EMBEDDED)} or "
                 f"FAMILY:PATH with a family in {sorted(FAMILIES)}"
             )
-    actions = tuple(o("wm_actions") or ["recorded", "random"])
+    actions = tuple(o("wm_actions") or DEFAULT_ACTIONS)
     bad = [a for a in actions if a not in ACTION_SOURCES]
     if bad:
         raise pytest.UsageError(f"--wm-actions {bad[0]!r}: expected one of {', '.join(ACTION_SOURCES)}")
