@@ -265,20 +265,20 @@ def wm_prepared(wm_model, wm_model_spec: str, wm_episodes, wm_eval_config, _wm_c
     import dataclasses
 
     from .evaluate import prepare
+    from .rollout import make_actions
 
     def get(source: str = "recorded"):
         cfg = wm_eval_config(wm_model.name, source)
         key = ("prepared", wm_model_spec, cfg)
         if key not in _wm_cache:
-            base = ("prepared", wm_model_spec, dataclasses.replace(cfg, action_source="recorded"))
-            if source != "recorded" and base in _wm_cache:
-                from .rollout import make_actions
-
-                p = _wm_cache[base]
+            if source == "recorded":
+                _wm_cache[key] = prepare(wm_model, wm_episodes, cfg)
+            else:
+                # always from the recorded actions as prepared (on the device, in the dtype), whichever
+                # source a session asks for first, so that a source's actions do not depend on the order
+                _, p = get("recorded")
                 recorded = p.actions
                 _wm_cache[key] = dataclasses.replace(p, actions=make_actions(source, recorded.float().cpu(), cfg.seed).to(recorded))
-            else:
-                _wm_cache[key] = prepare(wm_model, wm_episodes, cfg)
         return cfg, _wm_cache[key]
 
     return get
