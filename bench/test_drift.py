@@ -6,37 +6,30 @@ the DriftReport into the run directory, and records the curves, gates and metada
 benchmark's ``extra_info``. With recorded actions the gates of ``[tool.wmcore]`` (and the model's own
 table) must hold; other action sources are measured and recorded, and must do worse than recorded
 actions in closed loop: a model that ignores its actions has not learned action-conditioned dynamics.
+The cases share nothing but the plugin's session caches, so they pass in any order.
 """
 
 from __future__ import annotations
 
 from wmcore.evaluate import build_report, rollouts
 
-_REPORTS: dict = {}  # (model spec, action source) -> DriftReport of this session
 
-
-def _data_id(settings) -> str:
-    return f"{settings.data}" + (f"[:{settings.episodes}]" if settings.episodes else "")
-
-
-def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared, wm_thresholds, wm_record, wm_settings):
+def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared, wm_thresholds, wm_record,
+               wm_settings, wm_reference):
     cfg, prep = wm_prepared(wm_action_source)
     thresholds = wm_thresholds(wm_model.name)
     pred_open, pred_closed = benchmark.pedantic(rollouts, args=(wm_model, prep, cfg), rounds=3, warmup_rounds=1)
-    report = build_report(wm_model, prep, pred_open, pred_closed, cfg, thresholds, spec=wm_model_spec, data_id=_data_id(wm_settings))
+    report = build_report(wm_model, prep, pred_open, pred_closed, cfg, thresholds, spec=wm_model_spec,
+                          data_id=wm_settings.data_id)
     benchmark.extra_info["rollout_steps_per_s"] = 2 * cfg.horizon * len(prep.ids) / benchmark.stats.stats.median
     wm_record(report, f"{wm_model.name}-{wm_action_source}", benchmark)
-    _REPORTS[(wm_model_spec, wm_action_source)] = report
 
     if wm_action_source == "recorded":
         failed = [f"{g.name}: {g.message}" for g in report.gates if not g.passed]
-        assert not failed, f"{wm_model.name} on {_data_id(wm_settings)}: gates failed:\n" + "\n".join(failed)
+        assert not failed, f"{wm_model.name} on {wm_settings.data_id}: gates failed:\n" + "\n".join(failed)
     else:
-        ref_report = _REPORTS.get((wm_model_spec, "recorded"))
-        if ref_report is None:  # recorded actions not benchmarked in this session
-            rcfg, ref = wm_prepared("recorded")
-            ref_report = build_report(wm_model, ref, *rollouts(wm_model, ref, rcfg), rcfg, thresholds)
-        got, want = report.loops["closed_loop"].skill["copy_last"], ref_report.loops["closed_loop"].skill["copy_last"]
+        got = report.loops["closed_loop"].skill["copy_last"]
+        want = wm_reference("recorded").loops["closed_loop"].skill["copy_last"]
         n = min(10, len(got))
         assert sum(got[:n]) / n < sum(want[:n]) / n, (
             f"{wm_model.name}: closed-loop skill vs copy-last over steps 1..{n} with {wm_action_source} actions "

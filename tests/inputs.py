@@ -14,7 +14,7 @@ import av
 import numpy as np
 import torch
 
-from wmcore.config import Thresholds
+from wmcore.settings import Thresholds
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes

@@ -20,7 +20,7 @@ import torch
 from inputs import H, Valid, copy, edit_json, edit_npz, make_valid, truncate
 
 from wmcore.cli import main
-from wmcore.config import Thresholds
+from wmcore.settings import Thresholds
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate

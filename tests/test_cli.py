@@ -10,7 +10,7 @@ import pytest
 
 import wmcore
 from wmcore.cli import main
-from wmcore.config import Thresholds
+from wmcore.settings import Thresholds
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
@@ -53,6 +53,10 @@ def test_show_passing_report(passing, reports, capsys):
     for loop, row in reports[0].summary().items():
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(loop))
         assert f"step1={row['step1']:.3f}" in line
+    # and the table row, as in the pytest summary: closed loop at step 1, the verdict
+    r = reports[0]
+    line = next(ln for ln in out.splitlines() if ln.startswith("cli-model "))
+    assert line.split()[2] == f"{r.loops['closed_loop'].cosine[0]:.3f}" and line.endswith("PASS")
 
 
 def test_show_failing_report_exits_1(failing, capsys):
@@ -60,6 +64,7 @@ def test_show_failing_report_exits_1(failing, capsys):
     out = capsys.readouterr().out
     assert "[FAIL] step1_cosine" in out
     assert "[PASS] monotone_decay" in out
+    assert next(ln for ln in out.splitlines() if ln.startswith("cli-model ")).endswith("FAIL step1_cosine")
 
 
 def test_plot_default_name(passing, capsys):
@@ -81,7 +86,7 @@ def test_plot_refuses_to_overwrite(passing, capsys):
     png.write_bytes(b"not yours")
     assert main(["plot", str(passing)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wmcore: error:") and "exists" in err and str(png) in err
+    assert err.startswith("wmcore plot: error:") and "exists" in err and str(png) in err
     assert png.read_bytes() == b"not yours"
     out = passing.parent / "other.png"
     out.write_bytes(b"mine")
@@ -101,7 +106,7 @@ def test_missing_report_exits_2(command, tmp_path, capsys):
     missing = tmp_path / "nope.json"
     assert main([command, str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wmcore: error:") and str(missing) in err
+    assert err.startswith(f"wmcore {command}: error:") and str(missing) in err
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 
@@ -112,7 +117,7 @@ def test_corrupt_report_exits_2(command, passing, capsys):
     passing.write_text(text[: len(text) // 3])
     assert main([command, str(passing)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wmcore: error:") and str(passing) in err and "JSON" in err
+    assert err.startswith(f"wmcore {command}: error:") and str(passing) in err and "JSON" in err
     assert not passing.with_suffix(".png").exists()
 
 
@@ -132,6 +137,31 @@ def test_console_script_help():
     r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "plot" in r.stdout and "show" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, options",
+    [
+        (["--help"], ["evaluate", "rollout", "show", "plot", "compare", "make-fixtures", "train"]),
+        (["evaluate", "--help"], ["--model", "--data", "--horizon", "--start", "--actions", "--dtype", "pusht-lewm"]),
+        (["rollout", "--help"], ["--video", "--actions", "--horizon", "--out"]),
+        (["compare", "--help"], ["BASE", "NEW", "--pair", "--max-step1-drop", "--max-slowdown", "--pyproject",
+                                 "[tool.wmcore.compare]"]),
+        (["make-fixtures", "--help"], ["pusht"]),
+        (["make-fixtures", "pusht", "--help"], ["--out", "--episodes", "--steps", "--seed", "--size", "--crf"]),
+    ],
+    ids=["wmcore", "evaluate", "rollout", "compare", "make-fixtures", "make-fixtures-pusht"],
+)
+def test_every_subcommand_has_a_useful_help(argv, options, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    missing = [o for o in options if o not in out]
+    assert not missing, f"wmcore {' '.join(argv)} lacks {missing}:\n{out}"
+
+
+def test_make_fixtures_needs_a_kind(capsys):
+    assert main(["make-fixtures", "--out", "x"]) == 2
+    assert "wmcore make-fixtures: error:" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

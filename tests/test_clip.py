@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -307,9 +308,9 @@ def test_data_load_refuses_a_file_that_is_not_a_video(clip):
 
 
 def _cosines(out: str, loop: str) -> dict[int, float]:
-    line = next(ln for ln in out.splitlines() if ln.strip().startswith(loop))
-    parts = line.split("step ")[1:]
-    return {int(p.split(":")[0]): float(p.split(":")[1].split()[0]) for p in parts}
+    """The cosines by step in the summary row of ``loop`` ("open loop": ``  open_loop  step1=0.999 ...``)."""
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith(loop.replace(" ", "_") + " "))
+    return {int(k): float(v) for k, v in re.findall(r"(?:^|\s)step(\d+)=(\S+)", line)}
 
 
 def _rollout(*args: str) -> int:
@@ -385,7 +386,7 @@ def test_rollout_bad_input_exits_2_and_writes_nothing(clip, tmp_path, capsys, ar
                       .replace("OUT", str(tmp_path / "o" / "x")))
     assert _rollout(*[x for kv in opts.items() for x in kv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wmcore: error: ") or err.startswith("usage: wmcore rollout")  # ours, or argparse's
+    assert err.startswith("wmcore rollout: error: ") or err.startswith("usage: wmcore rollout")  # ours, or argparse's
     for f in fragments:
         assert f in err, err
     assert list((tmp_path / "o").iterdir()) == []

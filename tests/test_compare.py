@@ -16,13 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from wmcore.compare import main  # noqa: E402
-from wmcore.config import Thresholds  # noqa: E402
+from wmcore.cli import main  # noqa: E402
+from wmcore.settings import Thresholds  # noqa: E402
 from wmcore.errors import WMError  # noqa: E402
 from wmcore.evaluate import EvalConfig, evaluate  # noqa: E402
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes  # noqa: E402
 from wmcore.plot import overlay_figure, plot_overlay  # noqa: E402
 from wmcore.report import DriftReport  # noqa: E402
+from wmcore.runs import benchmark_record  # noqa: E402
 
 pytest_plugins = ["pytester"]
 
@@ -51,15 +52,6 @@ def report(delta: float = GOOD, name: str = "analytic", spec: str | None = None,
     )
 
 
-def record(r: DriftReport) -> dict:
-    """What wm_record puts into a benchmark's extra_info['wmcore']."""
-    d = r.to_dict()
-    rec = {k: d[k] for k in ("model", "data", "config", "thresholds", "summary", "gates", "passed",
-                             "chance_level", "chance_level_centred")}
-    rec["curves"] = {k: v["cosine"] for k, v in d["loops"].items()}
-    return rec
-
-
 def bench_doc(*cases: tuple[DriftReport, float]) -> dict:
     """A pytest-benchmark JSON (layout of pytest-benchmark 5) of bench/test_drift.py with one
     benchmark per (report, median seconds)."""
@@ -72,7 +64,7 @@ def bench_doc(*cases: tuple[DriftReport, float]) -> dict:
             "fullname": f"bench/test_drift.py::test_drift[{spec}-{src}]",
             "params": {"wm_action_source": src, "wm_model_spec": spec},
             "param": f"{spec}-{src}",
-            "extra_info": {"wmcore": record(r), "rollout_steps_per_s": 1000.0},
+            "extra_info": {"wmcore": benchmark_record(r), "rollout_steps_per_s": 1000.0},
             "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
                         "min_time": 5e-06, "precision": None, "confidence": None, "warmup": False},
             "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median, "stddev": median * 0.1,
@@ -104,7 +96,7 @@ def run_dir(path: Path, *reports: DriftReport) -> Path:
 
 
 def compare(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
+    code = main(["compare", *(str(a) for a in args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -588,3 +580,38 @@ def test_files_written_by_the_bench_suite(pytester, analytic_set, tmp_path, caps
     assert compare(capsys, files[GOOD], files[GOOD], "--out", tmp_path / "p.png")[0] == 0
     # the run directories the same sessions wrote compare the same way
     assert compare(capsys, runs[0], runs[1], "--out", tmp_path / "q.png")[0] == 1
+
+
+# --- the pure comparison (no command line) -------------------------------------------------------
+
+
+def test_compare_runs_without_the_command(base, degraded):
+    from wmcore.compare import compare_runs, overlay_panels, verdict_lines
+    from wmcore.runs import load_run
+    from wmcore.settings import Tolerances
+
+    c = compare_runs(load_run(base), load_run(degraded), Tolerances())
+    assert len(c.results) == 1 and c.regressed == list(c.results)
+    assert len(c.regressed[0].regressions) == 3  # step-1 cosine, AUC, drift horizon
+    assert verdict_lines(c)[0] == "verdict: REGRESSION in 1 of 1 pair(s)"
+    loose = compare_runs(load_run(base), load_run(degraded), Tolerances(step1_drop=1, auc_drop=1, horizon_drop=9))
+    assert loose.regressed == [] and verdict_lines(loose) == ["verdict: no regression in 1 pair(s)"]
+    (curves, threshold, title), = overlay_panels(c)
+    assert threshold == 0.5 and [label for label, *_ in curves] == ["old: analytic (analytic:delta=0.05)",
+                                                                    "new: analytic (analytic:delta=0.25)"]
+    assert curves[0][1] == tuple(report(GOOD).loops["open_loop"].cosine)
+
+
+def test_the_step1_skill_is_read_from_the_record_not_from_a_gate(tmp_path, capsys):
+    doc = bench_doc((report(GOOD), 0.01))
+    rec = doc["benchmarks"][0]["extra_info"]["wmcore"]
+    skill = report(GOOD).loops["closed_loop"].skill["copy_last"][0]
+    assert rec["skill"]["closed_loop"]["copy_last"][0] == skill
+    rec["gates"] = []  # a bench with other gates: the skill is still there
+    a = write(tmp_path / "a.json", doc)
+    code, out, _ = compare(capsys, a, a, "--out", tmp_path / "o.png")
+    assert code == 0 and row(out, "closed loop, step-1 skill vs copy-last")[:3] == [f"{skill:+.4f}"] * 2 + ["+0.0000"]
+    del rec["skill"]  # a record written before the skill curves were kept: shown as n/a, nothing gated on it
+    b = write(tmp_path / "b.json", doc)
+    code, out, _ = compare(capsys, b, b, "--out", tmp_path / "p.png")
+    assert code == 0 and row(out, "closed loop, step-1 skill vs copy-last")[:3] == ["n/a", "n/a", "n/a"]

@@ -1,7 +1,7 @@
 """Crash-safe artifacts: ``wmcore evaluate`` and ``pytest bench`` killed with SIGINT and with SIGKILL
 (a subprocess each time) leave every JSON and PNG complete or absent, never touch an earlier run, and
 write their files with the user's umask; pytest-benchmark's own records go through the same atomic
-writes (``wmcore.pytest_plugin._atomic_benchmark_writes``).
+writes (``wmcore.benchmark_json.atomic_benchmark_writes``).
 
 Kill points: a random (seeded) delay over most of the run's life, and the moment the first
 file of a given kind appears in the output tree (the report JSON, the drift PNG, the pytest-benchmark
@@ -254,14 +254,14 @@ RECORD = {"machine_info": {"node": "x"}, "benchmarks": [{"name": "test_drift", "
 def test_the_benchmark_record_is_written_atomically_under_upstreams_name(tmp_path):
     from pytest_benchmark.storage.file import FileStorage
 
-    from wmcore.pytest_plugin import _atomic_benchmark_writes
+    from wmcore.benchmark_json import atomic_benchmark_writes
 
     ref = FileStorage(tmp_path / "ref", logger=_Log(), default_machine_id="machine")
     ref.save(RECORD, "20260101_abc")  # upstream's own save: the name and bytes to match
     config, _ = _session(tmp_path)
     storage = config._benchmarksession.storage
-    _atomic_benchmark_writes(config)
-    _atomic_benchmark_writes(config)  # idempotent
+    atomic_benchmark_writes(config)
+    atomic_benchmark_writes(config)  # idempotent
     old = os.umask(0o022)
     try:
         storage.save(RECORD, "20260101_abc")
@@ -278,11 +278,11 @@ def test_the_benchmark_record_is_written_atomically_under_upstreams_name(tmp_pat
 
 
 def test_a_record_number_taken_meanwhile_is_not_clobbered(tmp_path):
-    from wmcore.pytest_plugin import _atomic_benchmark_writes
+    from wmcore.benchmark_json import atomic_benchmark_writes
 
     config, _ = _session(tmp_path)
     storage = config._benchmarksession.storage
-    _atomic_benchmark_writes(config)
+    atomic_benchmark_writes(config)
     upstream_get = storage.get
 
     def get(name):  # another run saves 0001 between our choosing the number and writing
@@ -304,11 +304,11 @@ class _Interrupted(BaseException):
 
 
 def test_a_save_interrupted_half_way_leaves_no_record(tmp_path, monkeypatch):
-    from wmcore.pytest_plugin import _atomic_benchmark_writes
+    from wmcore.benchmark_json import atomic_benchmark_writes
 
     config, _ = _session(tmp_path)
     storage = config._benchmarksession.storage
-    _atomic_benchmark_writes(config)
+    atomic_benchmark_writes(config)
 
     def interrupted(fd):  # the bytes are in the file, not yet on disk nor named: SIGINT here
         raise _Interrupted
@@ -320,35 +320,35 @@ def test_a_save_interrupted_half_way_leaves_no_record(tmp_path, monkeypatch):
 
 
 def test_benchmark_json_replaces_its_file_atomically_or_writes_through(tmp_path):
-    from wmcore.pytest_plugin import _atomic_benchmark_writes
+    from wmcore.benchmark_json import atomic_benchmark_writes
 
     target = tmp_path / "bench.json"
     target.write_text('{"old": true}')
     config, through = _session(tmp_path, json_path=target)
-    _atomic_benchmark_writes(config)
+    atomic_benchmark_writes(config)
     config._benchmarksession.save_json(RECORD)
     assert json.loads(target.read_text()) == RECORD and through == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     link = tmp_path / "link.json"  # not a plain file (like /dev/stdout): pytest-benchmark's own write
     link.symlink_to(target)
     config, through = _session(tmp_path, json_path=link)
-    _atomic_benchmark_writes(config)
+    atomic_benchmark_writes(config)
     config._benchmarksession.save_json(RECORD)
     assert through == [RECORD] and link.is_symlink()
     # pytest-benchmark 5.2 opens --benchmark-json itself (argparse FileType): its own write, no path to rename
     with open(tmp_path / "opened.json", "wb") as opened:
         config, through = _session(tmp_path, json_path=opened)
-        _atomic_benchmark_writes(config)
+        atomic_benchmark_writes(config)
         config._benchmarksession.save_json(RECORD)
     assert through == [RECORD]
 
 
 def test_other_storages_and_no_benchmark_session_are_left_alone(tmp_path):
-    from wmcore.pytest_plugin import _atomic_benchmark_writes
+    from wmcore.benchmark_json import atomic_benchmark_writes
 
-    _atomic_benchmark_writes(SimpleNamespace())  # pytest-benchmark absent or disabled
+    atomic_benchmark_writes(SimpleNamespace())  # pytest-benchmark absent or disabled
     own_save = lambda *a: None  # noqa: E731
     other = SimpleNamespace(save=own_save)  # e.g. the elasticsearch storage
     bs = SimpleNamespace(storage=other, json=None, logger=_Log())
-    _atomic_benchmark_writes(SimpleNamespace(_benchmarksession=bs))
+    atomic_benchmark_writes(SimpleNamespace(_benchmarksession=bs))
     assert other.save is own_save and not hasattr(bs, "save_json")

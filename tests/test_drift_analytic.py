@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmcore.config import load_thresholds
+from wmcore.settings import load_thresholds
 from wmcore.evaluate import EvalConfig, build_report, prepare, rollouts
 from wmcore.plot import plot_drift
 from wmcore.report import DriftReport

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wmcore.config import Thresholds
+from wmcore.settings import Thresholds
 from wmcore.data import Episode, content_sha256, stack
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate, prepare, rollouts

@@ -230,3 +230,40 @@ def test_concurrent_writers_all_get_the_umask_mode(tmp_path):
         for t in threads:
             t.join()
         assert errors == [] and {_mode(p) for p in tmp_path.iterdir()} == {0o644}
+
+
+def test_fresh_path_is_a_free_stamped_name_and_creates_nothing(tmp_path):
+    from wmcore.fsio import fresh_path
+
+    p = fresh_path(tmp_path / "runs", "compare", ".png")
+    assert re.fullmatch(r"compare-\d{8}-\d{6}\.png", p.name) and p.parent == tmp_path / "runs"
+    assert not (tmp_path / "runs").exists()
+    write_new(p, b"x")
+    q = fresh_path(tmp_path / "runs", "compare", ".png")
+    assert q != p and re.fullmatch(r"compare-\d{8}-\d{6}(-\d+)?\.png", q.name)
+
+
+@pytest.mark.parametrize("name, want", [("pusht-lewm-recorded", "pusht-lewm-recorded"),
+                                        ("analytic[delta=0.05]-random", "analytic_delta_0.05_-random"),
+                                        ("lewm:/a b/c", "lewm__a_b_c")])
+def test_safe_name_keeps_letters_digits_and_dash_underscore_dot(name, want):
+    from wmcore.fsio import safe_name
+
+    assert safe_name(name) == want
+
+
+def test_read_json_and_its_errors(tmp_path):
+    from wmcore.fsio import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, NaN]}')
+    assert read_json(tmp_path / "ok.json")["a"][0] == 1
+    with pytest.raises(WMError, match=r"ok\.json: not valid JSON \(non-standard JSON constant NaN\); was the"):
+        read_json(tmp_path / "ok.json", strict=True)
+    (tmp_path / "cut.json").write_text('{"a": [1, ')
+    with pytest.raises(WMError, match=r"cut\.json: not valid JSON .*; rewrite it"):
+        read_json(tmp_path / "cut.json", hint="rewrite it")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(WMError, match=r"bin\.json: not a JSON file \(not UTF-8 text\)"):
+        read_json(tmp_path / "bin.json")
+    with pytest.raises(WMError, match=r"cannot read it"):
+        read_json(tmp_path)  # a directory

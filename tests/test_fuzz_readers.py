@@ -126,13 +126,13 @@ def _report(path: Path):
 
 
 def _run(path: Path):
-    from wmcore.compare import load_run
+    from wmcore.runs import load_run
 
     return load_run(path)
 
 
 def _thresholds(path: Path):
-    from wmcore.config import load_thresholds
+    from wmcore.settings import load_thresholds
 
     return load_thresholds("pusht-lewm", pyproject=path)
 

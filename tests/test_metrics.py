@@ -129,6 +129,12 @@ def test_mean_skill_gate_averages_the_first_steps():
     assert not g.passed and g.measured == pytest.approx(sum(curve) / 5) and "1..5" in g.message
 
 
+def test_horizon_steps_counts_never_as_one_beyond_the_horizon():
+    assert M.horizon_steps(None, 30) == 31 and M.horizon_steps(30, 30) == 30 and M.horizon_steps(1, 30) == 1
+    # never reached ranks above reaching at the last step: "still above at step H" is not "fell at H"
+    assert M.horizon_steps(None, 12) > M.horizon_steps(M.drift_horizon([0.9] * 11 + [0.4], 0.5), 12)
+
+
 def test_horizon_gate_treats_never_as_beyond_the_horizon():
     assert M.gate_horizon(None, 30, 30, 0.5).passed  # never fell below 0.5 within 30 steps
     assert M.gate_horizon(None, 30, 30, 0.5).measured == 31

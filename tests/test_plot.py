@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
-from wmcore.config import Thresholds  # noqa: E402
+from wmcore.settings import Thresholds  # noqa: E402
 from wmcore.errors import WMError  # noqa: E402
 from wmcore.evaluate import EvalConfig, evaluate  # noqa: E402
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes  # noqa: E402

@@ -111,8 +111,11 @@ from wmcore.models.analytic import AnalyticModel, parse_spec
 
 
 class IgnoresActions(AnalyticModel):
-    def _advance(self, z, action):
-        return super()._advance(z, torch.zeros_like(action))
+    def predict(self, context, actions, states=None):
+        return super().predict(context, torch.zeros_like(actions), states)
+
+    def step(self, cache, latent, action, state=None):  # the KV-cache path of the rollouts
+        return super().step(cache, latent, torch.zeros_like(action), state)
 
 
 FAMILIES["noact"] = lambda arg: IgnoresActions(parse_spec(arg), name="noact")
@@ -124,4 +127,24 @@ def test_a_model_that_ignores_its_actions_fails_the_action_check(bench, analytic
     r = _run(bench, "--wm-model", "noact:delta=0.05", "--wm-data", str(analytic_set),
              "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-actions", "random")
     r.assert_outcomes(failed=1)
+    assert "the model ignores its actions" in r.stdout.str()
+
+
+def test_the_action_check_passes_in_either_order(bench, analytic_set, tmp_path):
+    """Random actions before recorded ones: the reference (recorded actions) is evaluated by
+    wm_reference when no test recorded it yet, so the outcome does not depend on the order."""
+    for order in (["random", "recorded"], ["recorded", "random"]):
+        args = [a for source in order for a in ("--wm-actions", source)]
+        # the order of the options, not pytest-randomly's (pytester's run has no pyproject addopts)
+        r = _run(bench, "--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set), *args,
+                 "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "-v", "-p", "no:randomly")
+        r.assert_outcomes(passed=2)
+        ran = [ln.split("[")[1].split("]")[0] for ln in r.stdout.lines if "::test_drift[" in ln and "PASSED" in ln]
+        assert ran == [f"analytic:delta=0.05-{s}" for s in order]
+    # a model that ignores its actions still fails when the random case runs first
+    bench.makeconftest(NOACT_CONFTEST)
+    r = _run(bench, "--wm-model", "noact:delta=0.05", "--wm-data", str(analytic_set), "--wm-actions", "random",
+             "--wm-actions", "recorded", "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art2"),
+             "-p", "no:randomly")
+    r.assert_outcomes(passed=1, failed=1)
     assert "the model ignores its actions" in r.stdout.str()

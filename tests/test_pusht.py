@@ -145,9 +145,9 @@ def test_missing_simulator_is_explained(monkeypatch):
 
 
 def test_cli_help(capsys):
-    from wmcore.data.pusht import main
+    from wmcore.cli import main
 
-    assert main(["--help"]) == 0 and "--episodes" in capsys.readouterr().out
+    assert main(["make-fixtures", "pusht", "--help"]) == 0 and "--episodes" in capsys.readouterr().out
 
 
 # -- the simulator (the [sim] extra) --------------------------------------------------------------
@@ -198,7 +198,8 @@ def test_frames_show_the_agent_where_the_state_says(sim):
 
 
 def test_generate_round_trip(sim, tmp_path, capsys):
-    from wmcore.data.pusht import generate, main
+    from wmcore.cli import main
+    from wmcore.data.pusht import generate
 
     out = tmp_path / "set"
     doc = generate(out, episodes=2, steps=20, seed=7, render_size=64, progress=False)
@@ -212,33 +213,34 @@ def test_generate_round_trip(sim, tmp_path, capsys):
     assert eps[1].frames.shape == (21, 64, 64, 3)
     with pytest.raises(WMError, match="not empty"):
         generate(out, episodes=1, steps=5, seed=0, progress=False)
-    assert main(["--out", str(out), "--episodes", "1", "--steps", "5", "--quiet"]) == 2
+    pusht = ["make-fixtures", "pusht"]
+    assert main([*pusht, "--out", str(out), "--episodes", "1", "--steps", "5", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["--out", str(tmp_path / "x"), "--steps", "0", "--quiet"]) == 2
+    assert main([*pusht, "--out", str(tmp_path / "x"), "--steps", "0", "--quiet"]) == 2
 
 
 def test_recorded_actions_replay_to_the_recorded_states(sim):
     # The stored float32 actions are exactly what the environment executed.
-    from wmcore.data.pusht import _state
+    from wmcore.data.pusht import env_state
 
     _, actions, states = sim(5, 30, size=64)
     env = make_env(64)
     env.reset(seed=5)
-    replay = [_state(env)]
+    replay = [env_state(env)]
     for a in actions:
         env.step(a.astype(np.float64))
-        replay.append(_state(env))
+        replay.append(env_state(env))
     env.close()
     assert np.array_equal(np.array(replay, dtype=np.float32), states)
 
 
 def test_generator_reproduces_the_committed_set(sim, fixture_set):
     # The committed set is what this code makes with the recorded command (first episode checked).
-    from wmcore.data.pusht import _versions
+    from wmcore.data.pusht import simulator_versions
 
     doc, eps = fixture_set
-    if _versions() != doc["generator"]["versions"]:
-        pytest.skip(f"simulator versions {_versions()} differ from the set's {doc['generator']['versions']}")
+    if simulator_versions() != doc["generator"]["versions"]:
+        pytest.skip(f"simulator versions {simulator_versions()} differ from the set's {doc['generator']['versions']}")
     _, actions, states = sim(doc["episodes"][0]["seed"], doc["steps"], size=doc["height"])
     assert np.array_equal(actions, eps[0].actions.numpy())
     assert np.array_equal(states, eps[0].states.numpy())

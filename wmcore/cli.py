@@ -1,4 +1,9 @@
-"""The ``wmcore`` command. Bad input exits 2 with a message naming what was wrong; nothing is overwritten."""
+"""The ``wmcore`` command: every subcommand's parser and body. Bad input exits 2 with a message naming
+what was wrong; nothing is overwritten (exit codes: ``wmcore.errors``).
+
+evaluate, rollout, show, plot (DriftReports), compare (two saved runs), make-fixtures (episode sets),
+train (dispatched whole to ``wmcore.train.main``, which owns its options).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,20 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DTYPES
 from .errors import WMError, run_command
+from .fsio import safe_name
+from .paths import DEFAULT_DATA, DEFAULT_MODEL
 from .rollout import ACTION_SOURCES
+from .settings import DTYPES, Tolerances
+
+__all__ = ["build_parser", "main"]
+
+# the option that sets each compare tolerance, for messages about its value
+_TOLERANCE_FLAGS = {"step1_drop": "--max-step1-drop", "auc_drop": "--max-auc-drop",
+                    "horizon_drop": "--max-horizon-drop", "slowdown": "--max-slowdown"}
+
+
+# --- DriftReports ------------------------------------------------------------------------------
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -22,21 +38,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(r) -> None:
-    print(f"model {r.model.get('name')}  data {r.data.get('id')}  ({r.data.get('episodes')} episodes, H={r.horizon})")
-    print(f"chance level {r.chance_level:.3f} (centred {r.chance_level_centred:.3f})")
-    for loop, row in r.summary().items():
-        cells = "  ".join(f"{k}={'-' if v is None else (f'{v:.3f}' if isinstance(v, float) else v)}" for k, v in row.items())
-        print(f"  {loop:<12} {cells}")
-    for g in r.gates:
-        print(f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}")
-
-
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .report import DriftReport, markdown_table
+    from .report import DriftReport, markdown_table, render_text
 
     r = DriftReport.load(args.report)
-    print(markdown_table(r)) if args.markdown else _print_report(r)
+    print(markdown_table(r) if args.markdown else render_text([r]))
     return 0 if r.passed else 1
 
 
@@ -63,60 +69,46 @@ def _check_fit(model, episodes, what: str) -> None:
         raise WMError(f"{what}: {e}") from None
 
 
-def _safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_.[]=," else "_" for ch in name)
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import check_placement, load_thresholds, place_model
-    from .data import DEFAULT_DATA, load as load_data
-    from .evaluate import EvalConfig, evaluate
+    from .data import load as load_data
+    from .evaluate import evaluate
     from .fsio import new_run_dir
     from .models import load
     from .plot import plot_drift
+    from .report import render_text
+    from .settings import check_placement, place_model, resolve
 
     check_placement(args.device, args.dtype)  # before anything slow
     out = _out_dir(args.out)
     model = place_model(load(args.model), args.device, args.dtype)
-    stem = _safe_name(f"{model.name}-{args.actions}")
+    stem = safe_name(f"{model.name}-{args.actions}")
     if out is not None:
         for suffix in (".json", ".png"):
             if (out / f"{stem}{suffix}").exists():
                 raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
                               "(nothing is overwritten)")
-    thresholds = load_thresholds(model.name)
+    cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
+                              device=args.device, dtype=args.dtype)
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data, limit=args.episodes, camera=args.camera)
     _check_fit(model, episodes, f"--data {data!r}")
-    start = thresholds.start if args.start is None else args.start
-    horizon = thresholds.horizon if args.horizon is None else args.horizon
-    cfg = EvalConfig(horizon=horizon, start=start, action_source=args.actions, device=args.device, dtype=args.dtype)
     print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
     r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
     out = out if out is not None else new_run_dir(Path("runs"))  # fsio creates --out, or says why it cannot
-    _print_report(r)
+    print(render_text([r]))
     print(r.save(out / f"{stem}.json"))
     print(plot_drift(r, out / f"{stem}.png"))
     return 0 if r.passed else 1
 
 
-def _cmd_make_fixtures(argv: list[str]) -> int:
-    has_kind = bool(argv) and not argv[0].startswith("-")
-    kind, rest = (argv[0], argv[1:]) if has_kind else ("pusht", argv)
-    if kind != "pusht":
-        raise WMError(f"make-fixtures: unknown kind {kind!r}; available: pusht (wmcore make-fixtures pusht --out DIR)")
-    from .data.pusht import main as pusht_main
-
-    return pusht_main(rest, prog="wmcore make-fixtures pusht")
-
-
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    from .config import load_thresholds
     from .data.clip import load_clip
-    from .evaluate import EvalConfig, evaluate
+    from .evaluate import evaluate
     from .models import load
     from .plot import plot_drift
+    from .report import render_text
+    from .settings import resolve
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -136,21 +128,60 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
             f"{args.video}: {episode.steps + 1} frames = {steps_available} model steps at frameskip "
             f"{model.frameskip}, fewer than --horizon {args.horizon}; use --horizon <= {steps_available} or a longer clip"
         )
-    cfg = EvalConfig(horizon=args.horizon, action_source="zeros" if zeros else "recorded")
-    r = evaluate(model, [episode], cfg, load_thresholds(model.name), spec=args.model, data_id=Path(args.video).name)
-    h = r.horizon
-    steps = [s for s in (1, 10, h) if s <= h]
+    # a clip is taken whole: its first frame is the context, whatever start the model's table sets
+    cfg, thresholds = resolve(model.name, horizon=args.horizon, start=0, action_source="zeros" if zeros else "recorded")
+    r = evaluate(model, [episode], cfg, thresholds, spec=args.model, data_id=Path(args.video).name)
     print(f"{model.name} on {Path(args.video).name}: {episode.steps + 1} frames, {cfg.action_source} actions, "
-          f"horizon {h} model steps (frameskip {model.frameskip})")
-    for loop in ("open_loop", "closed_loop", "copy_last"):
-        c = r.loops[loop].cosine
-        cells = "  ".join(f"step {s}: {c[s - 1]:.3f}" for s in dict.fromkeys(steps))
-        hz = r.loops[loop].drift_horizon
-        print(f"  {loop.replace('_', ' '):<12} {cells}  drift horizon {'never' if hz is None else hz}")
-    print(f"  chance level {r.chance_level:.3f}")
+          f"horizon {r.horizon} model steps (frameskip {model.frameskip})")
+    print(render_text([r]))
     print(plot_drift(r, out))
     print(r.save(report_path))
     return 0
+
+
+# --- saved runs and episode sets ---------------------------------------------------------------
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, overlay_panels, parse_pair, summary_lines, verdict_lines
+    from .fsio import fresh_path
+    from .plot import plot_overlay
+    from .runs import load_run
+    from .settings import load_tolerances
+
+    flags = {"step1_drop": args.max_step1_drop, "auc_drop": args.max_auc_drop,
+             "horizon_drop": args.max_horizon_drop, "slowdown": args.max_slowdown}
+    tol, pyproject = load_tolerances(args.pyproject, flags, _TOLERANCE_FLAGS)
+    for arg in args.pair:
+        parse_pair(arg)  # syntax first: a typo should not wait for the runs to load
+    if args.out and Path(args.out).exists():
+        raise WMError(f"--out {args.out}: exists already; wmcore never overwrites a file, choose a new name")
+    base, new = load_run(args.base), load_run(args.new)
+    c = compare_runs(base, new, tol, args.pair)
+    given = ", ".join(f"{k}={v}" for k, v in flags.items() if v is not None)
+    print("\n".join(summary_lines(c, given, pyproject)))
+    out = plot_overlay(overlay_panels(c), Path(args.out) if args.out else fresh_path("runs", "compare", ".png"),
+                       title=f"BASE {base.path.name} vs NEW {new.path.name}")
+    print(f"overlay: {out}")
+    print("\n".join(verdict_lines(c)))
+    return 1 if c.regressed else 0
+
+
+def _cmd_make_pusht(args: argparse.Namespace) -> int:
+    from .data.pusht import generate
+
+    doc = generate(args.out, args.episodes, args.steps, args.seed, args.size, crf=args.crf,
+                   progress=not args.quiet, command="wmcore " + " ".join(args.argv))
+    s = doc["summary"]
+    print(
+        f"{args.out}: {s['episodes']} episodes x {args.steps} steps at {args.size} px; block moved in "
+        f"{100 * s['contact_fraction']:.1f}% of steps; {s['generation_frames_per_s']:.0f} frames/s; "
+        f"{s['bytes_per_episode'] / 1024:.1f} KiB per episode, {s['bytes'] / 2**20:.2f} MiB in all"
+    )
+    return 0
+
+
+# --- the parser --------------------------------------------------------------------------------
 
 
 def _count(minimum: int):
@@ -168,10 +199,7 @@ def _count(minimum: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
-    p.add_argument("--version", action="version", version=f"wmcore {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_report_commands(sub) -> None:
     sp = sub.add_parser("plot", help="draw the drift plot of a saved DriftReport JSON")
     sp.add_argument("report", help="a DriftReport JSON written by a run")
     sp.add_argument("--out", help="PNG to write (default: the report's name with .png; never overwritten)")
@@ -180,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("report")
     ss.add_argument("--markdown", action="store_true", help="print the curves as a Markdown table instead")
     ss.set_defaults(func=_cmd_show)
-    sr = sub.add_parser("rollout", help="one clip: roll a model out on a video and its actions, print step "
-                        "1/10/H cosines of open and closed loop, write the drift plot (and its JSON beside it)")
-    sr.add_argument("--model", default="pusht-lewm", help="model spec (default pusht-lewm)")
+    sr = sub.add_parser("rollout", help="one clip: roll a model out on a video and its actions, print its drift "
+                        "summary, write the drift plot (and its JSON beside it)")
+    sr.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
     sr.add_argument("--video", required=True, help="the clip (mp4, mkv, ...)")
     sr.add_argument("--actions", help="action file (.npy [T,A], .npz 'actions', .csv, .json) or 'zeros'; "
                     "default: the file beside the video with the same stem")
@@ -191,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.set_defaults(func=_cmd_rollout)
     se = sub.add_parser("evaluate", help="roll a model out on episodes, print the drift summary and gates, "
                         "write the DriftReport JSON and drift PNG (exit 1 if a gate failed)")
-    se.add_argument("--model", default="pusht-lewm", help="model spec: embedded name or FAMILY:PATH (default pusht-lewm)")
-    se.add_argument("--data", help="episode directory, LeRobot dataset, or fixtures set name (default pusht)")
+    se.add_argument("--model", default=DEFAULT_MODEL,
+                    help=f"model spec: embedded name or FAMILY:PATH (default {DEFAULT_MODEL})")
+    se.add_argument("--data", help=f"episode directory, LeRobot dataset, or fixtures set name (default {DEFAULT_DATA})")
     se.add_argument("--camera", help="camera key of a LeRobot dataset with several")
     se.add_argument("--horizon", type=_count(1), help="model steps to roll out (default: [tool.wmcore] horizon)")
     se.add_argument("--episodes", type=_count(1), help="use the first N episodes (default all)")
@@ -203,35 +232,91 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--dtype", default="float32", choices=DTYPES, help="model and latent dtype (default float32)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
-    # listed for --help; main() hands their arguments over whole (they own their options and exit codes)
-    sub.add_parser("compare", help="diff two saved runs (pytest-benchmark JSON or run directories): "
-                   "table, overlay plot, exit 1 on a drift regression (wmcore compare --help)")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="diff two saved runs (pytest-benchmark JSON or run directories): table, overlay plot, "
+        "exit 1 on a drift regression",
+        description="Compare two saved runs pair by pair: a side-by-side table of drift metrics, an overlay "
+        "PNG of the curves, and exit status 1 if NEW regressed beyond the tolerances (0 otherwise, 2 on "
+        "unusable input). Tolerances: the flags, else [tool.wmcore.compare] of the nearest pyproject.toml "
+        "(keys step1_drop, auc_drop, horizon_drop, slowdown), else the defaults.",
+    )
+    p.add_argument("base", metavar="BASE", help="the reference run: a pytest-benchmark JSON (--benchmark-json / "
+                   "--benchmark-autosave) or a wmcore run directory runs/run-*/ of DriftReport JSONs")
+    p.add_argument("new", metavar="NEW", help="the run to check against BASE (same kinds)")
+    p.add_argument("--pair", action="append", default=[], metavar="OLD=NEW",
+                   help="pair model OLD of BASE with model NEW of NEW (names or specs), repeatable; models with "
+                   "the same name pair by themselves, and so do the models of two one-model runs")
+    p.add_argument("--out", metavar="PNG", help="overlay PNG to write (default runs/compare-YYYYmmdd-HHMMSS.png); "
+                   "an existing file is never overwritten")
+    p.add_argument("--max-step1-drop", type=float, metavar="D",
+                   help=f"tolerated drop of the closed-loop step-1 cosine (default {Tolerances.step1_drop})")
+    p.add_argument("--max-auc-drop", type=float, metavar="D",
+                   help=f"tolerated drop of the open-loop AUC (default {Tolerances.auc_drop})")
+    p.add_argument("--max-horizon-drop", type=int, metavar="N",
+                   help=f"open-loop drift horizon shortened by N steps or more regresses (default "
+                   f"{Tolerances.horizon_drop}; never reached within H counts as H+1)")
+    p.add_argument("--max-slowdown", type=float, metavar="RATIO",
+                   help="tolerated ratio of NEW's to BASE's median time, e.g. 1.2 (default: timings not gated)")
+    p.add_argument("--pyproject", metavar="PATH", help="pyproject.toml to read [tool.wmcore.compare] from "
+                   "(default: the nearest one with a [tool.wmcore] table)")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _add_make_fixtures(sub) -> None:
+    from .data.pusht import DEFAULT_SIZE
+
+    mf = sub.add_parser("make-fixtures", help="generate episode sets: make-fixtures pusht --out DIR "
+                        "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
+    kinds = mf.add_subparsers(dest="kind", metavar="KIND", required=True)
+    p = kinds.add_parser(
+        "pusht", help="PushT episodes from gym-pusht",
+        description="Generate PushT episodes (gym-pusht, headless) with a seeded smooth exploration policy: "
+        "episode_NNN.mp4 + episode_NNN.npz + index.json in a fresh directory.",
+    )
+    p.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    p.add_argument("--episodes", type=int, default=16, help="number of episodes (default 16)")
+    p.add_argument("--steps", type=int, default=200, help="environment steps per episode, 10 per second (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0; the committed "
+                   "evaluation set uses 10000, so training sets should stay below it)")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                   help=f"frame size in pixels, even (default {DEFAULT_SIZE})")
+    p.add_argument("--crf", type=int, default=None, help="H.264 crf (default 0: lossless in YUV)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_make_pusht)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
+    p.add_argument("--version", action="version", version=f"wmcore {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_report_commands(sub)
+    _add_compare(sub)
+    _add_make_fixtures(sub)
+    # listed for --help; main() hands its arguments to wmcore.train, which owns its options and exit codes
     sub.add_parser("train", help="train a world model on PushT episodes: the LeWorldModel-style default, or "
                    "--arch ac-tiny (wmcore train --help for its options)")
-    sub.add_parser("make-fixtures", help="generate episode sets: make-fixtures pusht --out DIR "
-                   "(wmcore make-fixtures pusht --help for its options; needs the [sim] extra)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``wmcore`` command; exit codes as in ``wmcore.errors`` (2 bad input, 3 a bug with its traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "compare":
-        from .compare import main as compare_main
-
-        return compare_main(argv[1:])
-    if argv and argv[0] == "train":
+    if argv[:1] == ["train"]:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    if argv and argv[0] == "make-fixtures":
-        return run_command("wmcore make-fixtures", lambda: _cmd_make_fixtures(argv[1:]))
+    # a command's errors name it, as argparse's own usage errors do (an unknown command is one of those)
+    prog = f"wmcore {argv[0]}" if argv and not argv[0].startswith("-") else "wmcore"
 
     def body() -> int:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
 
-    return run_command("wmcore", body)
+    return run_command(prog, body)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""``wmcore compare BASE NEW``: diff two saved runs pair by pair and give a regression verdict.
-
-A run is a pytest-benchmark JSON whose benchmarks carry wmcore's record (``extra_info["wmcore"]``,
-written by ``wm_record``), a run directory of DriftReport JSONs (``runs/run-*/``), or one DriftReport
-JSON. Run directories hold no timings.
+"""``wmcore compare``'s logic: two saved runs (``wmcore.runs``) -> pairs -> a table per pair and a
+regression verdict. Pure: no files are read or written here and nothing is printed; the command
+(``wmcore.cli``) reads the runs, prints ``summary_lines``, draws ``overlay_panels`` and exits 1 on a
+regression.
 
 Pairing. An entry is one (test, parameters, model) measurement. Entries pair when their test name
 (test file name and function, ``test_drift.py::test_drift``) and every parameter except the model
@@ -11,298 +10,43 @@ source is the only parameter. Models pair, in this order: by ``--pair OLD=NEW`` 
 spec on each side), by the same model name (``model.name``) on both sides, and, when each run has
 exactly one model, those two. What is left is listed as unpaired.
 
-Gated metrics (tolerances from the flags, else ``[tool.wmcore.compare]`` of the nearest
-pyproject.toml, else the defaults of ``Tolerances``): closed-loop step-1 cosine, open-loop AUC,
-open-loop drift horizon (never reached within H counts as H+1), and, when ``--max-slowdown`` is set,
-the median time. Pairs over different horizons or data (sha256) are refused.
-
-Exit status: 0 no regression, 1 a paired gated metric regressed beyond its tolerance, 2 unusable input.
+Gated metrics (``wmcore.settings.Tolerances``): closed-loop step-1 cosine, open-loop AUC, open-loop
+drift horizon (never reached within H counts as H+1, ``metrics.horizon_steps``), and, when a
+slowdown tolerance is set, the median time. Pairs over different horizons or data (sha256) are
+refused. A new gated metric is one more row in ``compare_pair`` with its ``regression`` set.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime as _dt
-import json
 import math
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import metrics as M
-from .config import find_pyproject, wmcore_table
-from .errors import WMError, run_command
-from .report import SCHEMA, DriftReport
+from .errors import WMError
+from .runs import Entry, Run
+from .settings import Tolerances
 
-MODEL_PARAM = "wm_model_spec"  # the bench's model parameter: what changes between the two runs
-ACTION_PARAM = "wm_action_source"
+__all__ = [
+    "Comparison",
+    "Pair",
+    "PairResult",
+    "Pairing",
+    "Row",
+    "check_comparable",
+    "compare_pair",
+    "compare_runs",
+    "format_result",
+    "overlay_panels",
+    "pair_models",
+    "pair_runs",
+    "parse_pair",
+    "summary_lines",
+    "verdict_lines",
+]
+
 _EPS = 1e-12  # float noise allowance when a change equals its tolerance
 _LIST_MAX = 20  # entries listed per side in an error message
-
-
-# --- tolerances --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """How much worse NEW may be than BASE before a pair counts as a regression."""
-
-    step1_drop: float = 0.02  # closed-loop step-1 cosine may drop by at most this
-    auc_drop: float = 0.02  # open-loop AUC (mean cosine over steps 1..H) may drop by at most this
-    horizon_drop: int = 2  # open-loop drift horizon shortening by this many steps or more regresses
-    slowdown: float | None = None  # median time may grow by at most this ratio (None: not gated)
-
-
-_FLAGS = {"step1_drop": "--max-step1-drop", "auc_drop": "--max-auc-drop",
-          "horizon_drop": "--max-horizon-drop", "slowdown": "--max-slowdown"}
-
-
-def _check_tolerance(key: str, v: Any, where: str) -> float | int:
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-    if key == "horizon_drop":
-        if bad or not float(v).is_integer() or v < 1:
-            raise WMError(f"{where}: horizon_drop={v!r}: expected an integer number of steps >= 1")
-        return int(v)
-    if key == "slowdown":
-        if bad or v < 1:
-            raise WMError(f"{where}: slowdown={v!r}: expected a time ratio >= 1 (1.1 allows 10% slower)")
-        return float(v)
-    if bad or v < 0:
-        raise WMError(f"{where}: {key}={v!r}: expected a number >= 0 (a cosine drop)")
-    return float(v)
-
-
-def load_tolerances(
-    pyproject: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
-) -> tuple[Tolerances, Path | None]:
-    """Tolerances from ``overrides`` (None values ignored) over ``[tool.wmcore.compare]`` of
-    ``pyproject`` (default: the nearest pyproject.toml with a ``[tool.wmcore]`` table, as for the
-    thresholds) over the defaults. Returns them and the pyproject read (None if none)."""
-    path = Path(pyproject) if pyproject else find_pyproject()
-    table = (wmcore_table(path) or {}).get("compare", {}) if path else {}
-    if not isinstance(table, dict):
-        raise WMError(f"{path}: [tool.wmcore] compare must be a table ([tool.wmcore.compare])")
-    known = [f.name for f in dataclasses.fields(Tolerances)]
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise WMError(f"{path}: unknown key(s) {unknown} in [tool.wmcore.compare]; known: {known}")
-    values = {k: _check_tolerance(k, v, f"{path} [tool.wmcore.compare]") for k, v in table.items()}
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            values[k] = _check_tolerance(k, v, _FLAGS.get(k, k))
-    return Tolerances(**values), path
-
-
-# --- runs and their entries --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One measured (test, parameters, model): the cosine curves ``[H]`` (index = step - 1) and what
-    identifies the model and the data."""
-
-    name: str  # as its run names it: the benchmark's name or the report's file name
-    test: str | None  # "test_drift.py::test_drift"; None for a DriftReport
-    params: tuple[tuple[str, str], ...]  # every parameter except the model, sorted
-    spec: str
-    label: str  # model.name
-    open_loop: tuple[float, ...]
-    closed_loop: tuple[float, ...]
-    skill1: float | None  # closed-loop step-1 MSE skill against copy-last
-    threshold: float
-    data_id: str | None
-    data_sha256: str | None
-    frameskip: Any
-    median_s: float | None  # pytest-benchmark's median time of the timed call
-
-    @property
-    def horizon(self) -> int:
-        return len(self.open_loop)
-
-    @property
-    def where(self) -> str:
-        return (self.test + " " if self.test else "") + _params_str(self.params)
-
-
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    kind: str  # "pytest-benchmark", "run directory", "drift report"
-    entries: tuple[Entry, ...]
-    skipped: tuple[str, ...] = ()  # benchmarks without a wmcore record
-
-    @property
-    def models(self) -> dict[str, str]:
-        """spec -> label, in order of appearance."""
-        return {e.spec: e.label for e in self.entries}
-
-
-def load_run(path: str | os.PathLike) -> Run:
-    """Read a pytest-benchmark JSON, a run directory of DriftReport JSONs, or one DriftReport JSON."""
-    p = Path(path)
-    if p.is_dir():
-        return _load_run_dir(p)
-    if not p.exists():
-        raise WMError(
-            f"{p}: no such file or directory; pass a pytest-benchmark JSON (pytest --benchmark-json=FILE or "
-            "--benchmark-autosave) or a wmcore run directory (runs/run-*/)"
-        )
-    doc = _read_json(p)
-    if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
-        return _load_benchmarks(p, doc)
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-        report = DriftReport.from_dict(doc, source=str(p))
-        return Run(p, "drift report", (_report_entry(report, p),))
-    raise WMError(
-        f"{p}: neither a pytest-benchmark JSON (no 'benchmarks' list) nor a wmcore DriftReport "
-        f"(schema {SCHEMA!r}); pass the file that pytest --benchmark-json / --benchmark-autosave wrote, "
-        "or a run directory runs/run-*/"
-    )
-
-
-def _read_json(p: Path) -> Any:
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise WMError(f"{p}: not a JSON file (not UTF-8 text)") from None
-    except OSError as e:
-        raise WMError(f"{p}: cannot read it ({e.strerror})") from None
-    try:
-        return json.loads(text)  # pytest-benchmark may write NaN / Infinity: accepted here, checked below
-    except json.JSONDecodeError as e:
-        raise WMError(f"{p}: not valid JSON ({e}); was the file truncated? Re-run the benchmark to rewrite it") from None
-
-
-def _load_run_dir(d: Path) -> Run:
-    files = sorted(d.glob("*.json"))
-    if not files:
-        raise WMError(
-            f"{d}: a directory without JSON files; expected a wmcore run directory (runs/run-*/) holding "
-            "DriftReport JSONs, or pass a pytest-benchmark JSON file"
-        )
-    entries = []
-    for f in files:
-        doc = _read_json(f)
-        if isinstance(doc, dict) and "benchmarks" in doc:
-            raise WMError(
-                f"{d}: holds pytest-benchmark files, not DriftReports; pass one of them as a file, e.g. {f}"
-            )
-        entries.append(_report_entry(DriftReport.from_dict(doc, source=str(f)), f))
-    return Run(d, "run directory", tuple(entries))
-
-
-def _report_entry(r: DriftReport, f: Path) -> Entry:
-    closed = r.loops["closed_loop"]
-    skill = closed.skill.get("copy_last") or [None]
-    return Entry(
-        name=f.name,
-        test=None,
-        params=((ACTION_PARAM, str(r.config.get("action_source", "?"))),),
-        spec=str(r.model.get("spec") or r.model.get("name") or f.stem),
-        label=str(r.model.get("name") or r.model.get("spec") or f.stem),
-        open_loop=_curve(r.loops["open_loop"].cosine, f"{f}: loops.open_loop.cosine"),
-        closed_loop=_curve(closed.cosine, f"{f}: loops.closed_loop.cosine"),
-        skill1=_number(skill[0]),
-        threshold=_threshold(r.thresholds, str(f)),
-        data_id=r.data.get("id"),
-        data_sha256=r.data.get("sha256"),
-        frameskip=r.model.get("frameskip"),
-        median_s=None,
-    )
-
-
-def _load_benchmarks(p: Path, doc: dict) -> Run:
-    entries, skipped = [], []
-    for i, b in enumerate(doc["benchmarks"]):
-        if not isinstance(b, dict):
-            raise WMError(f"{p}: benchmarks[{i}] is not an object; is this a pytest-benchmark JSON?")
-        name = str(b.get("name") or b.get("fullname") or f"benchmarks[{i}]")
-        extra = b.get("extra_info")
-        rec = extra.get("wmcore") if isinstance(extra, dict) else None
-        if rec is None:
-            skipped.append(name)
-            continue
-        entries.append(_benchmark_entry(b, rec, name, f"{p}: benchmark {name}"))
-    if not entries:
-        have = f"its {len(skipped)} benchmark(s) ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})" if skipped else "it has no benchmarks"
-        raise WMError(
-            f"{p}: no benchmark carries wmcore's record (extra_info['wmcore']): {have}. Compare files "
-            "written by a wmcore bench (pytest bench/ --benchmark-json=FILE; its tests call wm_record(report, "
-            "name, benchmark))"
-        )
-    return Run(p, "pytest-benchmark", tuple(entries), tuple(skipped))
-
-
-def _benchmark_entry(b: dict, rec: Any, name: str, where: str) -> Entry:
-    if not isinstance(rec, dict):
-        raise WMError(f"{where}: extra_info['wmcore'] is not an object; was it written by wm_record?")
-    try:
-        model, data, curves = rec["model"], rec.get("data") or {}, rec["curves"]
-        params = dict(b.get("params") or {})
-        spec = params.pop(MODEL_PARAM, None) or model.get("spec") or model["name"]
-        open_ = _curve(curves["open_loop"], f"{where}: curves.open_loop")
-        closed = _curve(curves["closed_loop"], f"{where}: curves.closed_loop")
-        skill = [g.get("measured") for g in rec.get("gates") or [] if g.get("name") == "skill_vs_copy_last"]
-        stats = b.get("stats")
-        return Entry(
-            name=name,
-            test=_test_name(b),
-            params=tuple(sorted((str(k), v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in params.items())),
-            spec=str(spec),
-            label=str(model.get("name") or spec),
-            open_loop=open_,
-            closed_loop=closed,
-            skill1=_number(skill[0]) if skill else None,
-            threshold=_threshold(rec.get("thresholds") or {}, where),
-            data_id=data.get("id"),
-            data_sha256=data.get("sha256"),
-            frameskip=model.get("frameskip"),
-            median_s=_positive(stats.get("median")) if isinstance(stats, dict) else None,
-        )
-    except (KeyError, TypeError, AttributeError) as e:
-        what = f"field {e.args[0]!r}" if isinstance(e, KeyError) else f"a malformed field ({e})"
-        raise WMError(f"{where}: extra_info['wmcore'] lacks {what}; was it written by wmcore's wm_record?") from None
-
-
-def _test_name(b: dict) -> str:
-    """``bench/test_drift.py::test_drift[pusht-lewm-recorded]`` -> ``test_drift.py::test_drift``: the
-    test without its parameters, and without the directory, so a moved file still pairs."""
-    full = str(b.get("fullname") or b.get("name") or "")
-    full = full.split("[", 1)[0]
-    file, sep, rest = full.partition("::")
-    return f"{Path(file).name}{sep}{rest}"
-
-
-def _curve(v: Any, where: str) -> tuple[float, ...]:
-    ok = isinstance(v, list) and v and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
-    )
-    if not ok:
-        raise WMError(f"{where}: expected a non-empty list of finite cosines, found {str(v)[:80]}")
-    return tuple(float(x) for x in v)
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _positive(v: Any) -> float | None:
-    v = _number(v)
-    return v if v is not None and math.isfinite(v) and v > 0 else None
-
-
-def _threshold(thresholds: Any, where: str) -> float:
-    t = thresholds.get("threshold", 0.5) if isinstance(thresholds, dict) else 0.5
-    if _number(t) is None or not math.isfinite(t):
-        raise WMError(f"{where}: thresholds.threshold must be a number, found {t!r}")
-    return float(t)
-
-
-def _params_str(params: tuple[tuple[str, str], ...]) -> str:
-    return "[" + ", ".join(f"{k}={v}" for k, v in params) + "]"
 
 
 # --- pairing -----------------------------------------------------------------------------------
@@ -400,7 +144,7 @@ def _index(run: Run, use_test: bool) -> dict[tuple, Entry]:
         if k in out:
             hint = "" if use_test else "; compare two pytest-benchmark files to tell tests apart by name"
             raise WMError(
-                f"{run.path}: two entries for model {e.label} at {_params_str(e.params)} ({out[k].name} and "
+                f"{run.path}: two entries for model {e.label} at {e.params_text} ({out[k].name} and "
                 f"{e.name}), cannot tell which to compare{hint}"
             )
         out[k] = e
@@ -470,12 +214,12 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
 
     thr = o.threshold  # both horizons at BASE's threshold, so they measure the same crossing
     dh_o, dh_n = M.drift_horizon(o.open_loop, thr), M.drift_horizon(n.open_loop, thr)
-    eff_o, eff_n = (h + 1 if dh_o is None else dh_o), (h + 1 if dh_n is None else dh_n)
+    eff_o, eff_n = M.horizon_steps(dh_o, h), M.horizon_steps(dh_n, h)
     reg = None
     if eff_o - eff_n >= tol.horizon_drop:
-        reg = (f"open-loop drift horizon shortened by {eff_o - eff_n} steps ({_horizon(dh_o, h)} -> "
-               f"{_horizon(dh_n, h)}; tolerance: shorter by < {tol.horizon_drop})")
-    rows.append(Row(f"open loop, drift horizon @{thr:g}", _horizon(dh_o, h), _horizon(dh_n, h), f"{eff_n - eff_o:+d}",
+        reg = (f"open-loop drift horizon shortened by {eff_o - eff_n} steps ({_horizon(dh_o)} -> "
+               f"{_horizon(dh_n)}; tolerance: shorter by < {tol.horizon_drop})")
+    rows.append(Row(f"open loop, drift horizon @{thr:g}", _horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}",
                     f"shorter by < {tol.horizon_drop}", reg))
 
     rows.append(Row("closed loop, step-1 skill vs copy-last", _signed(o.skill1), _signed(n.skill1),
@@ -505,7 +249,7 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     return PairResult(pair, tuple(rows), tuple(notes))
 
 
-def _horizon(dh: int | None, h: int) -> str:
+def _horizon(dh: int | None) -> str:
     return "never" if dh is None else str(dh)
 
 
@@ -552,67 +296,28 @@ def format_result(res: PairResult, index: int) -> str:
     return "\n".join(lines)
 
 
-# --- the command -------------------------------------------------------------------------------
+# --- two runs ----------------------------------------------------------------------------------
 
 
-def default_out(root: str | os.PathLike = "runs") -> Path:
-    """``runs/compare-YYYYmmdd-HHMMSS.png``, with ``-n`` added if that name exists."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        p = Path(root) / (f"compare-{stamp}" + (f"-{i}" if i else "") + ".png")
-        if not p.exists():
-            return p
-    raise WMError(f"{root}: could not find a fresh name for the overlay PNG; pass --out")
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs compared: the result of every pair, and what could not be paired."""
+
+    base: Run
+    new: Run
+    tolerances: Tolerances
+    pairing: Pairing
+    results: tuple[PairResult, ...]
+
+    @property
+    def regressed(self) -> list[PairResult]:
+        return [res for res in self.results if res.regressions]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wmcore compare",
-        description="Compare two saved runs pair by pair: a side-by-side table of drift metrics, an overlay "
-        "PNG of the curves, and exit status 1 if NEW regressed beyond the tolerances (0 otherwise, 2 on "
-        "unusable input). Tolerances: the flags, else [tool.wmcore.compare] of the nearest pyproject.toml "
-        "(keys step1_drop, auc_drop, horizon_drop, slowdown), else the defaults.",
-    )
-    p.add_argument("base", metavar="BASE", help="the reference run: a pytest-benchmark JSON (--benchmark-json / "
-                   "--benchmark-autosave) or a wmcore run directory runs/run-*/ of DriftReport JSONs")
-    p.add_argument("new", metavar="NEW", help="the run to check against BASE (same kinds)")
-    p.add_argument("--pair", action="append", default=[], metavar="OLD=NEW",
-                   help="pair model OLD of BASE with model NEW of NEW (names or specs), repeatable; models with "
-                   "the same name pair by themselves, and so do the models of two one-model runs")
-    p.add_argument("--out", metavar="PNG", help="overlay PNG to write (default runs/compare-YYYYmmdd-HHMMSS.png); "
-                   "an existing file is never overwritten")
-    p.add_argument("--max-step1-drop", type=float, metavar="D",
-                   help=f"tolerated drop of the closed-loop step-1 cosine (default {Tolerances.step1_drop})")
-    p.add_argument("--max-auc-drop", type=float, metavar="D",
-                   help=f"tolerated drop of the open-loop AUC (default {Tolerances.auc_drop})")
-    p.add_argument("--max-horizon-drop", type=int, metavar="N",
-                   help=f"open-loop drift horizon shortened by N steps or more regresses (default "
-                   f"{Tolerances.horizon_drop}; never reached within H counts as H+1)")
-    p.add_argument("--max-slowdown", type=float, metavar="RATIO",
-                   help="tolerated ratio of NEW's to BASE's median time, e.g. 1.2 (default: timings not gated)")
-    p.add_argument("--pyproject", metavar="PATH", help="pyproject.toml to read [tool.wmcore.compare] from "
-                   "(default: the nearest one with a [tool.wmcore] table)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``wmcore compare``; exit codes as in ``wmcore.errors`` (1: a regression)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return run_command("wmcore compare", lambda: _run(build_parser().parse_args(argv)))
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .plot import plot_overlay
-
-    flags = {"step1_drop": args.max_step1_drop, "auc_drop": args.max_auc_drop,
-             "horizon_drop": args.max_horizon_drop, "slowdown": args.max_slowdown}
-    tol, pyproject = load_tolerances(args.pyproject, flags)
-    for arg in args.pair:
-        parse_pair(arg)  # syntax first: a typo should not wait for the runs to load
-    if args.out and Path(args.out).exists():
-        raise WMError(f"--out {args.out}: exists already; wmcore never overwrites a file, choose a new name")
-    base, new = load_run(args.base), load_run(args.new)
-    pairing = pair_runs(base, new, args.pair)
+def compare_runs(base: Run, new: Run, tol: Tolerances, explicit: Sequence[str] = ()) -> Comparison:
+    """Pair ``base`` and ``new`` (``explicit``: ``--pair OLD=NEW`` arguments) and compare every pair;
+    WMError when nothing pairs or a pair is over different steps or data."""
+    pairing = pair_runs(base, new, explicit)
     if not pairing.pairs:
         raise WMError(
             "no common entries to compare. Entries pair by test name and every parameter except the model; "
@@ -620,30 +325,51 @@ def _run(args: argparse.Namespace) -> int:
             f"  BASE {base.path} has:\n{_entry_list(base.entries)}\n  NEW {new.path} has:\n{_entry_list(new.entries)}"
         )
     check_comparable(pairing.pairs)
+    results = tuple(compare_pair(p, tol, base.kind, new.kind) for p in pairing.pairs)
+    return Comparison(base, new, tol, pairing, results)
 
-    source = ", ".join(f"{k}={v}" for k, v in flags.items() if v is not None)
-    print(f"BASE {base.path} ({base.kind}, {len(base.entries)} entries)")
-    print(f"NEW  {new.path} ({new.kind}, {len(new.entries)} entries)")
-    print(
+
+def summary_lines(c: Comparison, flags: str = "", pyproject: object = None) -> list[str]:
+    """The runs, the tolerances (``flags``: the options that set them; ``pyproject``: the file read),
+    the table of every pair, and what was not compared."""
+    base, new, tol = c.base, c.new, c.tolerances
+    lines = [
+        f"BASE {base.path} ({base.kind}, {len(base.entries)} entries)",
+        f"NEW  {new.path} ({new.kind}, {len(new.entries)} entries)",
         f"tolerances: closed-loop step-1 cosine drop <= {tol.step1_drop:g}, open-loop AUC drop <= {tol.auc_drop:g}, "
         f"open-loop drift horizon shorter by < {tol.horizon_drop} steps, median time "
         + (f"ratio <= {tol.slowdown:g}" if tol.slowdown is not None else "not gated")
-        + f" (flags: {source or 'none'}; pyproject: {pyproject or 'none'})"
-    )
-    results = [compare_pair(p, tol, base.kind, new.kind) for p in pairing.pairs]
-    for i, res in enumerate(results, 1):
-        print()
-        print(format_result(res, i))
-    print()
-    for side, run, only in (("BASE", base, pairing.only_base), ("NEW", new, pairing.only_new)):
+        + f" (flags: {flags or 'none'}; pyproject: {pyproject or 'none'})",
+    ]
+    for i, res in enumerate(c.results, 1):
+        lines += ["", format_result(res, i)]
+    lines.append("")
+    for side, run, only in (("BASE", base, c.pairing.only_base), ("NEW", new, c.pairing.only_new)):
         if only:
-            print(f"unpaired, only in {side}:\n{_entry_list(only)}")
+            lines.append(f"unpaired, only in {side}:\n{_entry_list(only)}")
         if run.skipped:
-            print(f"{side}: {len(run.skipped)} benchmark(s) without a wmcore record, not compared: "
-                  + ", ".join(run.skipped))
+            lines.append(f"{side}: {len(run.skipped)} benchmark(s) without a wmcore record, not compared: "
+                         + ", ".join(run.skipped))
+    return lines
 
+
+def verdict_lines(c: Comparison) -> list[str]:
+    """``verdict: ...`` and, on a regression, each regressed pair with its reasons."""
+    regressed = c.regressed
+    if not regressed:
+        return [f"verdict: no regression in {len(c.results)} pair(s)"]
+    lines = [f"verdict: REGRESSION in {len(regressed)} of {len(c.results)} pair(s)"]
+    for res in regressed:
+        lines.append(f"  {res.pair.old.where}: {pair_models(res.pair)}:")
+        lines += [f"    - {w}" for w in res.regressions]
+    return lines
+
+
+def overlay_panels(c: Comparison) -> list[tuple[list[tuple[str, tuple[float, ...], tuple[float, ...]]], float, str]]:
+    """One panel per pair for ``plot.plot_overlay``: (label, open-loop ``[H]``, closed-loop ``[H]``)
+    of both sides, BASE's threshold, and a title."""
     panels = []
-    for res in results:
+    for res in c.results:
         o, n = res.pair.old, res.pair.new
         same = o.label == n.label and o.spec != n.spec
         panels.append((
@@ -652,20 +378,7 @@ def _run(args: argparse.Namespace) -> int:
             o.threshold,
             f"{o.where}: {pair_models(res.pair)}",
         ))
-    out = plot_overlay(panels, Path(args.out) if args.out else default_out(),
-                       title=f"BASE {base.path.name} vs NEW {new.path.name}")
-    print(f"overlay: {out}")
-
-    regressed = [(res, res.regressions) for res in results if res.regressions]
-    if not regressed:
-        print(f"verdict: no regression in {len(results)} pair(s)")
-        return 0
-    print(f"verdict: REGRESSION in {len(regressed)} of {len(results)} pair(s)")
-    for res, why in regressed:
-        print(f"  {res.pair.old.where}: {pair_models(res.pair)}:")
-        for w in why:
-            print(f"    - {w}")
-    return 1
+    return panels
 
 
 def _entry_list(entries: Sequence[Entry]) -> str:
@@ -673,7 +386,3 @@ def _entry_list(entries: Sequence[Entry]) -> str:
     if len(entries) > _LIST_MAX:
         lines.append(f"    ... and {len(entries) - _LIST_MAX} more")
     return "\n".join(lines) or "    (nothing)"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

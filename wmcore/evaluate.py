@@ -1,6 +1,8 @@
 """One evaluation: episodes + model -> latents -> open and closed loop -> metrics -> DriftReport.
 
-This is the glue that the pytest plugin and the CLI share; a user's script can call it directly.
+This is the glue that the pytest plugin, the CLI and the bench share; a user's script can call it
+directly. ``EvalConfig`` and ``Thresholds`` (``wmcore.settings``) are re-exported here because every
+call of ``evaluate`` takes them.
 """
 
 from __future__ import annotations
@@ -14,40 +16,24 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
-from .config import DTYPES, Thresholds
 from .episode import Batch, Episode, content_sha256, stack, video_summary
 from .errors import WMError
 from .protocol import WorldModel
 from .report import DriftReport, environment
-from .rollout import ACTION_SOURCES, block_actions, closed_loop, make_actions, open_loop, subsample
+from .rollout import block_actions, closed_loop, make_actions, open_loop, subsample
+from .settings import EvalConfig, Thresholds
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How to roll out. ``batch_size`` is episodes per encoder/rollout call (memory, not results)."""
-
-    horizon: int = 30
-    start: int = 0  # recorded steps skipped at the start of each episode before context frame 0
-    context: int = 1
-    window: int | None = None
-    action_source: str = "recorded"
-    seed: int = 0
-    use_cache: bool = True
-    batch_size: int = 16
-    device: str = "cpu"
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1)):
-            v = getattr(self, name)
-            if v is None and name == "window":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise WMError(f"EvalConfig.{name}: expected an integer >= {least}, found {v!r}")
-        if self.action_source not in ACTION_SOURCES:
-            raise WMError(f"EvalConfig.action_source {self.action_source!r}: expected one of {', '.join(ACTION_SOURCES)}")
-        if self.dtype not in DTYPES:
-            raise WMError(f"EvalConfig.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+__all__ = [
+    "EvalConfig",
+    "Prepared",
+    "Thresholds",
+    "build_report",
+    "check_actions",
+    "check_episodes",
+    "evaluate",
+    "prepare",
+    "rollouts",
+]
 
 
 def check_actions(model: WorldModel, width: int) -> None:
@@ -83,7 +69,11 @@ class Prepared:
 
 
 def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalConfig) -> Prepared:
-    """Subsample frames by the model's frameskip, block the actions, encode, pick the action source."""
+    """Subsample frames by the model's frameskip, block the actions, encode, pick the action source.
+
+    ``episodes``: frames uint8 ``[B, T+1, H, W, 3]`` and recorded actions ``[B, T, a]`` (and states);
+    the result holds latents ``[B, S+1, N, D]`` and model-step actions ``[B, S, a * frameskip]``, S
+    model steps after ``cfg.start`` recorded steps are skipped."""
     batch = episodes if isinstance(episodes, Batch) else stack(episodes)
     if cfg.start:
         if cfg.start < 0 or cfg.start >= batch.actions.shape[1]:
@@ -151,7 +141,9 @@ def evaluate(
     spec: str | None = None,
     data_id: str = "episodes",
 ) -> DriftReport:
-    """Run both loops and every metric and gate; return the DriftReport (nothing is written)."""
+    """Run both loops and every metric and gate; return the DriftReport (nothing is written).
+
+    ``episodes``: as for ``prepare``, or its result (latents already encoded)."""
     t0 = time.perf_counter()
     prep = episodes if isinstance(episodes, Prepared) else prepare(model, episodes, cfg)
     t1 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Files that never clobber and are never seen half written: atomic writes that refuse to replace what
-exists (``write_new``), atomic replacement of a file that is ours to rewrite (``write_replace``), and
-fresh run dirs.
+exists (``write_new``), atomic replacement of a file that is ours to rewrite (``write_replace``), fresh
+run dirs and file names (``new_run_dir``, ``fresh_path``, ``safe_name``), and the one JSON reader
+(``read_json``) whose failures are WMErrors naming the file.
 
 Every file is written under a hidden temporary name (``.NAME.XXXXXXXX.tmp``) in the directory of its
 final name, flushed to disk, given the mode the user's umask asks for (``0o666 & ~umask``, like any
@@ -12,13 +13,27 @@ most a hidden ``.tmp`` leftover (which no reader of ``*.json`` / ``*.png`` picks
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterator, Union
 
 from .errors import WMError
+
+__all__ = [
+    "Data",
+    "current_umask",
+    "file_mode",
+    "fresh_path",
+    "link_new",
+    "new_run_dir",
+    "read_json",
+    "safe_name",
+    "write_new",
+    "write_replace",
+]
 
 #: What a write takes: the bytes, or a callable that writes into the open binary file it is given
 #: (e.g. ``lambda f: torch.save(obj, f)``, which then needs no second copy in memory).
@@ -140,12 +155,54 @@ def new_run_dir(root: str | os.PathLike, label: str = "run") -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WMError(f"{root}: cannot create the run directory's parent ({e.strerror or e}); choose a writable place") from None
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        d = root / (f"{label}-{stamp}" + (f"-{n}" if n else ""))
+    for d in _stamped(root, label):
         try:
             d.mkdir()
             return d
         except FileExistsError:
             continue
     raise WMError(f"{root}: could not create a fresh run directory (1000 tries)")
+
+
+def fresh_path(root: str | os.PathLike, label: str, suffix: str = "") -> Path:
+    """The first free name ``root/<label>-YYYYmmdd-HHMMSS[-n]<suffix>`` (nothing is created: the
+    writer still refuses a name that appears meanwhile, see ``write_new``)."""
+    for p in _stamped(Path(root), label, suffix):
+        if not os.path.lexists(p):
+            return p
+    raise WMError(f"{root}: could not find a fresh name {label}-*{suffix} (1000 tries); choose a name yourself")
+
+
+def _stamped(root: Path, label: str, suffix: str = "") -> Iterator[Path]:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        yield root / (f"{label}-{stamp}" + (f"-{n}" if n else "") + suffix)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a portable file name: every character but letters, digits and ``-_.`` becomes ``_``
+    (model names such as ``analytic[delta=0.05]`` hold glob and shell characters)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def read_json(path: str | os.PathLike, *, strict: bool = False, hint: str = "was the file truncated?") -> Any:
+    """The JSON document in ``path``; WMError naming the file if it cannot be read, is not UTF-8 or
+    not JSON (``hint`` ends that message). ``strict``: refuse NaN and Infinity, which Python's json
+    writes but standard JSON lacks (pytest-benchmark may write them: its readers pass False)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise WMError(f"{p}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WMError(f"{p}: not a JSON file (not UTF-8 text)") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant if strict else None)
+    except ValueError as e:  # json.JSONDecodeError is a ValueError, and so is _reject_constant's
+        raise WMError(f"{p}: not valid JSON ({e}); {hint}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")

@@ -13,6 +13,34 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+__all__ = [
+    "Gate",
+    "LoopStats",
+    "auc",
+    "bootstrap_ci",
+    "centred_cosine",
+    "chance_level",
+    "copy_first",
+    "copy_last",
+    "cosine",
+    "curve",
+    "drift_horizon",
+    "gate_closed_ge_open",
+    "gate_horizon",
+    "gate_mean_skill",
+    "gate_monotone",
+    "gate_skill",
+    "gate_step1",
+    "horizon_steps",
+    "l1",
+    "latent_mean",
+    "loop_stats",
+    "max_rise",
+    "mse",
+    "skill",
+    "worst_gap",
+]
+
 # --- per-step similarity and error -------------------------------------------------------------
 
 
@@ -139,6 +167,12 @@ def drift_horizon(curve_: Tensor, threshold: float = 0.5) -> int | None:
     """
     below = (torch.as_tensor(curve_, dtype=torch.float64) < threshold).nonzero()
     return int(below[0, 0]) + 1 if len(below) else None
+
+
+def horizon_steps(horizon: int | None, h: int) -> int:
+    """A drift horizon as a number to compare: never falling below the threshold within the ``h``
+    rolled-out steps (None) counts as ``h + 1``, one step beyond anything measured."""
+    return h + 1 if horizon is None else horizon
 
 
 def auc(curve_: Tensor) -> float:
@@ -318,7 +352,7 @@ def gate_mean_skill(
 def gate_horizon(horizon: int | None, minimum: int, h: int, threshold: float, label: str = "open loop") -> Gate:
     """The drift horizon (first step below ``threshold``) must be at least ``minimum``; a curve that
     never falls below it within the ``h`` steps passes (measured is then ``h + 1``)."""
-    v = h + 1 if horizon is None else horizon
+    v = horizon_steps(horizon, h)
     ok = v >= minimum
     where = f"never falls below {threshold:g} within {h} steps" if horizon is None else f"falls below {threshold:g} at step {horizon}"
     msg = f"{label} {where}; need step >= {minimum}"

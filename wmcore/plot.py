@@ -16,6 +16,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .fsio import write_new  # noqa: E402
 from .report import DriftReport  # noqa: E402
 
+__all__ = [
+    "Curves",
+    "Panel",
+    "drift_figure",
+    "overlay_axes",
+    "overlay_figure",
+    "plot_drift",
+    "plot_overlay",
+    "save_png",
+]
+
 _STYLE = {
     "open_loop": dict(color="tab:blue", label="open loop (imagined)"),
     "closed_loop": dict(color="tab:green", label="closed loop (teacher forced)"),

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+__all__ = ["IncrementalWorldModel", "StatePropagator", "WorldModel", "fingerprint"]
+
 
 @runtime_checkable
 class WorldModel(Protocol):

@@ -18,7 +18,10 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
 
 Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
 models and action sources, and ``wm_model`` / ``wm_episodes`` / ``wm_prepared`` for the (session-cached)
-loaded model, episodes and encoded ground truth.
+loaded model, episodes and encoded ground truth; ``wm_reference`` for a model's report with another
+action source (so a test that compares against it passes in any order); ``wm_record`` to write a
+report and record it in the benchmark. Settings are resolved by ``wmcore.settings.resolve``, as for
+the command line; the terminal summary is ``wmcore.report.render_text``.
 """
 
 from __future__ import annotations
@@ -30,25 +33,31 @@ from typing import Any
 
 import pytest
 
-from .config import DTYPES, Thresholds, check_placement, load_thresholds
 from .errors import WMError
-from .fsio import new_run_dir
-from .report import DriftReport
+from .benchmark_json import atomic_benchmark_writes
+from .fsio import new_run_dir, safe_name
+from .report import DriftReport, render_text
 from .rollout import ACTION_SOURCES
+from .settings import DTYPES, Thresholds, check_placement, load_thresholds, parse_overrides, resolve
+
+__all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest finds by name
 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
-_SETTINGS = pytest.StashKey["Settings"]()
+_SETTINGS = pytest.StashKey["WMOptions"]()
 _CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents of this session
 # the fixtures that need the models / the episodes loaded: collected tests that use them make the
 # plugin load both before any test runs, so that data or a model that cannot be loaded is a usage error
 _NEEDS_MODEL = {"wm_model", "wm_prepared"}
 _NEEDS_DATA = {"wm_episodes", "wm_prepared"}
+# measured by default: recorded actions (the gates) and random ones (a model must do worse with them)
+DEFAULT_ACTIONS = ("recorded", "random")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The resolved ``--wm-*`` options."""
+class WMOptions:
+    """The checked ``--wm-*`` options (the ``wm_settings`` fixture); ``thresholds``: the
+    ``--wm-threshold`` overrides, KEY -> VALUE."""
 
     models: tuple[str, ...]
     data: str
@@ -61,6 +70,11 @@ class Settings:
     device: str
     dtype: str
     thresholds: dict
+
+    @property
+    def data_id(self) -> str:
+        """How reports name the data: ``--wm-data``, with ``[:N]`` for ``--wm-episodes N``."""
+        return self.data + (f"[:{self.episodes}]" if self.episodes else "")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="recorded steps to skip at the start of each episode (default: start in [tool.wmcore], 0)")
     g.addoption("--wm-episodes", type=int, default=None, metavar="N", help="use only the first N episodes")
     g.addoption("--wm-actions", action="append", default=None, metavar="SRC",
-                help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: recorded and random)")
+                help=f"action source, repeatable: {', '.join(ACTION_SOURCES)} (default: {' and '.join(DEFAULT_ACTIONS)})")
     g.addoption("--wm-device", default="cpu", metavar="DEV", help="torch device (default cpu)")
     g.addoption("--wm-dtype", default="float32", metavar="DT", help=f"one of {', '.join(DTYPES)} (default float32)")
     g.addoption("--wm-threshold", action="append", default=None, metavar="KEY=VALUE",
@@ -98,8 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
     config.stash[_CACHE] = {}
-    from .data import DEFAULT_DATA
     from .models import EMBEDDED, FAMILIES
+    from .paths import DEFAULT_DATA
 
     o = config.getoption
     models = tuple(o("wm_model") or EMBEDDED)
@@ -109,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--wm-model {spec!r}: unknown model spec; use an embedded name {sorted(EMBEDDED)} or "
                 f"FAMILY:PATH with a family in {sorted(FAMILIES)}"
             )
-    actions = tuple(o("wm_actions") or ["recorded", "random"])
+    actions = tuple(o("wm_actions") or DEFAULT_ACTIONS)
     bad = [a for a in actions if a not in ACTION_SOURCES]
     if bad:
         raise pytest.UsageError(f"--wm-actions {bad[0]!r}: expected one of {', '.join(ACTION_SOURCES)}")
@@ -130,17 +144,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--wm-data {data!r}: no such file or directory")
     if o("wm_actions_file") is not None and not Path(o("wm_actions_file")).is_file():
         raise pytest.UsageError(f"--wm-actions-file {o('wm_actions_file')!r}: no such file")
-    overrides = {}
-    for item in o("wm_threshold") or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise pytest.UsageError(f"--wm-threshold {item!r}: expected KEY=VALUE, e.g. step1_min=0.9")
-        overrides[key.strip()] = value.strip()
+    try:
+        overrides = parse_overrides(o("wm_threshold") or [], "--wm-threshold")
+    except WMError as e:
+        raise pytest.UsageError(str(e)) from None
     try:
         load_thresholds(None, overrides=overrides)  # unknown keys and bad values fail here, once
-    except ValueError as e:
+    except WMError as e:
         raise pytest.UsageError(f"--wm-threshold: {e}") from None
-    config.stash[_SETTINGS] = Settings(
+    config.stash[_SETTINGS] = WMOptions(
         models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"),
         start=o("wm_start"), episodes=o("wm_episodes"), actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
         thresholds=overrides,
@@ -158,7 +170,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def wm_settings(pytestconfig: pytest.Config) -> Settings:
+def wm_settings(pytestconfig: pytest.Config) -> WMOptions:
+    """The checked ``--wm-*`` options."""
     return pytestconfig.stash[_SETTINGS]
 
 
@@ -167,8 +180,8 @@ def _model(config: pytest.Config, spec: str):
     cache, s = config.stash[_CACHE], config.stash[_SETTINGS]
     key = ("model", spec)
     if key not in cache:
-        from .config import place_model
         from .models import load
+        from .settings import place_model
 
         cache[key] = place_model(load(spec), s.device, s.dtype)
     return cache[key]
@@ -232,15 +245,15 @@ def wm_episodes(pytestconfig: pytest.Config):
 
 
 @pytest.fixture(scope="session")
-def wm_eval_config(wm_settings: Settings, wm_thresholds):
-    """``wm_eval_config(model_name, action_source) -> EvalConfig`` from the options and thresholds."""
-    from .evaluate import EvalConfig
+def wm_eval_config(wm_settings: WMOptions):
+    """``wm_eval_config(model_name, action_source) -> EvalConfig`` from the options and thresholds
+    (``wmcore.settings.resolve``)."""
 
-    def make(model: str, source: str = "recorded") -> EvalConfig:
-        t = wm_thresholds(model)
-        h = wm_settings.horizon or t.horizon
-        start = t.start if wm_settings.start is None else wm_settings.start
-        return EvalConfig(horizon=h, start=start, action_source=source, device=wm_settings.device, dtype=wm_settings.dtype)
+    def make(model: str, source: str = "recorded"):
+        s = wm_settings
+        cfg, _ = resolve(model, horizon=s.horizon, start=s.start, action_source=source, device=s.device,
+                         dtype=s.dtype, overrides=s.thresholds)
+        return cfg
 
     return make
 
@@ -252,21 +265,48 @@ def wm_prepared(wm_model, wm_model_spec: str, wm_episodes, wm_eval_config, _wm_c
     import dataclasses
 
     from .evaluate import prepare
+    from .rollout import make_actions
 
     def get(source: str = "recorded"):
         cfg = wm_eval_config(wm_model.name, source)
         key = ("prepared", wm_model_spec, cfg)
         if key not in _wm_cache:
-            base = ("prepared", wm_model_spec, dataclasses.replace(cfg, action_source="recorded"))
-            if source != "recorded" and base in _wm_cache:
-                from .rollout import make_actions
-
-                p = _wm_cache[base]
+            if source == "recorded":
+                _wm_cache[key] = prepare(wm_model, wm_episodes, cfg)
+            else:
+                # always from the recorded actions as prepared (on the device, in the dtype), whichever
+                # source a session asks for first, so that a source's actions do not depend on the order
+                _, p = get("recorded")
                 recorded = p.actions
                 _wm_cache[key] = dataclasses.replace(p, actions=make_actions(source, recorded.float().cpu(), cfg.seed).to(recorded))
-            else:
-                _wm_cache[key] = prepare(wm_model, wm_episodes, cfg)
         return cfg, _wm_cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def wm_reference(wm_model, wm_model_spec: str, wm_prepared, wm_thresholds, wm_settings: WMOptions,
+                 pytestconfig: pytest.Config, _wm_cache: dict):
+    """``wm_reference(action_source="recorded") -> DriftReport``: this model's report with that action
+    source. The one ``wm_record`` recorded this session for the same spec and config if there is one,
+    else evaluated now (untimed, not recorded) and kept for the session: the same numbers either way,
+    so a test that compares against it passes whatever ran before it."""
+    import dataclasses
+
+    from .evaluate import build_report, rollouts
+
+    def get(source: str = "recorded") -> DriftReport:
+        cfg, prep = wm_prepared(source)
+        config = dataclasses.asdict(cfg)
+        for _, r in pytestconfig.stash[_REPORTS]:
+            if r.model.get("spec") == wm_model_spec and r.config == config:
+                return r
+        key = ("reference", wm_model_spec, cfg)
+        if key not in _wm_cache:
+            _wm_cache[key] = build_report(wm_model, prep, *rollouts(wm_model, prep, cfg), cfg,
+                                          wm_thresholds(wm_model.name), spec=wm_model_spec,
+                                          data_id=wm_settings.data_id)
+        return _wm_cache[key]
 
     return get
 
@@ -295,15 +335,15 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
     directory and put the curves, gates and metadata into the benchmark's ``extra_info``."""
     from .plot import plot_drift
 
+    from .runs import benchmark_record
+
     def record(report: DriftReport, name: str, benchmark: Any = None) -> dict[str, Path]:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        safe = safe_name(name)
         paths = {"json": report.save(wm_run_dir / f"{safe}.json"), "png": plot_drift(report, wm_run_dir / f"{safe}.png")}
         request.config.stash[_WRITTEN].extend(paths.values())
         request.config.stash[_REPORTS].append((safe, report))
         if benchmark is not None:
-            d = report.to_dict()
-            benchmark.extra_info["wmcore"] = {k: d[k] for k in ("model", "data", "config", "thresholds", "summary", "gates", "passed", "chance_level", "chance_level_centred")}
-            benchmark.extra_info["wmcore"]["curves"] = {k: v["cosine"] for k, v in d["loops"].items()}
+            benchmark.extra_info["wmcore"] = benchmark_record(report)
         return paths
 
     return record
@@ -323,29 +363,6 @@ def _overlay(reports: list, run_dir: Path) -> Path | None:
     return plot_overlay(drawn, run_dir / "overlay.png", title="all models, open (solid) and closed (dashed) loop")
 
 
-def _table(reports: list) -> list[str]:
-    head = f"{'model':<28} {'actions':<9} {'closed@1':>8} {'open@1':>7} {'open@10':>7} {'open@H':>7} {'horizon':>7} {'skill@1':>8}  verdict"
-    lines = [head, "-" * len(head)]
-    for _, r in reports:
-        op, cl = r.loops["open_loop"], r.loops["closed_loop"]
-        at10 = f"{op.cosine[9]:7.3f}" if r.horizon >= 10 else f"{'-':>7}"
-        hz = "never" if op.drift_horizon is None else str(op.drift_horizon)
-        skill = cl.skill.get("copy_last", [float("nan")])[0]
-        failed = [g.name for g in r.gates if not g.passed]
-        verdict = "PASS" if not failed else "FAIL " + ",".join(failed)
-        if r.config.get("action_source") != "recorded":
-            verdict = "(measured)"  # the gates are asserted on recorded actions
-        name = str(r.model.get("spec") or r.model.get("name"))[:28]
-        lines.append(
-            f"{name:<28} {r.config.get('action_source', '?'):<9} {cl.cosine[0]:8.3f} {op.cosine[0]:7.3f} {at10} "
-            f"{op.cosine[-1]:7.3f} {hz:>7} {skill:+8.3f}  {verdict}"
-        )
-    h = reports[0][1].horizon
-    lines.append(f"(cosines at steps 1/10/H={h}; horizon: first open-loop step below the threshold; skill: "
-                 "closed-loop MSE skill vs copy-last at step 1)")
-    return lines
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     written = config.stash.get(_WRITTEN, [])
     reports = config.stash.get(_REPORTS, [])
@@ -355,7 +372,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             terminalreporter.write_line(line)
     if reports:
         terminalreporter.section("wmcore drift summary")
-        for line in _table(reports):
+        # the gates are asserted on recorded actions only (bench/test_drift.py): others are measured
+        for line in render_text([r for _, r in reports], details=False, gated_sources=("recorded",)).splitlines():
             terminalreporter.write_line(line)
         try:
             written.append(_overlay(reports, Path(written[0]).parent))
@@ -374,78 +392,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Make pytest-benchmark's own JSON writes atomic (after its ``pytest_configure`` made the session)."""
-    _atomic_benchmark_writes(session.config)
-
-
-def _atomic_benchmark_writes(config: pytest.Config) -> None:
-    """pytest-benchmark's ``FileStorage.save`` opens the final ``NNNN_*.json`` and then writes into it,
-    and ``--benchmark-json`` truncates its file before writing: a run killed in between leaves an empty
-    or partial JSON, which breaks a later ``--benchmark-compare`` and ``wmcore compare`` (or destroys
-    the previous ``--benchmark-json``). Route both writes through ``wmcore.fsio``: the same file name
-    and content, written under a hidden temporary name beside it and linked (a new record, never
-    replacing one) or renamed (``--benchmark-json``, which pytest-benchmark rewrites) into place, with
-    the umask's mode. Left alone: no pytest-benchmark, another storage (elasticsearch), a subclass
-    with its own ``save``, or a pytest-benchmark whose layout is not the one this was written for."""
-    bs = getattr(config, "_benchmarksession", None)
-    if bs is None or getattr(bs, "_wmcore_atomic", False):
-        return
-    try:
-        from pytest_benchmark.storage.file import FileStorage
-        from pytest_benchmark.utils import safe_dumps
-    except ImportError:
-        return
-    storage = getattr(bs, "storage", None)
-    upstream_layout = (callable(getattr(storage, "get", None))
-                       and isinstance(getattr(type(storage), "_next_num", None), property))
-    if isinstance(storage, FileStorage) and type(storage).save is FileStorage.save and upstream_layout:
-        storage.save = lambda output_json, save: _save_benchmark_record(storage, safe_dumps, output_json, save)
-    original = getattr(bs, "save_json", None)
-    if callable(original):
-        bs.save_json = lambda output_json: _save_benchmark_json(bs, original, safe_dumps, output_json)
-    bs._wmcore_atomic = True
-
-
-def _save_benchmark_record(storage: Any, dumps: Any, output_json: dict, save: str) -> None:
-    """``FileStorage.save`` made atomic: ``NNNN_<save>.json`` with the next free number, linked into
-    place complete (a concurrent run that took the number meanwhile makes this take the next one)."""
-    import os
-
-    from .errors import WMError
-    from .fsio import write_new
-
-    data = dumps(output_json, ensure_ascii=True, indent=4).encode()
-    for _ in range(100):
-        path = storage.get(f"{storage._next_num}_{save}.json")
-        try:
-            write_new(path, data)
-        except WMError:
-            if os.path.lexists(path):
-                continue
-            raise
-        storage.logger.info(f"Saved benchmark data in: {path}")
-        return
-    raise WMError(f"{storage.path}: could not find a free record number for {save!r} (100 tries)")
-
-
-def _save_benchmark_json(bs: Any, original: Any, dumps: Any, output_json: dict) -> None:
-    """``--benchmark-json PATH`` written atomically: the complete new file replaces the old one, or
-    the old one stays. A PATH that is not a plain file (``/dev/stdout``, a pipe, a symlink) is written
-    through as pytest-benchmark does."""
-    import os
-    import stat
-
-    from .fsio import write_replace
-
-    if not isinstance(bs.json, (str, os.PathLike)):  # a file pytest-benchmark opened itself (FileType)
-        return original(output_json)
-    path = Path(bs.json)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError:
-        return original(output_json)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        return original(output_json)
-    write_replace(path, dumps(output_json, ensure_ascii=True, indent=4).encode())
-    bs.logger.info(f"Wrote benchmark data in: {bs.json}", purple=True)
+    atomic_benchmark_writes(session.config)

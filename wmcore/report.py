@@ -1,4 +1,6 @@
-"""DriftReport: one evaluation's curves, summaries, gates and reproducibility metadata, as JSON.
+"""DriftReport: one evaluation's curves, summaries, gates and reproducibility metadata, as JSON, and
+its one text view (``render_text``, used by ``wmcore evaluate/show/rollout`` and the pytest summary;
+``markdown_table`` is the same curves for a Markdown document).
 
 The JSON is versioned (``schema``, ``schema_version``); ``load`` refuses other schemas and versions
 with a message saying what was found. Curves are lists of length H indexed by step - 1.
@@ -16,12 +18,23 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 from . import __version__
 from .errors import WMError
-from .fsio import write_new
+from .fsio import read_json, write_new
 from .metrics import Gate, LoopStats
+
+__all__ = [
+    "LOOPS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "STEP_INDEX",
+    "DriftReport",
+    "environment",
+    "markdown_table",
+    "render_text",
+]
 
 SCHEMA = "wmcore.drift_report"
 SCHEMA_VERSION = 1
@@ -151,11 +164,7 @@ class DriftReport:
         p = Path(path)
         if not p.is_file():
             raise WMError(f"{p}: no such report file")
-        try:
-            d = json.loads(p.read_text(), parse_constant=_reject_constant)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-            raise WMError(f"{p}: not valid JSON ({e}); was the file truncated?") from None
-        return cls.from_dict(d, source=str(p))
+        return cls.from_dict(read_json(p, strict=True), source=str(p))
 
 
 def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
@@ -182,10 +191,6 @@ def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 def _finite(o: Any) -> Any:
@@ -235,3 +240,53 @@ def markdown_table(report: DriftReport, steps: tuple[int, ...] = (1, 2, 5, 10, 2
         f"{report.thresholds.get('threshold', 0.5)}: {horizons} (within {h} steps)."
     )
     return "\n".join(lines)
+
+
+def render_text(
+    reports: Sequence[DriftReport], *, details: bool = True, gated_sources: Collection[str] | None = None
+) -> str:
+    """The text view of one or more reports: the one renderer of the command line and the pytest summary.
+
+    A table with a row per report: cosines (closed loop at step 1, open loop at steps 1, 10 and H),
+    the open-loop drift horizon, the closed-loop step-1 MSE skill against copy-last, and the verdict:
+    PASS, or FAIL and the failed gates; ``(measured)`` for a report whose action source is not in
+    ``gated_sources`` (None: every report is gated), as the bench asserts its gates on recorded
+    actions only. ``details``: then, per report, its data, chance level, summary of every loop
+    (``DriftReport.summary``) and every gate with its message.
+    """
+    head = (f"{'model':<28} {'actions':<9} {'closed@1':>8} {'open@1':>7} {'open@10':>7} {'open@H':>7} "
+            f"{'horizon':>7} {'skill@1':>8}  verdict")
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        op, cl = r.loops["open_loop"], r.loops["closed_loop"]
+        source = r.config.get("action_source", "?")
+        failed = [g.name for g in r.gates if not g.passed]
+        verdict = "PASS" if not failed else "FAIL " + ",".join(failed)
+        if gated_sources is not None and source not in gated_sources:
+            verdict = "(measured)"
+        hz = "never" if op.drift_horizon is None else str(op.drift_horizon)
+        skill = (cl.skill.get("copy_last") or [None])[0]
+        name = str(r.model.get("spec") or r.model.get("name"))[:28]
+        lines.append(
+            f"{name:<28} {source:<9} {_cell(cl.cosine[0], 8)} {_cell(op.cosine[0], 7)} "
+            f"{_cell(op.cosine[9] if r.horizon >= 10 else None, 7)} {_cell(op.cosine[-1], 7)} {hz:>7} "
+            f"{_cell(skill, 8, '+.3f')}  {verdict}"
+        )
+    if reports:
+        lines.append(f"(cosines at steps 1/10/H={reports[0].horizon}; horizon: first open-loop step below the "
+                     "threshold; skill: closed-loop MSE skill vs copy-last at step 1)")
+    for r in reports if details else ():
+        lines += ["", f"model {r.model.get('name')}  data {r.data.get('id')}  ({r.data.get('episodes')} episodes, "
+                  f"H={r.horizon})", f"chance level {r.chance_level:.3f} (centred {r.chance_level_centred:.3f})"]
+        for loop, row in r.summary().items():
+            cells = "  ".join(f"{k}={_cell(v, 0) if isinstance(v, float) else ('-' if v is None else v)}"
+                              for k, v in row.items())
+            lines.append(f"  {loop:<12} {cells}")
+        lines += [f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}" for g in r.gates]
+    return "\n".join(lines)
+
+
+def _cell(v: float | None, width: int, fmt: str = ".3f") -> str:
+    """A number right-aligned in ``width`` characters; ``-`` for a value the report does not have
+    (a step beyond H, or a score that was not finite and is null in the JSON)."""
+    return f"{'-' if v is None else format(v, fmt):>{width}}"

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from .protocol import IncrementalWorldModel, StatePropagator, WorldModel
 
+__all__ = ["ACTION_SOURCES", "block_actions", "closed_loop", "make_actions", "open_loop", "subsample"]
+
 ACTION_SOURCES = ("recorded", "zeros", "random")
 
 

@@ -15,6 +15,17 @@ from typing import Any, Callable
 
 import torch
 
+__all__ = [
+    "PEAK_FLOPS",
+    "count_flops",
+    "device_name",
+    "peak_flops",
+    "peak_memory_bytes",
+    "reset_peak_memory",
+    "synchronise",
+    "synchronised",
+]
+
 # Dense peak FLOP/s per dtype (vendor data sheets, SXM parts; no sparsity). float32 is the plain
 # FP32 figure: TF32 tensor cores are faster but are not used unless torch is told to.
 PEAK_FLOPS: dict[str, dict[str, float]] = {

@@ -26,6 +26,8 @@ from ..errors import WMError
 from ..episode import Episode
 from .episodes import load_npz
 
+__all__ = ["ACTION_SUFFIXES", "VIDEO_SUFFIXES", "find_actions", "is_video", "load_clip", "read_actions"]
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts")
 ACTION_SUFFIXES = (".npz", ".npy", ".csv", ".json")
 

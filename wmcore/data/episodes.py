@@ -32,6 +32,21 @@ from ..errors import WMError
 from ..fsio import write_new
 from ..episode import Episode
 
+__all__ = [
+    "CRF",
+    "FORMAT",
+    "INDEX",
+    "PIX_FMT",
+    "VERSION",
+    "episode_name",
+    "load_episodes",
+    "load_npz",
+    "read_index",
+    "save_episode",
+    "video_format",
+    "write_index",
+]
+
 FORMAT = "wmcore.episodes"
 VERSION = 1
 INDEX = "index.json"
@@ -176,12 +191,6 @@ def read_index(dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(doc.get("episodes"), list) or not doc["episodes"]:
         raise WMError(f"{path}: lists no episodes")
     return doc
-
-
-def index_sha256(dir: str | os.PathLike) -> str:
-    """sha256 of ``index.json``, which holds every file's sha256: one hash for the whole data set."""
-    read_index(dir)
-    return _sha256(Path(dir) / INDEX)
 
 
 def load_npz(path: str | os.PathLike, what: str = "regenerate the episode") -> dict[str, np.ndarray]:

@@ -26,6 +26,8 @@ import torch
 from ..errors import WMError
 from ..episode import Episode
 
+__all__ = ["load_lerobot"]
+
 _FIX = "the dataset is incomplete or damaged: download or convert it again"
 
 

@@ -1,8 +1,8 @@
 """PushT episodes from gym-pusht, driven by a seeded smooth exploration policy.
 
-    python -m wmcore.data.pusht --out DIR --episodes N --steps T --seed S [--size PX]
+    wmcore make-fixtures pusht --out DIR --episodes N --steps T --seed S [--size PX]
 
-writes ``DIR/episode_NNN.mp4`` + ``episode_NNN.npz`` + ``index.json`` (format: ``wmcore.data.episodes``).
+(``generate`` from Python) writes ``DIR/episode_NNN.mp4`` + ``episode_NNN.npz`` + ``index.json`` (format: ``wmcore.data.episodes``).
 Needs the ``[sim]`` extra (gym-pusht and its deps; gym-pusht itself installed with ``--no-deps`` so
 that the headless OpenCV build is used). Rendering is headless (``SDL_VIDEODRIVER=dummy``).
 
@@ -22,7 +22,6 @@ motion of ~8 units per step is 1.5 px at 96 but 1 px at 64. A model that wants 6
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -32,7 +31,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WMError, run_command
+from ..errors import WMError
+
+__all__ = [
+    "ACTION_DIM",
+    "AGENT_RADIUS",
+    "DEFAULT_FRAMESKIP",
+    "DEFAULT_SIZE",
+    "ENV_ID",
+    "FPS",
+    "INSTALL_HINT",
+    "STATE_DIM",
+    "STATE_NAMES",
+    "WORKSPACE",
+    "ExplorationPolicy",
+    "PolicyConfig",
+    "block_moved",
+    "env_state",
+    "generate",
+    "make_env",
+    "rollout",
+    "simulator_versions",
+]
 
 ENV_ID = "gym_pusht/PushT-v0"
 WORKSPACE = 512.0
@@ -289,8 +309,9 @@ def make_env(size: int = DEFAULT_SIZE):
     return env.unwrapped
 
 
-def _state(env) -> np.ndarray:
-    # The env's own 5-d state observation: agent xy, block xy (body origin), angle mod 2 pi.
+def env_state(env) -> np.ndarray:
+    """The environment's 5-d state ``[5]`` (float64), as recorded in episodes: agent xy, block xy (body
+    origin), block angle mod 2 pi."""
     a, b = env.agent.position, env.block.position
     return np.array([a.x, a.y, b.x, b.y, env.block.angle % (2 * math.pi)], dtype=np.float64)
 
@@ -317,15 +338,15 @@ def rollout(seed: int, steps: int, size: int = DEFAULT_SIZE, policy: PolicyConfi
     try:
         obs, _ = env.reset(seed=int(seed))
         policy_rng = np.random.default_rng([int(seed), 0x9057])  # independent of the env's stream
-        pi = ExplorationPolicy(policy_rng, start=_state(env)[:2], config=policy)
+        pi = ExplorationPolicy(policy_rng, start=env_state(env)[:2], config=policy)
         frames = np.empty((steps + 1, *obs.shape), dtype=np.uint8)
         actions = np.empty((steps, ACTION_DIM), dtype=np.float32)  # float32 as stored: replayable
         states = np.empty((steps + 1, STATE_DIM), dtype=np.float64)
-        frames[0], states[0] = obs, _state(env)
+        frames[0], states[0] = obs, env_state(env)
         for t in range(steps):
             actions[t] = pi.act(*_block_geometry(env))
             obs, *_ = env.step(actions[t].astype(np.float64))
-            frames[t + 1], states[t + 1] = obs, _state(env)
+            frames[t + 1], states[t + 1] = obs, env_state(env)
     finally:
         if own:
             env.close()
@@ -340,7 +361,9 @@ def block_moved(states: np.ndarray, eps: float = 0.05) -> np.ndarray:
     return (dxy > eps) | (dth > eps / 100)
 
 
-def _versions() -> dict[str, str]:
+def simulator_versions() -> dict[str, str]:
+    """The installed versions of the simulator's packages (recorded in a generated set's index, so a
+    later run knows whether it can reproduce the set)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -458,10 +481,10 @@ def generate(
         },
         "video": codec,
         "generator": {
-            "command": command or f"python -m wmcore.data.pusht --out {out} --episodes {episodes} --steps {steps} "
+            "command": command or f"wmcore make-fixtures pusht --out {out} --episodes {episodes} --steps {steps} "
             f"--seed {seed} --size {render_size}",
             "policy": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(policy).items()},
-            "versions": _versions(),
+            "versions": simulator_versions(),
         },
         "summary": {
             "episodes": episodes,
@@ -474,44 +497,3 @@ def generate(
     }
     write_index(out, meta, entries)
     return read_index(out)
-
-
-def build_parser(prog: str = "python -m wmcore.data.pusht") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Generate PushT episodes (gym-pusht, headless) with a seeded smooth exploration policy: "
-        "episode_NNN.mp4 + episode_NNN.npz + index.json in a fresh directory.",
-    )
-    p.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
-    p.add_argument("--episodes", type=int, default=16, help="number of episodes (default 16)")
-    p.add_argument("--steps", type=int, default=200, help="environment steps per episode, 10 per second (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0; the committed "
-                   "evaluation set uses 10000, so training sets should stay below it)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
-                   help=f"frame size in pixels, even (default {DEFAULT_SIZE})")
-    p.add_argument("--crf", type=int, default=None, help="H.264 crf (default 0: lossless in YUV)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    return p
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m wmcore.data.pusht") -> int:
-    """Generate an episode set; exit codes as in ``wmcore.errors``."""
-    return run_command(prog, lambda: _main(argv, prog))
-
-
-def _main(argv: list[str] | None, prog: str) -> int:
-    args = build_parser(prog).parse_args(argv)
-    command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
-    doc = generate(args.out, args.episodes, args.steps, args.seed, args.size, crf=args.crf,
-                   progress=not args.quiet, command=command)
-    s = doc["summary"]
-    print(
-        f"{args.out}: {s['episodes']} episodes x {args.steps} steps at {args.size} px; block moved in "
-        f"{100 * s['contact_fraction']:.1f}% of steps; {s['generation_frames_per_s']:.0f} frames/s; "
-        f"{s['bytes_per_episode'] / 1024:.1f} KiB per episode, {s['bytes'] / 2**20:.2f} MiB in all"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

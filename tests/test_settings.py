@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from wmcore.config import Thresholds, find_pyproject, load_thresholds
+from wmcore.settings import Thresholds, find_pyproject, load_thresholds
 from wmcore.errors import WMError
 
 FIELDS = sorted(f.name for f in dataclasses.fields(Thresholds))
@@ -194,3 +194,62 @@ def test_optional_gates_are_off_by_default_and_typed_when_set(tmp_path):
     assert t.horizon_min == 12 and isinstance(t.horizon_min, int) and t.open_skill_mean_min == 0.1
     with pytest.raises(WMError, match="horizon_min"):
         load_thresholds("m", pyproject=p, overrides={"horizon_min": "2.5"})
+
+
+# --- one resolution: the evaluation config and thresholds of a model ------------------------------
+
+
+def test_resolve_takes_horizon_and_start_from_the_model_table(tmp_path):
+    from wmcore.settings import EvalConfig, resolve
+
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore]\nhorizon = 20\n[tool.wmcore.models.m]\nstart = 10\n")
+    cfg, t = resolve("m:/some/path", pyproject=p)
+    assert cfg == EvalConfig(horizon=20, start=10) and (t.horizon, t.start) == (20, 10)
+    cfg, _ = resolve("other", pyproject=p, action_source="random", device="cpu", dtype="bfloat16")
+    assert (cfg.horizon, cfg.start, cfg.action_source, cfg.dtype) == (20, 0, "random", "bfloat16")
+
+
+def test_resolve_command_line_values_win_and_the_thresholds_keep_the_configured_ones(tmp_path):
+    from wmcore.settings import resolve
+
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore]\nhorizon = 20\n[tool.wmcore.models.m]\nstart = 10\n")
+    cfg, t = resolve("m", horizon=5, start=0, pyproject=p, overrides={"step1_min": "0.9"})
+    assert (cfg.horizon, cfg.start) == (5, 0)  # start=0 given is not "not given"
+    assert (t.horizon, t.start, t.step1_min) == (20, 10, 0.9)  # what was configured, recorded in the report
+
+
+def test_resolve_refuses_what_evalconfig_refuses(tmp_path, monkeypatch):
+    from wmcore.settings import resolve
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WMError, match="sideways"):
+        resolve(None, action_source="sideways")
+    with pytest.raises(WMError, match="float8"):
+        resolve(None, dtype="float8")
+    with pytest.raises(WMError, match="horizon"):
+        resolve(None, overrides={"horizon": 0})
+
+
+@pytest.mark.parametrize("items, want", [([], {}), (["a=1", " b = x=y "], {"a": "1", "b": "x=y"})])
+def test_parse_overrides(items, want):
+    from wmcore.settings import parse_overrides
+
+    assert parse_overrides(items, "--opt") == want
+
+
+@pytest.mark.parametrize("item", ["step1_min", "=0.9", " =1"])
+def test_parse_overrides_refuses_what_is_not_key_value(item):
+    from wmcore.settings import parse_overrides
+
+    with pytest.raises(WMError, match=r"--opt .*expected KEY=VALUE"):
+        parse_overrides([item], "--opt")
+
+
+def test_tolerances_from_the_table_and_overrides(tmp_path):
+    from wmcore.settings import Tolerances, load_tolerances
+
+    p = _write(tmp_path / "pyproject.toml", "[tool.wmcore.compare]\nstep1_drop = 0.05\nhorizon_drop = 3\n")
+    tol, path = load_tolerances(p, {"horizon_drop": 4, "auc_drop": None})
+    assert tol == Tolerances(step1_drop=0.05, horizon_drop=4) and path == p
+    with pytest.raises(WMError, match="--max-slowdown: slowdown=0.5"):
+        load_tolerances(p, {"slowdown": 0.5}, {"slowdown": "--max-slowdown"})

@@ -1,19 +1,50 @@
-"""Gate thresholds: dataclass defaults < ``pyproject.toml [tool.wmcore]`` < per-model table < overrides."""
+"""Every setting of a run, resolved in one place: dataclass defaults < ``pyproject.toml [tool.wmcore]``
+< the model's table ``[tool.wmcore.models.NAME]`` < command-line overrides.
+
+- ``Thresholds``: the limits of the drift gates (and the horizon/start they assume);
+- ``EvalConfig``: how one evaluation rolls out (horizon, start, action source, device, dtype, ...);
+- ``Tolerances``: how much worse a run may be than a reference before ``wmcore compare`` calls it a
+  regression (``[tool.wmcore.compare]``);
+- ``resolve``: a model's ``(EvalConfig, Thresholds)`` from the above; the pytest plugin, the command
+  line and the bench all call it, so a horizon or start is decided here and nowhere else;
+- ``check_placement`` / ``place_model``: the device and dtype a model runs in.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import WMError
+from .rollout import ACTION_SOURCES
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "DTYPES",
+    "EvalConfig",
+    "Thresholds",
+    "Tolerances",
+    "check_placement",
+    "find_pyproject",
+    "load_thresholds",
+    "load_tolerances",
+    "parse_overrides",
+    "place_model",
+    "read_pyproject",
+    "resolve",
+    "wmcore_table",
+]
+
+# What the command line and the plugin accept for the dtype of a model and its latents.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -37,6 +68,90 @@ class Thresholds:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to roll out. ``batch_size`` is episodes per encoder/rollout call (memory, not results)."""
+
+    horizon: int = 30
+    start: int = 0  # recorded steps skipped at the start of each episode before context frame 0
+    context: int = 1
+    window: int | None = None
+    action_source: str = "recorded"
+    seed: int = 0
+    use_cache: bool = True
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1)):
+            v = getattr(self, name)
+            if v is None and name == "window":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise WMError(f"EvalConfig.{name}: expected an integer >= {least}, found {v!r}")
+        if self.action_source not in ACTION_SOURCES:
+            raise WMError(f"EvalConfig.action_source {self.action_source!r}: expected one of {', '.join(ACTION_SOURCES)}")
+        if self.dtype not in DTYPES:
+            raise WMError(f"EvalConfig.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse NEW may be than BASE before ``wmcore compare`` counts a pair as a regression."""
+
+    step1_drop: float = 0.02  # closed-loop step-1 cosine may drop by at most this
+    auc_drop: float = 0.02  # open-loop AUC (mean cosine over steps 1..H) may drop by at most this
+    horizon_drop: int = 2  # open-loop drift horizon shortening by this many steps or more regresses
+    slowdown: float | None = None  # median time may grow by at most this ratio (None: not gated)
+
+
+# --- one resolution ----------------------------------------------------------------------------
+
+
+def resolve(
+    model: str | None,
+    *,
+    horizon: int | None = None,
+    start: int | None = None,
+    action_source: str = "recorded",
+    device: str = "cpu",
+    dtype: str = "float32",
+    overrides: Mapping[str, Any] | None = None,
+    pyproject: str | os.PathLike | None = None,
+) -> tuple[EvalConfig, Thresholds]:
+    """The evaluation config and thresholds of ``model`` (a name or spec).
+
+    ``horizon`` / ``start`` (the command line's, None: not given) win over the thresholds' own, which
+    come from ``load_thresholds(model, pyproject, overrides)``. The thresholds keep their configured
+    horizon and start, so a report records both what was configured and what was run.
+    """
+    thresholds = load_thresholds(model, pyproject, overrides)
+    cfg = EvalConfig(
+        horizon=thresholds.horizon if horizon is None else horizon,
+        start=thresholds.start if start is None else start,
+        action_source=action_source,
+        device=device,
+        dtype=dtype,
+    )
+    return cfg, thresholds
+
+
+def parse_overrides(items: Sequence[str], option: str) -> dict[str, str]:
+    """``["step1_min=0.9", ...]`` (repeated ``option KEY=VALUE``) -> ``{"step1_min": "0.9"}``; the values
+    are checked by ``load_thresholds``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise WMError(f"{option} {item!r}: expected KEY=VALUE, e.g. step1_min=0.9")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# --- pyproject.toml ----------------------------------------------------------------------------
 
 
 def find_pyproject(start: str | os.PathLike | None = None) -> Path | None:
@@ -92,6 +207,45 @@ def load_thresholds(
     return Thresholds(**out)
 
 
+def load_tolerances(
+    pyproject: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+) -> tuple[Tolerances, Path | None]:
+    """Tolerances from ``overrides`` (None values ignored; ``flags`` names the option of each key in
+    messages) over ``[tool.wmcore.compare]`` of ``pyproject`` (default: the nearest pyproject.toml with
+    a ``[tool.wmcore]`` table, as for the thresholds) over the defaults. Returns them and the
+    pyproject read (None if none)."""
+    path = Path(pyproject) if pyproject else find_pyproject()
+    table = (wmcore_table(path) or {}).get("compare", {}) if path else {}
+    if not isinstance(table, dict):
+        raise WMError(f"{path}: [tool.wmcore] compare must be a table ([tool.wmcore.compare])")
+    known = [f.name for f in dataclasses.fields(Tolerances)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise WMError(f"{path}: unknown key(s) {unknown} in [tool.wmcore.compare]; known: {known}")
+    values = {k: _check_tolerance(k, v, f"{path} [tool.wmcore.compare]") for k, v in table.items()}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = _check_tolerance(k, v, (flags or {}).get(k, k))
+    return Tolerances(**values), path
+
+
+def _check_tolerance(key: str, v: Any, where: str) -> float | int:
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+    if key == "horizon_drop":
+        if bad or not float(v).is_integer() or v < 1:
+            raise WMError(f"{where}: horizon_drop={v!r}: expected an integer number of steps >= 1")
+        return int(v)
+    if key == "slowdown":
+        if bad or v < 1:
+            raise WMError(f"{where}: slowdown={v!r}: expected a time ratio >= 1 (1.1 allows 10% slower)")
+        return float(v)
+    if bad or v < 0:
+        raise WMError(f"{where}: {key}={v!r}: expected a number >= 0 (a cosine drop)")
+    return float(v)
+
+
 def wmcore_table(path: Path) -> dict | None:
     """``[tool.wmcore]`` of ``path`` (None if it has none); WMError if it is not a table."""
     tool = read_pyproject(path).get("tool", {})
@@ -114,8 +268,7 @@ def read_pyproject(path: Path) -> dict:
         raise WMError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
-# What the command line and the plugin accept for --dtype (ACTION_SOURCES: wmcore.rollout).
-DTYPES = ("float32", "bfloat16", "float16")
+# --- device and dtype --------------------------------------------------------------------------
 
 
 def check_placement(device: str, dtype: str) -> None:
