@@ -36,15 +36,20 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench test test-random setup lock clean train train-ac-tiny pusht-data
+.PHONY: bench test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
 
-# Both run in a fixed order: pyproject.toml's addopts turn pytest-randomly off (bench/test_drift.py
-# keeps state across its tests).
+# Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
+# it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
 bench: setup
 	$(PYTEST) bench --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
 
-test: setup
+test: setup lint-imports
 	$(PYTEST) tests $(TEST_ARGS)
+
+# The import contracts of shared/DESIGN.md (pyproject.toml [tool.importlinter]): layers, a pure core,
+# data apart from models, models apart from the harness, no cycles.
+lint-imports: setup
+	$(BIN)/lint-imports --no-cache
 
 # The tests in a random order (pytest-randomly). The header prints the seed ("Using
 # --randomly-seed=N"); SEED=N replays that order.

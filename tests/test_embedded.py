@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wmcore.compare import main as compare_main
-from wmcore.config import load_thresholds
+from wmcore.cli import main as cli_main
+from wmcore.settings import load_thresholds
 from wmcore.data import load as load_data
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models import load
@@ -97,8 +97,8 @@ def test_compare_flags_the_degraded_model(model, episodes, thresholds, baseline,
     baseline.save(base_dir / "pusht-lewm-recorded.json")
     bad.save(bad_dir / "pusht-lewm-recorded.json")
     before = (base_dir / "pusht-lewm-recorded.json").read_bytes()
-    assert compare_main([str(base_dir), str(bad_dir), "--out", str(tmp_path / "a.png")]) == 1
+    assert cli_main(["compare", str(base_dir), str(bad_dir), "--out", str(tmp_path / "a.png")]) == 1
     assert "REGRESSION" in capsys.readouterr().out
-    assert compare_main([str(base_dir), str(base_dir), "--out", str(tmp_path / "b.png")]) == 0
+    assert cli_main(["compare", str(base_dir), str(base_dir), "--out", str(tmp_path / "b.png")]) == 0
     assert (base_dir / "pusht-lewm-recorded.json").read_bytes() == before
     assert Path(tmp_path / "a.png").stat().st_size > 0

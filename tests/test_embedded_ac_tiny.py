@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from wmcore.config import load_thresholds
+from wmcore.settings import load_thresholds
 from wmcore.data import load as load_data
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models import load

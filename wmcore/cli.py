@@ -2,7 +2,7 @@
 what was wrong; nothing is overwritten (exit codes: ``wmcore.errors``).
 
 evaluate, rollout, show, plot (DriftReports), compare (two saved runs), make-fixtures (episode sets),
-train (dispatched whole to ``wmcore.train.main``, which owns its options).
+train (``wmcore.train``: the options are TrainConfig's fields).
 """
 
 from __future__ import annotations
@@ -288,6 +288,45 @@ def _add_make_fixtures(sub) -> None:
     p.set_defaults(func=_cmd_make_pusht)
 
 
+TRAIN_HELP = {"encoder_from": "an ac-tiny model directory whose encoder weights start this run (its encoder "
+                              "config must match); with freeze_encoder in --model-config, a predictor-only stage"}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``wmcore train``'s options on ``p`` (one per ``TrainConfig`` field, with its default); returns ``p``."""
+    import dataclasses
+
+    from .train import RECIPES, TrainConfig
+
+    p.add_argument("--data", required=True, help="directory of episodes (wmcore make-fixtures pusht --out DIR)")
+    p.add_argument("--out", required=True, help="training directory: checkpoint, log, and model/ at the end")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0, ...")
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"(default {f.default!r})" + (f": {TRAIN_HELP[f.name]}" if f.name in TRAIN_HELP else ""))
+    p.add_argument("--arch", choices=sorted(RECIPES), default="lewm",
+                   help="; ".join(f"{a}: {r.help}" for a, r in RECIPES.items()) + " (default lewm)")
+    p.add_argument("--name", help="the model's name in reports and plots (default: the architecture's)")
+    p.add_argument("--model-config", help="JSON file of the architecture's config fields ("
+                   + ", ".join(r.config.__name__ for r in RECIPES.values()) + ")")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run
+
+    return run(args)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a world model on PushT episodes: the LeWorldModel-style default, or "
+                       "--arch ac-tiny (wmcore train --help for its options)",
+                       description="The recipe that trains the embedded models: a JEPA from pixels on PushT "
+                       "episodes; seeded and resumable (rerun the same command to continue).")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
     p.add_argument("--version", action="version", version=f"wmcore {__version__}")
@@ -295,19 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_commands(sub)
     _add_compare(sub)
     _add_make_fixtures(sub)
-    # listed for --help; main() hands its arguments to wmcore.train, which owns its options and exit codes
-    sub.add_parser("train", help="train a world model on PushT episodes: the LeWorldModel-style default, or "
-                   "--arch ac-tiny (wmcore train --help for its options)")
+    _add_train(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``wmcore`` command; exit codes as in ``wmcore.errors`` (2 bad input, 3 a bug with its traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        from .train import main as train_main
-
-        return train_main(argv[1:])
     # a command's errors name it, as argparse's own usage errors do (an unknown command is one of those)
     prog = f"wmcore {argv[0]}" if argv and not argv[0].startswith("-") else "wmcore"
 
