@@ -40,8 +40,8 @@ def ac_preprocess(frames: Tensor, size: int, mean=IMAGENET_MEAN, std=IMAGENET_ST
     """uint8 frames ``[..., H, W, 3]`` -> float32 ``[..., 3, size, size]`` as the official DROID
     evaluation transform does it (``app/vjepa_droid/transforms.py`` with scale = ratio = 1): the central
     square of side min(H, W), bilinearly resized (no antialiasing) to ``size``, then
-    (x - 255 mean) / (255 std) on 0..255 values. (Unlike ``wmcore.video.preprocess``, the classifier
-    recipe, there is no resize to 292 and crop.)"""
+    (x - 255 mean) / (255 std) on 0..255 values. (Unlike V-JEPA 2's classifier recipe, there is no
+    resize to 292 and crop.) Training (``wmcore.train``) and evaluation both call it."""
     if not isinstance(frames, Tensor) or frames.dtype != torch.uint8 or frames.dim() < 3 or frames.shape[-1] != 3:
         found = f"{frames.dtype} {tuple(frames.shape)}" if isinstance(frames, Tensor) else type(frames).__name__
         raise WMError(f"frames: expected uint8 RGB [..., H, W, 3], found {found}")
