@@ -209,7 +209,7 @@ def test_the_video_reader_is_recorded_for_the_h264_fixtures(tmp_path):
     assert v == {"backend": one["backend"], "codec": "h264", "reason": one["reason"],
                  "sources": [{**one, "episodes": 2}]}
     d = strict_loads(DriftReport.load(r.save(tmp_path / "r.json")).to_json())
-    assert d["schema_version"] == SCHEMA_VERSION == 1 and d["data"]["video"] == v
+    assert d["schema_version"] == SCHEMA_VERSION == 2 and d["data"]["video"] == v
 
 
 def test_video_summary_of_mixed_sources():
@@ -387,3 +387,60 @@ def test_render_text_of_a_saved_report_with_a_null_skill(inf_skill_report, tmp_p
     row = render_text([back]).splitlines()[2]
     assert row.split()[7] == "-"  # skill@1, not a crash; H = 5 < 10: open@10 is "-" too
     assert row.split()[4] == "-"
+
+
+# --- schema version 2: per-episode curves -------------------------------------------------------
+
+
+def test_per_episode_curves_are_the_episodes_of_the_mean_curves(report):
+    ids = report.data["episode_ids"]
+    for name, loop in report.loops.items():
+        per = loop.per_episode
+        assert set(per) == {"cosine", "centred_cosine", "mse"}, name
+        for key in per:
+            rows = torch.tensor(per[key], dtype=torch.float64)
+            assert rows.shape == (len(ids), H), (name, key)
+            # float32 precision per entry; the mean of the rows is the loop's curve
+            assert torch.allclose(rows.mean(0), torch.tensor(getattr(loop, key), dtype=torch.float64),
+                                  rtol=1e-6, atol=1e-6), (name, key)
+
+
+def test_a_version_1_report_still_reads_without_per_episode_curves(report, tmp_path):
+    d = strict_loads(report.to_json())
+    assert d["schema_version"] == SCHEMA_VERSION == 2
+    d["schema_version"] = 1
+    for loop in d["loops"].values():
+        del loop["per_episode"]
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(d))
+    old = DriftReport.load(p)
+    assert all(loop.per_episode is None for loop in old.loops.values())
+    assert old.loops["open_loop"].cosine == report.loops["open_loop"].cosine
+
+
+@pytest.mark.parametrize("damage", ["short row", "missing episode", "not a list", "text"])
+def test_malformed_per_episode_curves_are_refused(report, tmp_path, damage):
+    d = strict_loads(report.to_json())
+    rows = d["loops"]["closed_loop"]["per_episode"]["cosine"]
+    if damage == "short row":
+        rows[1] = rows[1][:-1]
+    elif damage == "missing episode":
+        rows.pop()
+    elif damage == "not a list":
+        d["loops"]["closed_loop"]["per_episode"]["cosine"] = 0.5
+    else:
+        rows[0][0] = "0.5"
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(WMError, match=r"loops\.closed_loop\.per_episode\.cosine: expected 4 episodes x 12 steps"):
+        DriftReport.load(p)
+
+
+def test_number_lists_are_one_line_and_strings_are_never_touched(world, tmp_path):
+    cfg, episodes = world
+    r = evaluate(AnalyticModel(cfg), episodes, EvalConfig(horizon=H), FAST, data_id="set [1,  2]\n[3]")
+    text = r.to_json()
+    assert '"cosine": [' in text and "\n      0." not in text  # a curve on one line, not one number per line
+    back = DriftReport.load(r.save(tmp_path / "r.json"))
+    assert back.data["id"] == "set [1,  2]\n[3]"
+    assert back.loops["closed_loop"].per_episode == r.loops["closed_loop"].per_episode

@@ -246,6 +246,9 @@ class LoopStats:
     drift_horizon: int | None
     auc: float
     skill: dict[str, list[float]] = field(default_factory=dict)
+    # per-episode curves [B][H] (float32 precision: 7 significant digits), "cosine", "centred_cosine",
+    # "mse"; in the order of the report's data.episode_ids. None in reports of schema version 1.
+    per_episode: dict[str, list[list[float]]] | None = None
 
     def at(self, step: int) -> float:
         """Cosine at a 1-based step."""
@@ -270,18 +273,26 @@ def loop_stats(
     cos = cosine(pred, target)
     lo, hi = bootstrap_ci(cos, n_boot=n_boot, seed=seed)
     err = mse(pred, target)
+    cen = centred_cosine(pred, target, mean)
     c = curve(cos)
     return LoopStats(
         cosine=c.tolist(),
         cosine_lo=lo.tolist(),
         cosine_hi=hi.tolist(),
-        centred_cosine=curve(centred_cosine(pred, target, mean)).tolist(),
+        centred_cosine=curve(cen).tolist(),
         l1=curve(l1(pred, target)).tolist(),
         mse=curve(err).tolist(),
         drift_horizon=drift_horizon(c, threshold),
         auc=auc(c),
         skill={k: skill(err, mse(v, target)).tolist() for k, v in (baselines or {}).items()},
+        per_episode={"cosine": float32_rows(cos), "centred_cosine": float32_rows(cen), "mse": float32_rows(err)},
     )
+
+
+def float32_rows(x: Tensor) -> list[list[float]]:
+    """``[B, H]`` -> nested lists at float32 precision (7 significant digits: a JSON number of about
+    10 characters instead of 19; per-episode curves need no more)."""
+    return [[float(f"{v:.7g}") for v in row] for row in x.double().tolist()]
 
 
 @dataclass(frozen=True)

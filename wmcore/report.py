@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .metrics import Gate, LoopStats
 __all__ = [
     "LOOPS",
     "SCHEMA",
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "STEP_INDEX",
     "DriftReport",
@@ -37,7 +39,10 @@ __all__ = [
 ]
 
 SCHEMA = "wmcore.drift_report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions ``load`` reads. 2 added each loop's per-episode curves (LoopStats.per_episode); a version-1
+# report reads with per_episode None (wmcore compare then falls back to its rule for means).
+READABLE_VERSIONS = (1, 2)
 STEP_INDEX = "curves[i] is rollout step i+1; step k predicts frame context-1+k (frame k for context 1)"
 LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")
 
@@ -105,8 +110,11 @@ class DriftReport:
         }
 
     def to_json(self) -> str:
-        """Strict JSON: a value that is not finite (a skill score against a zero-error baseline) is null."""
-        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False, default=_jsonable)
+        """Strict JSON: a value that is not finite (a skill score against a zero-error baseline) is null.
+        Indented, but a list of numbers stays on one line (a curve, a per-episode row): 32 episodes x 30
+        steps of per-episode curves would otherwise take one line per number."""
+        text = json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False, default=_jsonable)
+        return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically to a new file; an existing file is never replaced."""
@@ -118,10 +126,10 @@ class DriftReport:
             raise WMError(f"{source}: expected a JSON object, found {type(d).__name__}")
         if d.get("schema") != SCHEMA:
             raise WMError(f"{source}: not a wmcore drift report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
-        if d.get("schema_version") != SCHEMA_VERSION:
+        if d.get("schema_version") not in READABLE_VERSIONS:
             raise WMError(
                 f"{source}: drift report schema_version {d.get('schema_version')!r}; this wmcore "
-                f"({__version__}) reads version {SCHEMA_VERSION}"
+                f"({__version__}) reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             if not isinstance(d["loops"], dict) or not all(isinstance(v, dict) for v in d["loops"].values()):
@@ -136,6 +144,7 @@ class DriftReport:
                     n = len(getattr(s, curve_name))
                     if n != h:
                         raise WMError(f"{source}: loops.{k}.{curve_name} has {n} steps, open_loop has {h}")
+                _check_per_episode(s.per_episode, len(d["data"].get("episode_ids") or []), h, f"{source}: loops.{k}")
             numbers = {}
             for key in ("chance_level", "chance_level_centred"):
                 try:
@@ -167,6 +176,21 @@ class DriftReport:
         return cls.from_dict(read_json(p, strict=True), source=str(p))
 
 
+def _check_per_episode(per: Any, episodes: int, h: int, where: str) -> None:
+    """A loop's per-episode curves must be ``[episodes][H]`` lists of numbers (None: a version-1 report)."""
+    if per is None:
+        return
+    if not isinstance(per, dict):
+        raise WMError(f"{where}.per_episode: expected an object of curves, found {type(per).__name__}")
+    for name, rows in per.items():
+        ok = isinstance(rows, list) and len(rows) == episodes and all(
+            isinstance(r, list) and len(r) == h and all(isinstance(v, (int, float)) or v is None for v in r)
+            for r in rows)
+        if not ok:
+            raise WMError(f"{where}.per_episode.{name}: expected {episodes} episodes x {h} steps of numbers "
+                          "(one row per data.episode_ids entry)")
+
+
 def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     """Versions and hardware that a reader needs to reproduce a run."""
     import torch
@@ -187,6 +211,11 @@ def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+# a list that json.dumps(indent=2) spread over lines and whose items are all numbers or null; a raw
+# line break never occurs inside a JSON string (it is escaped), so no string is ever touched
+_NUMBER_LIST = re.compile(r"\[\n\s*((?:-?[0-9][0-9.eE+-]*|null)(?:,\n\s*(?:-?[0-9][0-9.eE+-]*|null))*)\n\s*\]")
 
 
 def _now() -> str:
