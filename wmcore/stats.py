@@ -1,0 +1,112 @@
+"""Statistics over episodes: bootstrap confidence intervals (scipy's), the paired comparison of two
+versions evaluated on the same episodes, and its verdict. Pure: arrays in, numbers out.
+
+Why paired: two model versions see the same episodes, and episodes differ far more from each other
+than the versions do; the per-episode differences cancel that spread, so a small change is seen with
+few episodes. The CI of the mean difference is a bootstrap over episodes (``scipy.stats.bootstrap``,
+BCa, seeded), which assumes nothing about the distribution of the differences.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "paired_delta"]
+
+# regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
+# inconclusive: neither, and the CI reaches past -tolerance (a drop of the tolerance's size is not
+# ruled out); no significant change: the CI rules such a drop out.
+VERDICTS = ("regressed", "improved", "no significant change", "inconclusive")
+
+
+def bootstrap_ci(
+    sample: np.ndarray,
+    statistic: Callable[..., np.ndarray] = np.mean,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """``(lo, hi)``: the bootstrap CI of ``statistic`` over a sample ``[n]`` (resampling its entries),
+    BCa, seeded. ``statistic(x, axis=-1)`` as numpy's reductions take it. A sample of one value, or of
+    equal values, has nothing to resample: the interval is the statistic itself."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(sample, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"sample: expected [n], found shape {x.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    value = float(statistic(x, axis=-1))
+    if len(x) < 2 or np.all(x == x[0]):
+        return value, value
+    with warnings.catch_warnings():  # scipy's note on a degenerate BCa: handled below
+        warnings.simplefilter("ignore")
+        res = bootstrap((x,), statistic, confidence_level=level, n_resamples=n_resamples, method="BCa",
+                        vectorized=True, random_state=np.random.default_rng(seed))
+        lo, hi = res.confidence_interval
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa undefined (e.g. all but one equal)
+            res = bootstrap((x,), statistic, confidence_level=level, n_resamples=n_resamples, method="percentile",
+                            vectorized=True, random_state=np.random.default_rng(seed))
+            lo, hi = res.confidence_interval
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """new - base over the same episodes: the mean difference, its CI, the verdict against a tolerance.
+
+    ``delta``, ``lo``, ``hi`` are in the metric's units, signed so that positive is better (a metric
+    where lower is better is negated first); ``needed``: about how many episodes would narrow the CI
+    to the tolerance when the verdict is inconclusive (else None)."""
+
+    delta: float
+    lo: float
+    hi: float
+    episodes: int
+    tolerance: float
+    verdict: str
+    needed: int | None = None
+
+
+def paired_delta(
+    base: np.ndarray,
+    new: np.ndarray,
+    tolerance: float,
+    *,
+    higher_is_better: bool = True,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> PairedDelta:
+    """Compare per-episode values ``base [n]`` and ``new [n]`` (the same episodes, in the same order).
+
+    The verdict (``VERDICTS``): *regressed* when the mean difference is worse than ``-tolerance`` and
+    its CI excludes 0; *improved* when it is better than ``+tolerance`` and the CI excludes 0;
+    *inconclusive* when neither holds and the CI reaches below ``-tolerance``; else *no significant
+    change*. A regression is declared only when the data say so with confidence ``level``: with no
+    real change, a false alarm needs the CI to miss 0 on the low side (about (1 - level) / 2)."""
+    b, n = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if b.shape != n.shape or b.ndim != 1 or len(b) == 0:
+        raise ValueError(f"base and new: expected two [n] arrays of the same episodes, found {b.shape} and {n.shape}")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    d = (n - b) if higher_is_better else (b - n)
+    delta = float(d.mean())
+    lo, hi = bootstrap_ci(d, level=level, n_resamples=n_resamples, seed=seed)
+    needed = None
+    if delta < -tolerance and hi < 0:
+        verdict = "regressed"
+    elif delta > tolerance and lo > 0:
+        verdict = "improved"
+    elif lo < -tolerance:
+        verdict = "inconclusive"
+        half = (hi - lo) / 2
+        needed = max(len(d) + 1, math.ceil(len(d) * (half / tolerance) ** 2)) if tolerance > 0 else None
+    else:
+        verdict = "no significant change"
+    return PairedDelta(delta, lo, hi, len(d), tolerance, verdict, needed)
