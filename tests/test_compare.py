@@ -133,12 +133,13 @@ def test_degraded_model_regresses_on_step1_auc_and_horizon(base, degraded, tmp_p
     assert "verdict: REGRESSION in 1 of 1 pair(s)" in out
     a, b = report(GOOD).loops["closed_loop"].cosine[0], report(BAD).loops["closed_loop"].cosine[0]
     assert b == pytest.approx(math.cos(BAD), abs=2e-3)
-    assert f"closed-loop step-1 cosine dropped by {a - b:.4f} ({a:.4f} -> {b:.4f}; tolerance 0.02)" in out
+    # paired (schema-2 records): every episode turns by the model's angle error, so the CI is narrow
+    assert f"closed-loop step-1 cosine dropped by {a - b:.4f} ({a:.4f} -> {b:.4f}; 95% CI of the change [" in out
     assert "open-loop AUC dropped by" in out
     # cos(0.05 k) >= 0.82 for k <= 12: never below 0.5 (counts as 13); cos(0.25 k) < 0.5 first at k = 5
     assert "open-loop drift horizon shortened by 8 steps (never -> 5" in out
     assert row(out, "open loop, drift horizon @0.5")[:3] == ["never", "5", "-8"]
-    assert sum("<< REGRESSION" in ln for ln in out.splitlines()) == 3
+    assert sum(ln.rstrip().endswith("REGRESSED") for ln in out.splitlines()) == 3
     assert "median time grew" not in out  # not gated by default
     assert png.read_bytes().startswith(PNG_MAGIC) and f"overlay: {png}" in out
     assert snapshot(base, degraded) == before
@@ -615,3 +616,72 @@ def test_the_step1_skill_is_read_from_the_record_not_from_a_gate(tmp_path, capsy
     b = write(tmp_path / "b.json", doc)
     code, out, _ = compare(capsys, b, b, "--out", tmp_path / "p.png")
     assert code == 0 and row(out, "closed loop, step-1 skill vs copy-last")[:3] == ["n/a", "n/a", "n/a"]
+
+
+# --- paired statistics (DriftReport schema 2) ------------------------------------------------------
+
+
+def _noisy(delta: float, noise: float, seed: int, name: str = "analytic") -> DriftReport:
+    """The analytic model with angle error ``delta`` plus per-episode noise on its angle (known truth:
+    two seeds with the same delta are the same version)."""
+    cfg = AnalyticConfig(delta=delta)
+    eps = make_episodes(cfg, episodes=12, steps=20, seed=1)
+
+    class Jittered(AnalyticModel):  # each episode's model error differs: noise across episodes
+        def predict(self, context, actions, states=None):
+            g = torch.Generator().manual_seed(seed)
+            return super().predict(context, actions, states) + noise * torch.randn(context.shape[0], 1, *context.shape[2:], generator=g)
+
+    return evaluate(Jittered(cfg, name=name), eps, EvalConfig(horizon=H), Thresholds(bootstrap=50),
+                    spec=f"analytic:delta={delta}", data_id="analytic-12ep")
+
+
+def test_identical_runs_give_zero_deltas_and_zero_width_intervals(base, tmp_path, capsys):
+    code, out, _ = compare(capsys, base, base, "--out", tmp_path / "o.png")
+    assert code == 0
+    for metric in ("closed loop, step-1 cosine", "open loop, AUC (mean cosine)"):
+        cells = row(out, metric)
+        assert cells[2] == "+0.0000" and cells[3:5] == ["[+0.0000,", "+0.0000]"], cells
+        assert out.split(metric)[1].splitlines()[0].rstrip().endswith("no significant change")
+
+
+def test_version_1_runs_fall_back_to_the_rule_on_means_and_say_so(tmp_path, capsys):
+    def v1(r: DriftReport, d: Path) -> Path:
+        doc = json.loads(r.to_json())
+        doc["schema_version"] = 1
+        for loop in doc["loops"].values():
+            del loop["per_episode"]
+        d.mkdir()
+        (d / "r.json").write_text(json.dumps(doc))
+        return d
+
+    code, out, _ = compare(capsys, v1(report(GOOD), tmp_path / "a"), v1(report(BAD), tmp_path / "b"),
+                           "--out", tmp_path / "o.png")
+    assert code == 1 and "no per-episode curves (written before DriftReport schema 2)" in out
+    assert "closed-loop step-1 cosine dropped by" in out and "95% CI" not in out and "<< REGRESSION" in out
+
+
+def test_means_flag_keeps_the_old_rule(base, degraded, tmp_path, capsys):
+    code, out, _ = compare(capsys, base, degraded, "--means", "--out", tmp_path / "o.png")
+    assert code == 1 and "95% CI" not in out and sum("<< REGRESSION" in ln for ln in out.splitlines()) == 3
+
+
+def test_runs_over_different_episodes_are_refused(tmp_path, capsys):
+    a = report(GOOD)
+    doc = json.loads(a.to_json())
+    doc["data"]["episode_ids"] = [f"other-{i}" for i in range(len(doc["data"]["episode_ids"]))]
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "r.json").write_text(json.dumps(doc))
+    code, _, err = compare(capsys, run_dir(tmp_path / "a", a), d, "--out", tmp_path / "o.png")
+    assert code == 2 and "different episodes" in err and "other-0" in err
+
+
+def test_same_version_with_episode_noise_is_no_regression_and_a_real_drop_is(tmp_path, capsys):
+    # same expected drift, different noise draws: no alarm; the means may differ by chance
+    a, b = _noisy(GOOD, 0.02, seed=1), _noisy(GOOD, 0.02, seed=2)
+    code, out, _ = compare(capsys, run_dir(tmp_path / "a", a), run_dir(tmp_path / "b", b), "--out", tmp_path / "o.png")
+    assert code == 0 and "REGRESSED" not in out
+    worse = _noisy(0.12, 0.02, seed=3)  # a larger angle error: every episode drifts faster
+    code, out, _ = compare(capsys, run_dir(tmp_path / "c", a), run_dir(tmp_path / "d", worse), "--out", tmp_path / "p.png")
+    assert code == 1 and "open-loop AUC dropped by" in out and "excludes 0" in out

@@ -63,3 +63,17 @@ def test_noisy_few_episodes_are_inconclusive_and_say_how_many_are_needed():
 def test_mismatched_samples_are_refused(base, new):
     with pytest.raises(ValueError, match="same episodes"):
         paired_delta(base, new, 0.02)
+
+
+def test_a_statistic_of_the_mean_curve_resamples_episodes_jointly():
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0.5, 1.0, (16, 10))
+    new = base - 0.05  # every episode, every step worse by 0.05
+    r = paired_delta(base, new, 0.02, statistic=lambda rows: rows.mean(0).mean())
+    assert r.verdict == "regressed" and abs(r.delta + 0.05) < 1e-12 and abs(r.lo + 0.05) < 1e-9 and abs(r.hi + 0.05) < 1e-9
+    same = paired_delta(base, base.copy(), 0.02, statistic=lambda rows: rows.mean(0).mean())
+    assert (same.delta, same.lo, same.hi, same.verdict) == (0.0, 0.0, 0.0, "no significant change")
+    # the mean-curve statistic agrees with the per-episode mean where the two are the same number
+    step1 = paired_delta(base, new + rng.normal(0, 0.01, new.shape), 0.02, statistic=lambda rows: rows[:, 0].mean())
+    flat = paired_delta(base[:, 0], (new + rng.normal(0, 0.01, new.shape))[:, 0], 0.02)
+    assert step1.verdict == flat.verdict == "regressed"

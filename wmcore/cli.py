@@ -157,7 +157,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).exists():
         raise WMError(f"--out {args.out}: exists already; wmcore never overwrites a file, choose a new name")
     base, new = load_run(args.base), load_run(args.new)
-    c = compare_runs(base, new, tol, args.pair)
+    c = compare_runs(base, new, tol, args.pair, rule="means" if args.means else "paired")
     given = ", ".join(f"{k}={v}" for k, v in flags.items() if v is not None)
     print("\n".join(summary_lines(c, given, pyproject)))
     out = plot_overlay(overlay_panels(c), Path(args.out) if args.out else fresh_path("runs", "compare", ".png"),
@@ -260,6 +260,10 @@ def _add_compare(sub) -> None:
                    f"{Tolerances.horizon_drop}; never reached within H counts as H+1)")
     p.add_argument("--max-slowdown", type=float, metavar="RATIO",
                    help="tolerated ratio of NEW's to BASE's median time, e.g. 1.2 (default: timings not gated)")
+    p.add_argument("--means", action="store_true",
+                   help="compare the mean curves against the tolerances, without confidence intervals (the rule "
+                   "before per-episode records; runs without them always use it). Default: paired statistics over "
+                   "the episodes, regressed only when the drop exceeds the tolerance and its 95%% CI excludes 0")
     p.add_argument("--pyproject", metavar="PATH", help="pyproject.toml to read [tool.wmcore.compare] from "
                    "(default: the nearest one with a [tool.wmcore] table)")
     p.set_defaults(func=_cmd_compare)

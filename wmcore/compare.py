@@ -12,8 +12,19 @@ exactly one model, those two. What is left is listed as unpaired.
 
 Gated metrics (``wmcore.settings.Tolerances``): closed-loop step-1 cosine, open-loop AUC, open-loop
 drift horizon (never reached within H counts as H+1, ``metrics.horizon_steps``), and, when a
-slowdown tolerance is set, the median time. Pairs over different horizons or data (sha256) are
-refused. A new gated metric is one more row in ``compare_pair`` with its ``regression`` set.
+slowdown tolerance is set, the median time. Pairs over different horizons, data (sha256) or episodes
+(ids) are refused. A new gated metric is one more row in ``compare_pair`` with its ``regression`` set.
+
+Paired statistics (rule "paired", the default). Both versions were evaluated on the same episodes, so
+each gated drift metric is compared through its per-episode values (``wmcore.stats.paired_delta``):
+the difference NEW - BASE of the metric (of the mean curve over the episodes: step-1 cosine, AUC, drift
+horizon), a 95% CI that resamples the episodes of both sides together (scipy's BCa bootstrap, seeded,
+``RESAMPLES``), and a verdict: *regressed* (worse by more than the tolerance and the CI excludes 0),
+*improved*, *inconclusive* (the CI reaches past minus the tolerance: a drop of that size is not ruled
+out; the table says about how many episodes would settle it) or *no significant change*. Only
+*regressed* fails. Runs written before the per-episode curves were kept (DriftReport schema 1, older
+benchmark records) fall back to rule "means": the change of the mean curves against the tolerance,
+no CI; the table says so. ``--means`` asks for that rule on any runs.
 """
 
 from __future__ import annotations
@@ -22,12 +33,18 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from . import metrics as M
 from .errors import WMError
 from .runs import Entry, Run
 from .settings import Tolerances
+from .stats import PairedDelta, paired_delta
 
 __all__ = [
+    "LEVEL",
+    "RESAMPLES",
+    "RULES",
     "Comparison",
     "Pair",
     "PairResult",
@@ -46,6 +63,9 @@ __all__ = [
 ]
 
 _EPS = 1e-12  # float noise allowance when a change equals its tolerance
+RULES = ("paired", "means")
+LEVEL = 0.95  # confidence of the paired CIs
+RESAMPLES = 2000  # bootstrap resamples per metric (seed 0: the same runs give the same CIs)
 _LIST_MAX = 20  # entries listed per side in an error message
 
 
@@ -158,6 +178,10 @@ def check_comparable(pairs: Sequence[Pair]) -> None:
         o, n = p.old, p.new
         if o.horizon != n.horizon:
             bad.append(f"{o.where} {o.label} -> {n.label}: horizon {o.horizon} vs {n.horizon} steps")
+        if o.episode_ids is not None and n.episode_ids is not None and o.episode_ids != n.episode_ids:
+            diff = sorted(set(o.episode_ids) ^ set(n.episode_ids))[:5]
+            bad.append(f"{o.where} {o.label} -> {n.label}: different episodes ({len(o.episode_ids)} vs "
+                       f"{len(n.episode_ids)}; " + (f"e.g. {', '.join(diff)} on one side only" if diff else "same ids, another order") + ")")
         if o.data_sha256 != n.data_sha256:
             bad.append(
                 f"{o.where} {o.label} -> {n.label}: data sha256 {str(o.data_sha256)[:12]} ({o.data_id}) vs "
@@ -165,7 +189,7 @@ def check_comparable(pairs: Sequence[Pair]) -> None:
             )
     if bad:
         raise WMError(
-            "refusing to compare curves over different steps or data: " + "; ".join(bad)
+            "refusing to compare curves over different steps, data or episodes: " + "; ".join(bad)
             + ". Re-run one side with the same --wm-data and --wm-horizon (and --wm-episodes)"
         )
 
@@ -181,6 +205,9 @@ class Row:
     delta: str
     gate: str = ""  # the tolerance, for a gated metric
     regression: str | None = None  # why this row regressed
+    ci: str = ""  # the paired 95% CI of delta, for a gated metric under the paired rule
+    verdict: str = ""  # the paired verdict (wmcore.stats.VERDICTS), or "" under the rule on means
+    paired: PairedDelta | None = None
 
 
 @dataclass(frozen=True)
@@ -194,33 +221,62 @@ class PairResult:
         return [r.regression for r in self.rows if r.regression]
 
 
-def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str = "") -> PairResult:
-    """The table rows of one pair and its regressions against ``tol``."""
+def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str = "", rule: str = "paired") -> PairResult:
+    """The table rows of one pair and its regressions against ``tol`` (``rule``: see the module docstring)."""
+    if rule not in RULES:
+        raise WMError(f"comparison rule {rule!r}: expected one of {', '.join(RULES)}")
     o, n = pair.old, pair.new
     h = o.horizon
     rows: list[Row] = []
-
-    def cos_row(metric: str, a: float, b: float, drop_tol: float | None = None, what: str = "") -> None:
-        reg = None
-        if drop_tol is not None and a - b > drop_tol + _EPS:
-            reg = f"{what} dropped by {a - b:.4f} ({a:.4f} -> {b:.4f}; tolerance {drop_tol:g})"
-        gate = f"drop <= {drop_tol:g}" if drop_tol is not None else ""
-        rows.append(Row(metric, f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}", gate, reg))
-
-    cos_row("closed loop, step-1 cosine", o.closed_loop[0], n.closed_loop[0], tol.step1_drop, "closed-loop step-1 cosine")
-    for k in dict.fromkeys(s for s in (1, 10, h) if s <= h):
-        cos_row(f"open loop, step-{k} cosine", o.open_loop[k - 1], n.open_loop[k - 1])
-    cos_row("open loop, AUC (mean cosine)", M.auc(o.open_loop), M.auc(n.open_loop), tol.auc_drop, "open-loop AUC")
-
+    notes = []
+    paired = rule == "paired" and o.per_episode is not None and n.per_episode is not None
+    if rule == "paired" and not paired:
+        old = [side for side, e in (("BASE", o), ("NEW", n)) if e.per_episode is None]
+        notes.append(f"{' and '.join(old)} {'has' if len(old) == 1 else 'have'} no per-episode curves (written "
+                     "before DriftReport schema 2): compared by the rule on means, without confidence intervals")
     thr = o.threshold  # both horizons at BASE's threshold, so they measure the same crossing
+
+    def gated(metric: str, what: str, a: float, b: float, tolerance: float, stat, loop: str, fmt: str, gate: str,
+              means_regressed: bool, reason: str, shown: tuple[str, str, str] | None = None, tol_text: str = "",
+              unit: str = "") -> None:
+        """One gated row: paired (per-episode rows of ``loop``; ``stat``: rows -> the metric) or on means.
+        ``shown``: old, new, delta as the table prints them (default: ``a``, ``b``, ``b - a`` in ``fmt``)."""
+        old, new, delta = shown or (f"{a:{fmt}}", f"{b:{fmt}}", f"{b - a:+{fmt}}")
+        tol_text = tol_text or f"tolerance {tolerance:g}"
+        if paired:
+            r = paired_delta(np.asarray(o.per_episode[loop]), np.asarray(n.per_episode[loop]), tolerance,
+                             statistic=stat, level=LEVEL, n_resamples=RESAMPLES, seed=0)
+            ci = f"[{r.lo:+.4f}, {r.hi:+.4f}]"
+            reg = (f"{what} {reason} by {a - b:{fmt}}{unit} ({old} -> {new}; 95% CI of the change {ci} excludes 0; "
+                   f"{tol_text})") if r.verdict == "regressed" else None
+            word = r.verdict + (f" (about {r.needed} episodes would settle it)" if r.needed else "")
+            rows.append(Row(metric, old, new, delta, gate, reg, ci, word, r))
+        else:
+            reg = f"{what} {reason} by {a - b:{fmt}}{unit} ({old} -> {new}; {tol_text})" if means_regressed else None
+            rows.append(Row(metric, old, new, delta, gate, reg))
+
+    a, b = o.closed_loop[0], n.closed_loop[0]
+    gated("closed loop, step-1 cosine", "closed-loop step-1 cosine", a, b, tol.step1_drop,
+          lambda rows: rows[:, 0].mean(), "closed_loop", ".4f", f"drop <= {tol.step1_drop:g}",
+          a - b > tol.step1_drop + _EPS, "dropped")
+    for k in dict.fromkeys(s for s in (1, 10, h) if s <= h):
+        rows.append(Row(f"open loop, step-{k} cosine", f"{o.open_loop[k - 1]:.4f}", f"{n.open_loop[k - 1]:.4f}",
+                        f"{n.open_loop[k - 1] - o.open_loop[k - 1]:+.4f}"))
+    a, b = M.auc(o.open_loop), M.auc(n.open_loop)
+    gated("open loop, AUC (mean cosine)", "open-loop AUC", a, b, tol.auc_drop, lambda rows: rows.mean(),
+          "open_loop", ".4f", f"drop <= {tol.auc_drop:g}", a - b > tol.auc_drop + _EPS, "dropped")
+
     dh_o, dh_n = M.drift_horizon(o.open_loop, thr), M.drift_horizon(n.open_loop, thr)
     eff_o, eff_n = M.horizon_steps(dh_o, h), M.horizon_steps(dh_n, h)
-    reg = None
-    if eff_o - eff_n >= tol.horizon_drop:
-        reg = (f"open-loop drift horizon shortened by {eff_o - eff_n} steps ({_horizon(dh_o)} -> "
-               f"{_horizon(dh_n)}; tolerance: shorter by < {tol.horizon_drop})")
-    rows.append(Row(f"open loop, drift horizon @{thr:g}", _horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}",
-                    f"shorter by < {tol.horizon_drop}", reg))
+
+    def horizon(rows: np.ndarray) -> int:  # of the mean curve of the episodes drawn
+        return M.horizon_steps(M.drift_horizon(rows.mean(0).tolist(), thr), h)
+
+    # integer steps: "shorter by horizon_drop or more" is a change beyond horizon_drop - 1/2
+    gated(f"open loop, drift horizon @{thr:g}", "open-loop drift horizon", eff_o, eff_n, tol.horizon_drop - 0.5,
+          horizon, "open_loop", "d", f"shorter by < {tol.horizon_drop}", eff_o - eff_n >= tol.horizon_drop,
+          "shortened", (_horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}"),
+          f"tolerance: shorter by < {tol.horizon_drop}", " steps")
 
     rows.append(Row("closed loop, step-1 skill vs copy-last", _signed(o.skill1), _signed(n.skill1),
                     f"{n.skill1 - o.skill1:+.4f}" if o.skill1 is not None and n.skill1 is not None
@@ -239,7 +295,6 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
                     if kind and kind != "pytest-benchmark"), "no median time recorded")
         rows.append(Row("median time", _seconds(o.median_s), _seconds(n.median_s), "n/a", why))
 
-    notes = []
     if o.threshold != n.threshold:
         notes.append(f"thresholds differ (BASE {o.threshold:g}, NEW {n.threshold:g}): both drift horizons "
                      f"are taken at BASE's {o.threshold:g}")
@@ -289,10 +344,14 @@ def format_result(res: PairResult, index: int) -> str:
     lines += [f"   note: {t}" for t in res.notes]
     w = max(len(r.metric) for r in res.rows)
     g = max(len(r.gate) for r in res.rows if r.gate or r.regression)
-    lines.append(f"   {'metric':<{w}}  {'old':>10}  {'new':>10}  {'delta':>9}  gate")
+    c = max([len(r.ci) for r in res.rows] + [0])
+    ci_head = f"  {'95% CI of delta':<{c}}" if c else ""
+    lines.append(f"   {'metric':<{w}}  {'old':>10}  {'new':>10}  {'delta':>9}{ci_head}  {'gate':<{g}}  verdict".rstrip())
     for r in res.rows:
-        mark = "  << REGRESSION" if r.regression else ""
-        lines.append(f"   {r.metric:<{w}}  {r.old:>10}  {r.new:>10}  {r.delta:>9}  {r.gate:<{g}}{mark}".rstrip())
+        ci = f"  {r.ci:<{c}}" if c else ""
+        word = r.verdict.upper() if r.verdict == "regressed" else r.verdict
+        mark = "  << REGRESSION" if r.regression and not r.verdict else ""
+        lines.append(f"   {r.metric:<{w}}  {r.old:>10}  {r.new:>10}  {r.delta:>9}{ci}  {r.gate:<{g}}  {word}{mark}".rstrip())
     return "\n".join(lines)
 
 
@@ -314,7 +373,7 @@ class Comparison:
         return [res for res in self.results if res.regressions]
 
 
-def compare_runs(base: Run, new: Run, tol: Tolerances, explicit: Sequence[str] = ()) -> Comparison:
+def compare_runs(base: Run, new: Run, tol: Tolerances, explicit: Sequence[str] = (), rule: str = "paired") -> Comparison:
     """Pair ``base`` and ``new`` (``explicit``: ``--pair OLD=NEW`` arguments) and compare every pair;
     WMError when nothing pairs or a pair is over different steps or data."""
     pairing = pair_runs(base, new, explicit)
@@ -325,7 +384,7 @@ def compare_runs(base: Run, new: Run, tol: Tolerances, explicit: Sequence[str] =
             f"  BASE {base.path} has:\n{_entry_list(base.entries)}\n  NEW {new.path} has:\n{_entry_list(new.entries)}"
         )
     check_comparable(pairing.pairs)
-    results = tuple(compare_pair(p, tol, base.kind, new.kind) for p in pairing.pairs)
+    results = tuple(compare_pair(p, tol, base.kind, new.kind, rule) for p in pairing.pairs)
     return Comparison(base, new, tol, pairing, results)
 
 

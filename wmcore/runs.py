@@ -20,8 +20,9 @@ from .errors import WMError
 from .fsio import read_json
 from .report import SCHEMA, DriftReport
 
-__all__ = ["ACTION_PARAM", "MODEL_PARAM", "Entry", "Run", "benchmark_record", "load_run"]
+__all__ = ["ACTION_PARAM", "MODEL_PARAM", "PAIRED_LOOPS", "Entry", "Run", "benchmark_record", "load_run"]
 
+PAIRED_LOOPS = ("open_loop", "closed_loop")  # whose per-episode cosine curves the comparison pairs
 MODEL_PARAM = "wm_model_spec"  # the bench's model parameter: what changes between the two runs
 ACTION_PARAM = "wm_action_source"
 # the report fields a benchmark record keeps (the per-episode curves stay in the DriftReport JSON)
@@ -48,6 +49,10 @@ class Entry:
     data_sha256: str | None
     frameskip: Any
     median_s: float | None  # pytest-benchmark's median time of the timed call
+    # per-episode cosine curves [n][H] of "open_loop" and "closed_loop" and their episode ids, for the
+    # paired comparison; None from a record or report written before they were kept (schema 1)
+    episode_ids: tuple[str, ...] | None = None
+    per_episode: dict[str, tuple[tuple[float, ...], ...]] | None = None
 
     @property
     def horizon(self) -> int:
@@ -84,6 +89,9 @@ def benchmark_record(report: DriftReport) -> dict[str, Any]:
     rec = {k: d[k] for k in _RECORD_FIELDS}
     rec["curves"] = {k: v["cosine"] for k, v in d["loops"].items()}
     rec["skill"] = {k: v["skill"] for k, v in d["loops"].items() if v["skill"]}
+    # the paired comparison's input: per-episode cosine curves of the two rollouts (rows: data.episode_ids)
+    rec["per_episode"] = {k: d["loops"][k]["per_episode"]["cosine"] for k in PAIRED_LOOPS
+                          if d["loops"][k].get("per_episode")}
     return rec
 
 
@@ -131,6 +139,7 @@ def _load_run_dir(d: Path) -> Run:
 
 def _report_entry(r: DriftReport, f: Path) -> Entry:
     closed = r.loops["closed_loop"]
+    per = {k: r.loops[k].per_episode["cosine"] for k in PAIRED_LOOPS if r.loops[k].per_episode}
     return Entry(
         name=f.name,
         test=None,
@@ -145,6 +154,7 @@ def _report_entry(r: DriftReport, f: Path) -> Entry:
         data_sha256=r.data.get("sha256"),
         frameskip=r.model.get("frameskip"),
         median_s=None,
+        **_paired_input(r.data.get("episode_ids"), per, len(closed.cosine), str(f)),
     )
 
 
@@ -194,10 +204,30 @@ def _benchmark_entry(b: dict, rec: Any, name: str, where: str) -> Entry:
             data_sha256=data.get("sha256"),
             frameskip=model.get("frameskip"),
             median_s=_positive(stats.get("median")) if isinstance(stats, dict) else None,
+            **_paired_input(data.get("episode_ids"), rec.get("per_episode"), len(curves["open_loop"]), where),
         )
     except (KeyError, TypeError, AttributeError) as e:
         what = f"field {e.args[0]!r}" if isinstance(e, KeyError) else f"a malformed field ({e})"
         raise WMError(f"{where}: extra_info['wmcore'] lacks {what}; was it written by wmcore's wm_record?") from None
+
+
+def _paired_input(ids: Any, per: Any, h: int, where: str) -> dict[str, Any]:
+    """Entry's ``episode_ids`` and ``per_episode`` from a report or record, checked; both None when the
+    per-episode curves are absent (written before schema 2)."""
+    if not per or set(per) != set(PAIRED_LOOPS):
+        return {"episode_ids": None, "per_episode": None}
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise WMError(f"{where}: per-episode curves without a list of data.episode_ids; {_REREAD}")
+    out = {}
+    for loop in PAIRED_LOOPS:
+        rows = per[loop]
+        ok = isinstance(rows, list) and len(rows) == len(ids) and all(
+            isinstance(r, list) and len(r) == h and all(_number(x) is not None and math.isfinite(x) for x in r)
+            for r in rows)
+        if not ok:
+            raise WMError(f"{where}: per-episode {loop} curves must be {len(ids)} episodes x {h} finite cosines; {_REREAD}")
+        out[loop] = tuple(tuple(float(x) for x in r) for r in rows)
+    return {"episode_ids": tuple(ids), "per_episode": out}
 
 
 def _test_name(b: dict) -> str:

@@ -78,12 +78,16 @@ def paired_delta(
     new: np.ndarray,
     tolerance: float,
     *,
+    statistic: Callable[[np.ndarray], float] | None = None,
     higher_is_better: bool = True,
     level: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> PairedDelta:
-    """Compare per-episode values ``base [n]`` and ``new [n]`` (the same episodes, in the same order).
+    """Compare per-episode values ``base [n]`` and ``new [n]`` (the same episodes, in the same order),
+    or, with ``statistic`` (rows ``[m, ...]`` -> a number, e.g. the drift horizon of the mean curve),
+    per-episode rows ``[n, ...]``: the difference is ``statistic(new) - statistic(base)``, and its CI
+    resamples the episodes of both sides together (scipy's bootstrap over episode indices).
 
     The verdict (``VERDICTS``): *regressed* when the mean difference is worse than ``-tolerance`` and
     its CI excludes 0; *improved* when it is better than ``+tolerance`` and the CI excludes 0;
@@ -91,13 +95,18 @@ def paired_delta(
     change*. A regression is declared only when the data say so with confidence ``level``: with no
     real change, a false alarm needs the CI to miss 0 on the low side (about (1 - level) / 2)."""
     b, n = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
-    if b.shape != n.shape or b.ndim != 1 or len(b) == 0:
+    if b.shape != n.shape or b.ndim != (1 if statistic is None else b.ndim) or b.ndim < 1 or len(b) == 0:
         raise ValueError(f"base and new: expected two [n] arrays of the same episodes, found {b.shape} and {n.shape}")
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    d = (n - b) if higher_is_better else (b - n)
-    delta = float(d.mean())
-    lo, hi = bootstrap_ci(d, level=level, n_resamples=n_resamples, seed=seed)
+    sign = 1.0 if higher_is_better else -1.0
+    if statistic is None:
+        d = sign * (n - b)
+        delta = float(d.mean())
+        lo, hi = bootstrap_ci(d, level=level, n_resamples=n_resamples, seed=seed)
+    else:
+        delta, lo, hi = _paired_statistic(b, n, statistic, sign, level, n_resamples, seed)
+    d_len = len(b)
     needed = None
     if delta < -tolerance and hi < 0:
         verdict = "regressed"
@@ -106,7 +115,32 @@ def paired_delta(
     elif lo < -tolerance:
         verdict = "inconclusive"
         half = (hi - lo) / 2
-        needed = max(len(d) + 1, math.ceil(len(d) * (half / tolerance) ** 2)) if tolerance > 0 else None
+        needed = max(d_len + 1, math.ceil(d_len * (half / tolerance) ** 2)) if tolerance > 0 else None
     else:
         verdict = "no significant change"
-    return PairedDelta(delta, lo, hi, len(d), tolerance, verdict, needed)
+    return PairedDelta(delta, lo, hi, d_len, tolerance, verdict, needed)
+
+
+def _paired_statistic(base: np.ndarray, new: np.ndarray, statistic: Callable[[np.ndarray], float], sign: float,
+                      level: float, n_resamples: int, seed: int) -> tuple[float, float, float]:
+    """(difference, lo, hi) of ``sign * (statistic(new) - statistic(base))``, episodes resampled jointly."""
+    from scipy.stats import bootstrap
+
+    def diff(idx: np.ndarray) -> float:
+        idx = np.asarray(idx, dtype=np.intp)
+        return sign * (float(statistic(new[idx])) - float(statistic(base[idx])))
+
+    value = diff(np.arange(len(base)))
+    if len(base) < 2 or np.array_equal(base, new):
+        return value, value, value
+    idx = np.arange(len(base), dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ci = None
+        for method in ("BCa", "percentile"):  # BCa is undefined when the jackknife values are all equal
+            res = bootstrap((idx,), diff, confidence_level=level, n_resamples=n_resamples, method=method,
+                            vectorized=False, random_state=np.random.default_rng(seed))
+            ci = res.confidence_interval
+            if math.isfinite(ci.low) and math.isfinite(ci.high):
+                break
+    return value, float(ci.low), float(ci.high)
