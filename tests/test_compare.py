@@ -601,6 +601,13 @@ def test_compare_runs_without_the_command(base, degraded):
     assert threshold == 0.5 and [label for label, *_ in curves] == ["old: analytic (analytic:delta=0.05)",
                                                                     "new: analytic (analytic:delta=0.25)"]
     assert curves[0][1] == tuple(report(GOOD).loops["open_loop"].cosine)
+    # the per-episode spread travels with each side, and the overlay draws one thin line per episode
+    assert [list(r) for r in curves[1][3]] == report(BAD).loops["open_loop"].per_episode["cosine"]
+    from wmcore.plot import overlay_figure
+
+    fig = overlay_figure(overlay_panels(c))
+    thin = [ln for ln in fig.axes[0].get_lines() if ln.get_linewidth() < 1]
+    assert len(thin) == 2 * len(report(GOOD).data["episode_ids"])
 
 
 def test_the_step1_skill_is_read_from_the_record_not_from_a_gate(tmp_path, capsys):

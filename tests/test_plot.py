@@ -136,7 +136,7 @@ def test_chance_level_line(crossing, figure):
 def test_curves_are_the_report_curves(crossing, figure):
     ax = figure(crossing).axes[0]
     by_label = {ln.get_label(): ln for ln in ax.get_lines()}
-    for needle, loop in (("open loop", "open_loop"), ("closed loop", "closed_loop"), ("copy-last", "copy_last")):
+    for needle, loop in (("open loop (imagined)", "open_loop"), ("closed loop", "closed_loop"), ("copy-last", "copy_last")):
         (ln,) = [v for k, v in by_label.items() if needle in k]
         assert list(ln.get_xdata()) == list(range(1, H + 1))
         assert [float(y) for y in ln.get_ydata()] == crossing.loops[loop].cosine
@@ -148,7 +148,7 @@ def test_ci_bands_for_open_and_closed_loop(crossing, figure):
     assert len(bands) == 2
     # each band has its curve's colour and spans that curve's [min lo, max hi]
     colours = {ln.get_label(): to_rgba(ln.get_color())[:3] for ln in ax.get_lines()}
-    for needle, k in (("open loop", "open_loop"), ("closed loop", "closed_loop")):
+    for needle, k in (("open loop (imagined)", "open_loop"), ("closed loop", "closed_loop")):
         (rgb,) = [v for name, v in colours.items() if needle in name]
         (band,) = [b for b in bands if tuple(b.get_facecolor()[0][:3]) == pytest.approx(rgb)]
         ys = [float(y) for path in band.get_paths() for y in path.vertices[:, 1]]
@@ -156,6 +156,15 @@ def test_ci_bands_for_open_and_closed_loop(crossing, figure):
         assert min(ys) == pytest.approx(min(s.cosine_lo)) and max(ys) == pytest.approx(max(s.cosine_hi))
     for k in ("open_loop", "closed_loop"):
         assert all(lo <= c <= hi for lo, c, hi in zip(crossing.loops[k].cosine_lo, crossing.loops[k].cosine, crossing.loops[k].cosine_hi))
+
+
+def test_each_episode_is_a_thin_line_behind_the_open_loop_mean(crossing, figure):
+    ax = figure(crossing).axes[0]
+    rows = crossing.loops["open_loop"].per_episode["cosine"]
+    thin = [ln for ln in ax.get_lines() if ln.get_linewidth() < 1 and ln.get_alpha() and ln.get_alpha() < 0.5]
+    assert len(thin) == len(rows) == crossing.data["episodes"]
+    assert sorted(tuple(float(y) for y in ln.get_ydata()) for ln in thin) == sorted(tuple(r) for r in rows)
+    assert sum("each episode" in ln.get_label() for ln in thin) == 1  # one legend entry
 
 
 def test_title_says_fail_for_a_failing_report(figure):

@@ -425,15 +425,17 @@ def verdict_lines(c: Comparison) -> list[str]:
 
 
 def overlay_panels(c: Comparison) -> list[tuple[list[tuple[str, tuple[float, ...], tuple[float, ...]]], float, str]]:
-    """One panel per pair for ``plot.plot_overlay``: (label, open-loop ``[H]``, closed-loop ``[H]``)
-    of both sides, BASE's threshold, and a title."""
+    """One panel per pair for ``plot.plot_overlay``: (label, open-loop ``[H]``, closed-loop ``[H]``,
+    per-episode open-loop ``[n][H]`` or None) of both sides, BASE's threshold, and a title."""
     panels = []
     for res in c.results:
         o, n = res.pair.old, res.pair.new
         same = o.label == n.label and o.spec != n.spec
         panels.append((
-            [(f"old: {o.label}" + (f" ({o.spec})" if same else ""), o.open_loop, o.closed_loop),
-             (f"new: {n.label}" + (f" ({n.spec})" if same else ""), n.open_loop, n.closed_loop)],
+            [(f"old: {o.label}" + (f" ({o.spec})" if same else ""), o.open_loop, o.closed_loop,
+              (o.per_episode or {}).get("open_loop")),
+             (f"new: {n.label}" + (f" ({n.spec})" if same else ""), n.open_loop, n.closed_loop,
+              (n.per_episode or {}).get("open_loop"))],
             o.threshold,
             f"{o.where}: {pair_models(res.pair)}",
         ))

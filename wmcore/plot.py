@@ -41,10 +41,14 @@ def drift_figure(report: DriftReport):
     steps = list(range(1, h + 1))
     thr = float(report.thresholds.get("threshold", 0.5))
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    per = report.loops["open_loop"].per_episode  # the spread behind the mean: one thin line per episode
+    for i, row in enumerate((per or {}).get("cosine", [])):
+        ax.plot(steps, [float("nan") if v is None else v for v in row], color=_STYLE["open_loop"]["color"], lw=0.6,
+                alpha=0.18, label="open loop, each episode" if i == 0 else None)
     for name in ("closed_loop", "open_loop"):
         s = report.loops[name]
         st = _STYLE[name]
-        ax.plot(steps, s.cosine, color=st["color"], lw=2, marker="o", ms=3, label=st["label"])
+        ax.plot(steps, s.cosine, color=st["color"], lw=2, marker="o", ms=3, label=st["label"] + ", mean, 95% CI")
         ax.fill_between(steps, s.cosine_lo, s.cosine_hi, color=st["color"], alpha=0.2, lw=0)
     for name in ("copy_last", "copy_first"):
         if name in report.loops:
@@ -82,8 +86,9 @@ def plot_drift(report: DriftReport, path: str | os.PathLike) -> Path:
 
 # --- comparison overlay ------------------------------------------------------------------------
 
-#: One model's curves in an overlay: (legend label, open-loop cosine [H], closed-loop cosine [H]).
-Curves = tuple[str, Sequence[float], Sequence[float]]
+#: One model's curves in an overlay: (legend label, open-loop cosine [H], closed-loop cosine [H]) and,
+#: optionally, its per-episode open-loop cosine curves [n][H] (drawn as thin lines: the spread).
+Curves = tuple  # (str, Sequence[float], Sequence[float]) or (str, ..., ..., Sequence[Sequence[float]] | None)
 #: One panel of an overlay: (the curves it overlays, drift threshold, panel title).
 Panel = tuple[Sequence[Curves], float, str]
 
@@ -95,9 +100,12 @@ def overlay_axes(ax, curves: Sequence[Curves], threshold: float = 0.5, title: st
     model (in order: old, new, ...), the threshold line, y from 0 to 1."""
     if not curves:
         raise ValueError("overlay: no curves to draw")
-    h = max(len(o) for _, o, _ in curves)
-    for i, (label, open_, closed) in enumerate(curves):
+    h = max(len(c[1]) for c in curves)
+    for i, (label, open_, closed, *rest) in enumerate(curves):
         colour = _OVERLAY_COLOURS[i % len(_OVERLAY_COLOURS)]
+        for j, row in enumerate((rest[0] if rest else None) or []):
+            ax.plot(range(1, len(row) + 1), list(row), color=colour, lw=0.6, alpha=0.15,
+                    label=f"{label}, open loop, each episode" if j == 0 else None)
         under = i == 0 and len(curves) > 1  # drawn wide and light, so an identical later curve still shows it
         lw, alpha = (3.5, 0.55) if under else (1.8, 1.0)
         ax.plot(range(1, len(open_) + 1), list(open_), color=colour, lw=lw, alpha=alpha, marker="o", ms=3,
