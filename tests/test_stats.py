@@ -77,3 +77,12 @@ def test_a_statistic_of_the_mean_curve_resamples_episodes_jointly():
     step1 = paired_delta(base, new + rng.normal(0, 0.01, new.shape), 0.02, statistic=lambda rows: rows[:, 0].mean())
     flat = paired_delta(base[:, 0], (new + rng.normal(0, 0.01, new.shape))[:, 0], 0.02)
     assert step1.verdict == flat.verdict == "regressed"
+
+
+def test_t_interval_of_a_mean_misses_on_the_low_side_at_about_the_nominal_rate():
+    from wmcore.stats import mean_ci
+
+    rng = np.random.default_rng(7)
+    low = sum(mean_ci(rng.standard_t(5, 8))[1] < 0 for _ in range(2000)) / 2000  # heavy tails, 8 episodes
+    assert 0.01 <= low <= 0.04  # nominal 0.025
+    assert mean_ci(np.full(5, 0.3)) == (0.3, 0.3) and mean_ci(np.array([1.5])) == (1.5, 1.5)

@@ -17,9 +17,9 @@ slowdown tolerance is set, the median time. Pairs over different horizons, data 
 
 Paired statistics (rule "paired", the default). Both versions were evaluated on the same episodes, so
 each gated drift metric is compared through its per-episode values (``wmcore.stats.paired_delta``):
-the difference NEW - BASE of the metric (of the mean curve over the episodes: step-1 cosine, AUC, drift
-horizon), a 95% CI that resamples the episodes of both sides together (scipy's BCa bootstrap, seeded,
-``RESAMPLES``), and a verdict: *regressed* (worse by more than the tolerance and the CI excludes 0),
+the difference NEW - BASE of the metric, a 95% CI (step-1 cosine and AUC, means over episodes: the
+paired t interval; the drift horizon of the mean curve: a BCa bootstrap resampling the episodes of both
+sides together, seeded, ``RESAMPLES``; ``wmcore.stats`` says why), and a verdict: *regressed* (worse by more than the tolerance and the CI excludes 0),
 *improved*, *inconclusive* (the CI reaches past minus the tolerance: a drop of that size is not ruled
 out; the table says about how many episodes would settle it) or *no significant change*. Only
 *regressed* fails. Runs written before the per-episode curves were kept (DriftReport schema 1, older
@@ -238,14 +238,18 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
 
     def gated(metric: str, what: str, a: float, b: float, tolerance: float, stat, loop: str, fmt: str, gate: str,
               means_regressed: bool, reason: str, shown: tuple[str, str, str] | None = None, tol_text: str = "",
-              unit: str = "") -> None:
-        """One gated row: paired (per-episode rows of ``loop``; ``stat``: rows -> the metric) or on means.
+              unit: str = "", of_mean_curve: bool = False) -> None:
+        """One gated row: paired (per-episode rows of ``loop``; ``stat``: rows -> each episode's value, or
+        with ``of_mean_curve`` rows -> the metric of their mean curve) or on means.
         ``shown``: old, new, delta as the table prints them (default: ``a``, ``b``, ``b - a`` in ``fmt``)."""
         old, new, delta = shown or (f"{a:{fmt}}", f"{b:{fmt}}", f"{b - a:+{fmt}}")
         tol_text = tol_text or f"tolerance {tolerance:g}"
         if paired:
-            r = paired_delta(np.asarray(o.per_episode[loop]), np.asarray(n.per_episode[loop]), tolerance,
-                             statistic=stat, level=LEVEL, n_resamples=RESAMPLES, seed=0)
+            rows_o, rows_n = np.asarray(o.per_episode[loop]), np.asarray(n.per_episode[loop])
+            if of_mean_curve:  # a bootstrap over episodes of the mean curve's metric
+                r = paired_delta(rows_o, rows_n, tolerance, statistic=stat, level=LEVEL, n_resamples=RESAMPLES, seed=0)
+            else:  # a mean over episodes of each episode's value: the paired t interval
+                r = paired_delta(stat(rows_o), stat(rows_n), tolerance, level=LEVEL)
             ci = f"[{r.lo:+.4f}, {r.hi:+.4f}]"
             reg = (f"{what} {reason} by {a - b:{fmt}}{unit} ({old} -> {new}; 95% CI of the change {ci} excludes 0; "
                    f"{tol_text})") if r.verdict == "regressed" else None
@@ -257,13 +261,13 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
 
     a, b = o.closed_loop[0], n.closed_loop[0]
     gated("closed loop, step-1 cosine", "closed-loop step-1 cosine", a, b, tol.step1_drop,
-          lambda rows: rows[:, 0].mean(), "closed_loop", ".4f", f"drop <= {tol.step1_drop:g}",
+          lambda rows: rows[:, 0], "closed_loop", ".4f", f"drop <= {tol.step1_drop:g}",
           a - b > tol.step1_drop + _EPS, "dropped")
     for k in dict.fromkeys(s for s in (1, 10, h) if s <= h):
         rows.append(Row(f"open loop, step-{k} cosine", f"{o.open_loop[k - 1]:.4f}", f"{n.open_loop[k - 1]:.4f}",
                         f"{n.open_loop[k - 1] - o.open_loop[k - 1]:+.4f}"))
     a, b = M.auc(o.open_loop), M.auc(n.open_loop)
-    gated("open loop, AUC (mean cosine)", "open-loop AUC", a, b, tol.auc_drop, lambda rows: rows.mean(),
+    gated("open loop, AUC (mean cosine)", "open-loop AUC", a, b, tol.auc_drop, lambda rows: rows.mean(1),
           "open_loop", ".4f", f"drop <= {tol.auc_drop:g}", a - b > tol.auc_drop + _EPS, "dropped")
 
     dh_o, dh_n = M.drift_horizon(o.open_loop, thr), M.drift_horizon(n.open_loop, thr)
@@ -276,7 +280,7 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     gated(f"open loop, drift horizon @{thr:g}", "open-loop drift horizon", eff_o, eff_n, tol.horizon_drop - 0.5,
           horizon, "open_loop", "d", f"shorter by < {tol.horizon_drop}", eff_o - eff_n >= tol.horizon_drop,
           "shortened", (_horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}"),
-          f"tolerance: shorter by < {tol.horizon_drop}", " steps")
+          f"tolerance: shorter by < {tol.horizon_drop}", " steps", of_mean_curve=True)
 
     rows.append(Row("closed loop, step-1 skill vs copy-last", _signed(o.skill1), _signed(n.skill1),
                     f"{n.skill1 - o.skill1:+.4f}" if o.skill1 is not None and n.skill1 is not None
