@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "paired_delta"]
+__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "curve_ci", "paired_delta", "rise_statistic"]
 
 # regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
 # inconclusive: neither, and the CI reaches past -tolerance (a drop of the tolerance's size is not
@@ -110,3 +110,69 @@ def paired_delta(
     else:
         verdict = "no significant change"
     return PairedDelta(delta, lo, hi, len(d), tolerance, verdict, needed)
+
+
+# --- noise-aware gates: statistics of mean curves, resampled over episodes ----------------------
+
+
+def curve_ci(
+    curves: Sequence[np.ndarray],
+    statistic: Callable[..., np.ndarray],
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(value, lo, hi)``: a statistic of mean curves and its bootstrap CI over episodes.
+
+    ``curves``: k per-episode arrays ``[n, H_i]`` of the same n episodes (rows in the same order);
+    ``statistic(*means)`` takes the k mean curves, each ``[..., H_i]``, and returns ``[...]`` (one
+    number per curve set, vectorised over leading axes). Episodes are resampled *jointly*: one draw
+    picks whole rows of every array at once (``scipy.stats.bootstrap`` with ``paired=True`` over the
+    ``sum(H_i)`` columns), because two loops on the same episodes share each episode's difficulty and
+    their difference is far less noisy than either. BCa, seeded; percentile where BCa is undefined.
+    A single episode (or identical rows) has nothing to resample: ``lo == hi == value``.
+
+    A one-sided bound at confidence ``c`` is an end of the two-sided interval at ``level = 2c - 1``
+    (0.90 gives both one-sided 95% bounds)."""
+    from scipy.stats import bootstrap
+
+    xs = [np.asarray(c, dtype=np.float64) for c in curves]
+    if not xs or any(x.ndim != 2 for x in xs) or len({x.shape[0] for x in xs}) != 1:
+        raise ValueError(f"curves: expected k >= 1 arrays [n, H] of the same n, found {[x.shape for x in xs]}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    widths = [x.shape[1] for x in xs]
+    cuts = np.cumsum(widths)[:-1]
+    value = float(statistic(*(x.mean(0) for x in xs)))
+    joined = np.concatenate(xs, axis=1)  # [n, sum H]
+    if len(joined) < 2 or np.all(joined == joined[0]):
+        return value, value, value
+
+    def of_columns(*cols: np.ndarray, axis: int = -1) -> np.ndarray:
+        means = np.stack(cols, axis=-1).mean(axis=-2)  # cols: sum H arrays [..., n] -> [..., sum H]
+        return statistic(*np.split(means, cuts, axis=-1))
+
+    columns = tuple(joined.T)
+    with warnings.catch_warnings():  # scipy's note on a degenerate BCa: handled below
+        warnings.simplefilter("ignore")
+        lo = hi = math.nan
+        for method in ("BCa", "percentile"):
+            res = bootstrap(columns, of_columns, paired=True, vectorized=True, confidence_level=level,
+                            n_resamples=n_resamples, method=method, rng=np.random.default_rng(seed))
+            lo, hi = (float(v) for v in res.confidence_interval)
+            if math.isfinite(lo) and math.isfinite(hi):
+                break
+    return value, lo, hi
+
+
+def rise_statistic(curve: np.ndarray) -> np.ndarray:
+    """The largest climb of a curve above its lowest earlier value, signed: ``[..., H] -> [...]``.
+
+    ``metrics.max_rise`` without its clip at 0: a strictly decaying curve has a negative rise (how
+    far its smallest step-to-later drop is from a climb), which keeps the statistic continuous for
+    the bootstrap. ``max(0, rise_statistic(c)) == max_rise(c)[0]`` for any curve of length >= 2."""
+    c = np.asarray(curve, dtype=np.float64)
+    if c.shape[-1] < 2:
+        return np.zeros(c.shape[:-1])
+    running_min = np.minimum.accumulate(c, axis=-1)
+    return (c[..., 1:] - running_min[..., :-1]).max(-1)
