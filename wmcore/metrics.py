@@ -304,7 +304,8 @@ def float32_rows(x: Tensor) -> list[list[float]]:
 #   ci:   fail only when the bootstrap over episodes shows the violation with one-sided 95% confidence
 #   mean: fail when the mean curve shows it at all (the rule before gate_rule existed)
 GATE_RULES = ("ci", "mean")
-# Shape gates: the two-sided 90% interval, whose ends are the one-sided 95% bounds the rule tests.
+# Shape gates: the two-sided 90% interval, whose ends are the one-sided 95% bounds the rule tests;
+# basic bootstrap, as their statistics are extremes over steps (see stats.curve_ci).
 SHAPE_LEVEL = 0.90
 # Threshold gates: the ordinary two-sided 95% interval shown beside the value.
 VALUE_LEVEL = 0.95
@@ -388,7 +389,7 @@ def gate_monotone(
     head = f"{label} climbs {rise:.4f}{where} above an earlier step"
     lo = hi = None
     if per_episode is not None:
-        _, lo, hi = curve_ci([_rows(per_episode)], rise_statistic, SHAPE_LEVEL, n_resamples, seed)
+        _, lo, hi = curve_ci([_rows(per_episode)], rise_statistic, SHAPE_LEVEL, n_resamples, seed, "basic")
         lo, hi = max(lo, 0.0), max(hi, 0.0)  # as max_rise: a curve that never climbs climbs 0
     if rule == "ci":
         ok = lo <= tol
@@ -420,7 +421,7 @@ def gate_closed_ge_open(
     lo = hi = None
     if closed_episodes is not None:
         _, lo, hi = curve_ci([_rows(closed_episodes), _rows(open_episodes)], lambda c, o: (c - o).min(-1),
-                             SHAPE_LEVEL, n_resamples, seed)
+                             SHAPE_LEVEL, n_resamples, seed, "basic")
     if rule == "ci":
         ok = hi >= -tol
         verdict = ("not below" if ok else "below") + f" {-tol:+.4f} with 95% confidence"

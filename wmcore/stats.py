@@ -121,6 +121,7 @@ def curve_ci(
     level: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    method: str = "BCa",
 ) -> tuple[float, float, float]:
     """``(value, lo, hi)``: a statistic of mean curves and its bootstrap CI over episodes.
 
@@ -129,8 +130,15 @@ def curve_ci(
     number per curve set, vectorised over leading axes). Episodes are resampled *jointly*: one draw
     picks whole rows of every array at once (``scipy.stats.bootstrap`` with ``paired=True`` over the
     ``sum(H_i)`` columns), because two loops on the same episodes share each episode's difficulty and
-    their difference is far less noisy than either. BCa, seeded; percentile where BCa is undefined.
-    A single episode (or identical rows) has nothing to resample: ``lo == hi == value``.
+    their difference is far less noisy than either. Seeded; ``method`` as scipy's (BCa falls back to
+    percentile where it is undefined). A single episode (or identical rows) has nothing to resample:
+    ``lo == hi == value``.
+
+    For a maximum or minimum over steps (``rise_statistic``, a worst gap) use ``method="basic"``: such a
+    statistic is pushed away from the truth by the noise of its most extreme step, the bootstrap
+    pushes it the same way once more, and the basic interval ``2 value - quantile`` subtracts that
+    push where BCa and percentile keep it (pure noise, 8 episodes: 7% false climbs at one-sided 95%
+    against 58% with BCa; tests/test_gates.py).
 
     A one-sided bound at confidence ``c`` is an end of the two-sided interval at ``level = 2c - 1``
     (0.90 gives both one-sided 95% bounds)."""
@@ -156,9 +164,9 @@ def curve_ci(
     with warnings.catch_warnings():  # scipy's note on a degenerate BCa: handled below
         warnings.simplefilter("ignore")
         lo = hi = math.nan
-        for method in ("BCa", "percentile"):
+        for how in (method, "percentile"):
             res = bootstrap(columns, of_columns, paired=True, vectorized=True, confidence_level=level,
-                            n_resamples=n_resamples, method=method, rng=np.random.default_rng(seed))
+                            n_resamples=n_resamples, method=how, rng=np.random.default_rng(seed))
             lo, hi = (float(v) for v in res.confidence_interval)
             if math.isfinite(lo) and math.isfinite(hi):
                 break
