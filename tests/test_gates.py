@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
 from wmcore.report import DriftReport
 from wmcore.settings import GATE_RULES, Thresholds, load_thresholds
 from wmcore.stats import curve_ci, rise_statistic
+
+pytest_plugins = ["pytester"]
 
 H = 20
 DECAY = np.linspace(0.95, 0.40, H)  # a monotone true curve
@@ -248,3 +251,34 @@ def test_the_rule_is_recorded_and_chosen_on_the_command_line(tmp_path, capsys):
         assert f"rule {rule}" in {g.name: g for g in r.gates}["monotone_decay"].message
         assert json.loads(next(out.glob("*.json")).read_text())["gates"][1]["lo"] is not None
     capsys.readouterr()
+
+
+# --- the pytest plugin: --wm-gate-rule ---------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+
+
+@pytest.mark.parametrize("args, rule", [([], "ci"), (["--wm-gate-rule", "mean"], "mean"),
+                                        (["--wm-threshold", "gate_rule=mean"], "mean")])
+def test_the_plugin_option_chooses_the_rule_and_the_report_records_it(pytester, tmp_path, args, rule):
+    from wmcore.data.episodes import save_episode, write_index
+
+    d = tmp_path / "data"
+    d.mkdir()
+    eps = make_episodes(AnalyticConfig(delta=0.05), episodes=3, steps=10, seed=3)
+    write_index(d, {"fps": 10.0, "height": eps[0].frames.shape[1], "width": eps[0].frames.shape[2]},
+                [save_episode(d, i, e, seed=i) for i, e in enumerate(eps)])
+    pytester.makepyfile(test_drift=BENCH.read_text())
+    bj = tmp_path / "bench.json"
+    r = pytester.runpytest("--benchmark-only", "-p", "no:cacheprovider", "--wm-model", "analytic:delta=0.05",
+                           "--wm-data", str(d), "--wm-actions", "recorded", "--wm-horizon", "8",
+                           "--wm-artifacts", str(tmp_path / "art"), f"--benchmark-json={bj}", *args)
+    r.assert_outcomes(passed=1)
+    rec = json.loads(bj.read_text())["benchmarks"][0]["extra_info"]["wmcore"]
+    assert rec["thresholds"]["gate_rule"] == rule
+
+
+def test_the_plugin_refuses_an_unknown_rule(pytester):
+    pytester.makepyfile(test_drift=BENCH.read_text())
+    r = pytester.runpytest("--benchmark-only", "-p", "no:cacheprovider", "--wm-gate-rule", "median")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR and "invalid choice: 'median'" in r.stderr.str()

@@ -16,6 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+# scipy.stats at import, not on first use: pytest's in-process runs (pytester) drop the modules a run
+# imported, and numpy's C extensions, which scipy pulls in, cannot be loaded twice in one process.
+import scipy.stats  # noqa: F401
+
 __all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "curve_ci", "paired_delta", "rise_statistic"]
 
 # regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
@@ -142,7 +146,7 @@ def curve_ci(
 
     A one-sided bound at confidence ``c`` is an end of the two-sided interval at ``level = 2c - 1``
     (0.90 gives both one-sided 95% bounds)."""
-    from scipy.stats import bootstrap
+    from scipy.stats import bootstrap  # already loaded (top of the module)
 
     xs = [np.asarray(c, dtype=np.float64) for c in curves]
     if not xs or any(x.ndim != 2 for x in xs) or len({x.shape[0] for x in xs}) != 1:
