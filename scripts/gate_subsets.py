@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--size", type=int, default=8)
     args = ap.parse_args(argv)
     episodes = load_data(args.data)
-    rows = []
+    rows, extremes = [], []
     for name in args.models:
         model = load_model(name)
         cfg, thresholds = resolve(model.name)
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {len(picks)} subsets of {args.size} of {len(prep.ids)} episodes", file=sys.stderr, flush=True)
         for rule in GATE_RULES:
             t = dataclasses.replace(thresholds, gate_rule=rule)
-            passed, failed = 0, Counter()
+            passed, failed, worst = 0, Counter(), {}
             for idx in picks:
                 sub = dataclasses.replace(
                     prep, latents=prep.latents[idx], actions=prep.actions[idx], ids=[prep.ids[i] for i in idx],
@@ -63,10 +63,20 @@ def main(argv: list[str]) -> int:
                 r = build_report(model, sub, pred_open[idx], pred_closed[idx], cfg, t)
                 passed += r.passed
                 failed.update(g.name for g in r.gates if not g.passed)
+                for g in r.gates:  # the value nearest to failing (shape gates: the bound the ci rule tests)
+                    shape = g.name in ("monotone_decay", "closed_ge_open")
+                    v = (g.lo if g.name == "monotone_decay" else g.hi) if shape and rule == "ci" else g.measured
+                    worse = max if g.name == "monotone_decay" else min
+                    worst[g.name] = v if g.name not in worst else worse(worst[g.name], v)
             rows.append((name, rule, len(picks), passed, ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "-"))
+            limits = {g.name: g.limit for g in r.gates}
+            extremes.append((name, rule, ", ".join(f"{k} {v:+.3f} (limit {limits[k]:+.3f})" for k, v in worst.items())))
     print(f"{'model':<15} {'rule':<5} {'subsets':>7} {'pass all':>8}  failures per gate")
     for name, rule, n, p, f in rows:
         print(f"{name:<15} {rule:<5} {n:>7} {p:>8}  {f}")
+    print("\nworst value over the subsets (monotone_decay: largest; others: smallest; ci rule: the bound it tests)")
+    for name, rule, text in extremes:
+        print(f"{name:<15} {rule:<5} {text}")
     return 0
 
 

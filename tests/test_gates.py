@@ -18,7 +18,7 @@ from wmcore.evaluate import EvalConfig, build_report, prepare, rollouts
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
 from wmcore.report import DriftReport
 from wmcore.settings import GATE_RULES, Thresholds, load_thresholds
-from wmcore.stats import curve_ci, rise_statistic
+from wmcore.stats import curve_ci, rise_statistic, skill_ci
 
 pytest_plugins = ["pytester"]
 
@@ -69,6 +69,15 @@ def test_curve_ci_resamples_the_curves_jointly():
     assert (v, lo, hi) == pytest.approx((-0.03, -0.03, -0.03))
     _, lo1, hi1 = curve_ci([open_], lambda o: o[..., 0], 0.9, 500)
     assert hi1 - lo1 > 0.1
+
+
+def test_skill_ci_is_the_skill_of_the_mean_errors_with_its_interval():
+    m, b = np.abs(noisy(10, 0.3, 4, np.ones(H))), np.abs(noisy(10, 0.3, 5, np.full(H, 2.0)))
+    v, lo, hi = skill_ci(m, b, 4, n_resamples=500)
+    assert v == pytest.approx(float(M.skill(torch.tensor(m), torch.tensor(b))[:4].mean()))
+    assert lo < v < hi
+    z = np.zeros((3, H))
+    assert skill_ci(z, z, 2) == (0.0, 0.0, 0.0)  # no error either way: skill 0, as metrics.skill
 
 
 def test_curve_ci_refuses_ragged_episodes():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .stats import curve_ci, rise_statistic
+from .stats import curve_ci, rise_statistic, skill_ci
 
 __all__ = [
     "GATE_RULES",
@@ -433,21 +433,6 @@ def gate_closed_ge_open(
     return Gate("closed_ge_open", ok, gap, -tol, f"{msg}; closed {_fmt(closed[:10])} open {_fmt(open_[:10])}", lo, hi)
 
 
-def _skill_of_means(m: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``skill`` on mean error curves ``[..., H]`` x2 -> ``[..., H]`` (numpy, vectorised)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = 1 - m / np.maximum(b, 1e-300)
-    return np.where(b > 0, out, np.where(m > 0, -np.inf, 0.0))
-
-
-def _skill_ci(errors, steps: int, n_resamples: int, seed: int) -> tuple[float, float]:
-    """95% CI of the mean skill over steps 1..``steps`` from ``errors = (model [B, H], baseline [B, H])``,
-    both resampled by episode together."""
-    m, b = (_rows(e)[:, :steps] for e in errors)
-    _, lo, hi = curve_ci([m, b], lambda mm, bb: _skill_of_means(mm, bb).mean(-1), VALUE_LEVEL, n_resamples, seed)
-    return lo, hi
-
-
 def gate_skill(
     skill_curve: list[float], minimum: float, baseline: str = "copy_last", *,
     errors=None, n_resamples: int = 1000, seed: int = 0,
@@ -459,7 +444,7 @@ def gate_skill(
     lo = hi = None
     ci = ""
     if errors is not None:
-        lo, hi = _skill_ci(errors, 1, n_resamples, seed)
+        _, lo, hi = skill_ci(*(_rows(e) for e in errors), 1, VALUE_LEVEL, n_resamples, seed)
         ci = f" ({_ci_text(VALUE_LEVEL, lo, hi, '+')})"
     msg = (f"step-1 MSE skill vs {baseline} {v:+.4f}{ci} {'>=' if ok else '<'} min {minimum:+.4f}; "
            f"curve {_fmt(skill_curve[:10])}")
@@ -478,7 +463,7 @@ def gate_mean_skill(
     lo = hi = None
     ci = ""
     if errors is not None:
-        lo, hi = _skill_ci(errors, n, n_resamples, seed)
+        _, lo, hi = skill_ci(*(_rows(e) for e in errors), n, VALUE_LEVEL, n_resamples, seed)
         ci = f" ({_ci_text(VALUE_LEVEL, lo, hi, '+')})"
     msg = (
         f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is {v:+.4f}{ci} {'>=' if ok else '<'} "

@@ -20,7 +20,7 @@ import numpy as np
 # imported, and numpy's C extensions, which scipy pulls in, cannot be loaded twice in one process.
 import scipy.stats  # noqa: F401
 
-__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "curve_ci", "paired_delta", "rise_statistic"]
+__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "curve_ci", "paired_delta", "rise_statistic", "skill_ci"]
 
 # regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
 # inconclusive: neither, and the CI reaches past -tolerance (a drop of the tolerance's size is not
@@ -188,3 +188,25 @@ def rise_statistic(curve: np.ndarray) -> np.ndarray:
         return np.zeros(c.shape[:-1])
     running_min = np.minimum.accumulate(c, axis=-1)
     return (c[..., 1:] - running_min[..., :-1]).max(-1)
+
+
+def skill_ci(
+    err_model: np.ndarray,
+    err_baseline: np.ndarray,
+    steps: int,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(value, lo, hi)``: the MSE skill ``1 - mean err_model / mean err_baseline`` (means over
+    episodes, per step), averaged over steps 1..``steps``, and its BCa CI; ``[n, H]`` x2, the same
+    episodes, resampled together. A step whose baseline error is 0 scores 0, or -inf if the model errs
+    there (as ``metrics.skill``)."""
+
+    def mean_skill(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(b > 0, 1 - m / np.maximum(b, 1e-300), np.where(m > 0, -np.inf, 0.0))
+        return s.mean(-1)
+
+    m, b = np.asarray(err_model, dtype=np.float64), np.asarray(err_baseline, dtype=np.float64)
+    return curve_ci([m[:, :steps], b[:, :steps]], mean_skill, level, n_resamples, seed)
