@@ -16,7 +16,7 @@ from .errors import WMError, run_command
 from .fsio import safe_name
 from .paths import DEFAULT_DATA, DEFAULT_MODEL
 from .rollout import ACTION_SOURCES
-from .settings import DTYPES, Tolerances
+from .settings import DTYPES, GATE_RULES, Tolerances
 
 __all__ = ["build_parser", "main"]
 
@@ -88,7 +88,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
                               "(nothing is overwritten)")
     cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
-                              device=args.device, dtype=args.dtype)
+                              device=args.device, dtype=args.dtype,
+                              overrides={"gate_rule": args.gate_rule} if args.gate_rule else None)
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data, limit=args.episodes, camera=args.camera)
@@ -230,6 +231,9 @@ def _add_report_commands(sub) -> None:
     se.add_argument("--actions", default="recorded", choices=ACTION_SOURCES, help="action source (default recorded)")
     se.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default cpu)")
     se.add_argument("--dtype", default="float32", choices=DTYPES, help="model and latent dtype (default float32)")
+    se.add_argument("--gate-rule", choices=GATE_RULES, help="monotone-decay and closed >= open gates: ci fails only a "
+                    "violation shown with 95%% confidence over episodes, mean fails any violation of the mean curve "
+                    "(default: gate_rule in [tool.wmcore], ci)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
 

@@ -182,17 +182,24 @@ def build_report(
         "copy_first": M.loop_stats(first, target, **common),
     }
     cl, op = loops["closed_loop"], loops["open_loop"]
-    gates = [
-        M.gate_step1(cl.cosine, thresholds.step1_min),
-        M.gate_monotone(op.cosine, thresholds.monotone_tol),
-        M.gate_closed_ge_open(cl.cosine, op.cosine, thresholds.closed_open_tol),
-        M.gate_skill(cl.skill["copy_last"], thresholds.skill_min),
-    ]
     t = thresholds
+    # the gates resample the per-episode curves the report keeps (rows in episode order), so a reader
+    # can recompute every CI from the JSON alone
+    ep = {k: v.per_episode for k, v in loops.items()}
+    boot = dict(n_resamples=t.bootstrap, seed=t.seed)
+    gates = [
+        M.gate_step1(cl.cosine, t.step1_min, per_episode=ep["closed_loop"]["cosine"], **boot),
+        M.gate_monotone(op.cosine, t.monotone_tol, per_episode=ep["open_loop"]["cosine"], rule=t.gate_rule, **boot),
+        M.gate_closed_ge_open(cl.cosine, op.cosine, t.closed_open_tol, closed_episodes=ep["closed_loop"]["cosine"],
+                              open_episodes=ep["open_loop"]["cosine"], rule=t.gate_rule, **boot),
+        M.gate_skill(cl.skill["copy_last"], t.skill_min, errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot),
+    ]
     if t.skill_mean_min is not None:
-        gates.append(M.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop"))
+        gates.append(M.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop",
+                                       errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot))
     if t.open_skill_mean_min is not None:
-        gates.append(M.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop"))
+        gates.append(M.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop",
+                                       errors=(ep["open_loop"]["mse"], ep["copy_first"]["mse"]), **boot))
     if t.horizon_min is not None:
         gates.append(M.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
     fp = model.fingerprint()

@@ -14,6 +14,8 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-device DEV      cpu, cuda, cuda:1, ... (default cpu)
   --wm-dtype DT        float32, bfloat16, float16 (default float32)
   --wm-threshold K=V   override a threshold of [tool.wmcore] for every model, repeatable
+  --wm-gate-rule R     ci or mean: how the monotone-decay and closed >= open gates decide (default:
+                       [tool.wmcore] gate_rule, ci); the same as --wm-threshold gate_rule=R
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
 
 Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
@@ -38,7 +40,7 @@ from .benchmark_json import atomic_benchmark_writes
 from .fsio import new_run_dir, safe_name
 from .report import DriftReport, render_text
 from .rollout import ACTION_SOURCES
-from .settings import DTYPES, Thresholds, check_placement, load_thresholds, parse_overrides, resolve
+from .settings import DTYPES, GATE_RULES, Thresholds, check_placement, load_thresholds, parse_overrides, resolve
 
 __all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest finds by name
 
@@ -103,6 +105,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--wm-threshold", action="append", default=None, metavar="KEY=VALUE",
                 help="override a threshold for every model, repeatable (e.g. --wm-threshold step1_min=0.9); "
                 "keys as in [tool.wmcore]")
+    g.addoption("--wm-gate-rule", default=None, choices=GATE_RULES,
+                help="monotone-decay and closed >= open gates: ci fails only a violation shown with 95%% confidence "
+                "over episodes, mean fails any violation of the mean curve (default: gate_rule in [tool.wmcore], ci)")
     g.addoption("--wm-artifacts", default="runs", metavar="DIR",
                 help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
                 "and DriftReport JSONs (default: runs)")
@@ -148,6 +153,8 @@ def pytest_configure(config: pytest.Config) -> None:
         overrides = parse_overrides(o("wm_threshold") or [], "--wm-threshold")
     except WMError as e:
         raise pytest.UsageError(str(e)) from None
+    if o("wm_gate_rule"):  # wins over a --wm-threshold gate_rule=...: the more specific option
+        overrides["gate_rule"] = o("wm_gate_rule")
     try:
         load_thresholds(None, overrides=overrides)  # unknown keys and bad values fail here, once
     except WMError as e:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import WMError
+from .metrics import GATE_RULES
 from .rollout import ACTION_SOURCES
 
 try:
@@ -29,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "DTYPES",
+    "GATE_RULES",
     "EvalConfig",
     "Thresholds",
     "Tolerances",
@@ -63,8 +65,15 @@ class Thresholds:
     skill_mean_min: float | None = None  # closed loop: mean MSE skill against copy-last
     open_skill_mean_min: float | None = None  # open loop: mean MSE skill against copy-first
     horizon_min: int | None = None  # open-loop drift horizon at `threshold` (never reached passes)
-    bootstrap: int = 1000
+    bootstrap: int = 1000  # resamples of every bootstrap CI (curve bands and gates)
     seed: int = 0
+    # monotone_decay and closed_ge_open: "ci" fails only a violation shown with one-sided 95% confidence
+    # by the bootstrap over episodes; "mean" fails any violation of the mean curve (metrics.GATE_RULES)
+    gate_rule: str = "ci"
+
+    def __post_init__(self) -> None:
+        if self.gate_rule not in GATE_RULES:
+            raise WMError(f"Thresholds.gate_rule {self.gate_rule!r}: expected one of {', '.join(GATE_RULES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,6 +202,11 @@ def load_thresholds(
         )
     out: dict[str, Any] = {}
     for k, v in merged.items():
+        if k == "gate_rule":  # the one threshold that is a word
+            if v not in GATE_RULES:
+                raise WMError(f"{path or 'overrides'}: threshold gate_rule={v!r}: expected one of {', '.join(GATE_RULES)}")
+            out[k] = v
+            continue
         want_int = fields[k] in ("int", int, "int | None")
         if isinstance(v, str):  # from a command line
             try:
