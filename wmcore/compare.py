@@ -240,7 +240,7 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
               means_regressed: bool, reason: str, shown: tuple[str, str, str] | None = None, tol_text: str = "",
               unit: str = "", of_mean_curve: bool = False) -> None:
         """One gated row: paired (per-episode rows of ``loop``; ``stat``: rows -> each episode's value, or
-        with ``of_mean_curve`` rows -> the metric of their mean curve) or on means.
+        with ``of_mean_curve`` BASE's and NEW's mean curves -> the change) or on means.
         ``shown``: old, new, delta as the table prints them (default: ``a``, ``b``, ``b - a`` in ``fmt``)."""
         old, new, delta = shown or (f"{a:{fmt}}", f"{b:{fmt}}", f"{b - a:+{fmt}}")
         tol_text = tol_text or f"tolerance {tolerance:g}"
@@ -273,12 +273,13 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     dh_o, dh_n = M.drift_horizon(o.open_loop, thr), M.drift_horizon(n.open_loop, thr)
     eff_o, eff_n = M.horizon_steps(dh_o, h), M.horizon_steps(dh_n, h)
 
-    def horizon(rows: np.ndarray) -> int:  # of the mean curve of the episodes drawn
-        return M.horizon_steps(M.drift_horizon(rows.mean(0).tolist(), thr), h)
+    def steps_to_fall(curves: np.ndarray) -> np.ndarray:  # drift horizon of mean curves [..., H], never = H+1
+        below = curves < thr
+        return np.where(below.any(-1), below.argmax(-1) + 1, h + 1)
 
     # integer steps: "shorter by horizon_drop or more" is a change beyond horizon_drop - 1/2
     gated(f"open loop, drift horizon @{thr:g}", "open-loop drift horizon", eff_o, eff_n, tol.horizon_drop - 0.5,
-          horizon, "open_loop", "d", f"shorter by < {tol.horizon_drop}", eff_o - eff_n >= tol.horizon_drop,
+          lambda mb, mn: steps_to_fall(mn) - steps_to_fall(mb), "open_loop", "d", f"shorter by < {tol.horizon_drop}", eff_o - eff_n >= tol.horizon_drop,
           "shortened", (_horizon(dh_o), _horizon(dh_n), f"{eff_n - eff_o:+d}"),
           f"tolerance: shorter by < {tol.horizon_drop}", " steps", of_mean_curve=True)
 

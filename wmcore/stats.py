@@ -7,7 +7,7 @@ few episodes.
 
 Which interval. A metric that is a mean over episodes (step-1 cosine, AUC) gets the paired t interval
 of its mean difference (``scipy.stats.ttest_1samp``); a statistic of the mean curve (the drift horizon)
-gets a bootstrap over episodes (``scipy.stats.bootstrap``, BCa, seeded). Measured on the calibration
+gets a bootstrap over episodes (``curve_ci``: ``scipy.stats.bootstrap``, BCa, seeded). Measured on the calibration
 world (``scripts/calibrate_compare.py``): BCa bootstrap intervals of a mean were too narrow at these
 sizes (one-sided misses 7.7% at 8 episodes, 4.3% at 32, nominal 2.5%; false alarms of the verdict up
 to 10%), the t interval kept its nominal 2.0-2.4% at 8, 16 and 32 episodes.
@@ -26,45 +26,13 @@ import numpy as np
 # imported, and numpy's C extensions, which scipy pulls in, cannot be loaded twice in one process.
 import scipy.stats  # noqa: F401
 
-__all__ = ["VERDICTS", "PairedDelta", "bootstrap_ci", "curve_ci", "mean_ci", "paired_delta", "rise_statistic",
+__all__ = ["VERDICTS", "PairedDelta", "curve_ci", "mean_ci", "paired_delta", "rise_statistic",
            "skill_ci"]
 
 # regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
 # inconclusive: neither, and the CI reaches past -tolerance (a drop of the tolerance's size is not
 # ruled out); no significant change: the CI rules such a drop out.
 VERDICTS = ("regressed", "improved", "no significant change", "inconclusive")
-
-
-def bootstrap_ci(
-    sample: np.ndarray,
-    statistic: Callable[..., np.ndarray] = np.mean,
-    level: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """``(lo, hi)``: the bootstrap CI of ``statistic`` over a sample ``[n]`` (resampling its entries),
-    BCa, seeded. ``statistic(x, axis=-1)`` as numpy's reductions take it. A sample of one value, or of
-    equal values, has nothing to resample: the interval is the statistic itself."""
-    from scipy.stats import bootstrap
-
-    x = np.asarray(sample, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"sample: expected [n], found shape {x.shape}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    value = float(statistic(x, axis=-1))
-    if len(x) < 2 or np.all(x == x[0]):
-        return value, value
-    with warnings.catch_warnings():  # scipy's note on a degenerate BCa: handled below
-        warnings.simplefilter("ignore")
-        res = bootstrap((x,), statistic, confidence_level=level, n_resamples=n_resamples, method="BCa",
-                        vectorized=True, random_state=np.random.default_rng(seed))
-        lo, hi = res.confidence_interval
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # BCa undefined (e.g. all but one equal)
-            res = bootstrap((x,), statistic, confidence_level=level, n_resamples=n_resamples, method="percentile",
-                            vectorized=True, random_state=np.random.default_rng(seed))
-            lo, hi = res.confidence_interval
-    return float(lo), float(hi)
 
 
 def mean_ci(sample: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -106,17 +74,17 @@ def paired_delta(
     new: np.ndarray,
     tolerance: float,
     *,
-    statistic: Callable[[np.ndarray], float] | None = None,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     higher_is_better: bool = True,
     level: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> PairedDelta:
     """Compare per-episode values ``base [n]`` and ``new [n]`` (the same episodes, in the same order),
-    with the t interval of the mean difference; or, with ``statistic`` (rows ``[m, ...]`` -> a number,
-    e.g. the drift horizon of the mean curve), per-episode rows ``[n, ...]``: the difference is
-    ``statistic(new) - statistic(base)``, and its CI resamples the episodes of both sides together
-    (scipy's BCa bootstrap over episode indices).
+    with the t interval of the mean difference; or, with ``statistic`` (BASE's and NEW's mean curves
+    ``[..., H]`` -> the change ``[...]``, vectorised as ``curve_ci`` takes it; e.g. the change of the
+    drift horizon), per-episode rows ``[n, H]``: its CI resamples the episodes of both sides together
+    (``curve_ci``, BCa).
 
     The verdict (``VERDICTS``): *regressed* when the mean difference is worse than ``-tolerance`` and
     its CI excludes 0; *improved* when it is better than ``+tolerance`` and the CI excludes 0;
@@ -124,7 +92,7 @@ def paired_delta(
     change*. A regression is declared only when the data say so with confidence ``level``: with no
     real change, a false alarm needs the CI to miss 0 on the low side (about (1 - level) / 2)."""
     b, n = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
-    if b.shape != n.shape or b.ndim != (1 if statistic is None else b.ndim) or b.ndim < 1 or len(b) == 0:
+    if b.shape != n.shape or b.ndim != (1 if statistic is None else 2) or len(b) == 0:
         raise ValueError(f"base and new: expected two [n] arrays of the same episodes, found {b.shape} and {n.shape}")
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
@@ -134,7 +102,7 @@ def paired_delta(
         delta = float(d.mean())
         lo, hi = mean_ci(d, level=level)
     else:
-        delta, lo, hi = _paired_statistic(b, n, statistic, sign, level, n_resamples, seed)
+        delta, lo, hi = curve_ci([b, n], lambda mb, mn: sign * statistic(mb, mn), level, n_resamples, seed)
     d_len = len(b)
     needed = None
     if delta < -tolerance and hi < 0:
@@ -148,31 +116,6 @@ def paired_delta(
     else:
         verdict = "no significant change"
     return PairedDelta(delta, lo, hi, d_len, tolerance, verdict, needed)
-
-
-def _paired_statistic(base: np.ndarray, new: np.ndarray, statistic: Callable[[np.ndarray], float], sign: float,
-                      level: float, n_resamples: int, seed: int) -> tuple[float, float, float]:
-    """(difference, lo, hi) of ``sign * (statistic(new) - statistic(base))``, episodes resampled jointly."""
-    from scipy.stats import bootstrap
-
-    def diff(idx: np.ndarray) -> float:
-        idx = np.asarray(idx, dtype=np.intp)
-        return sign * (float(statistic(new[idx])) - float(statistic(base[idx])))
-
-    value = diff(np.arange(len(base)))
-    if len(base) < 2 or np.array_equal(base, new):
-        return value, value, value
-    idx = np.arange(len(base), dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ci = None
-        for method in ("BCa", "percentile"):  # BCa is undefined when the jackknife values are all equal
-            res = bootstrap((idx,), diff, confidence_level=level, n_resamples=n_resamples, method=method,
-                            vectorized=False, random_state=np.random.default_rng(seed))
-            ci = res.confidence_interval
-            if math.isfinite(ci.low) and math.isfinite(ci.high):
-                break
-    return value, float(ci.low), float(ci.high)
 
 
 # --- noise-aware gates: statistics of mean curves, resampled over episodes ----------------------
