@@ -63,9 +63,9 @@ def main(argv: list[str]) -> int:
                 r = build_report(model, sub, pred_open[idx], pred_closed[idx], cfg, t)
                 passed += r.passed
                 failed.update(g.name for g in r.gates if not g.passed)
-                for g in r.gates:  # the value nearest to failing (shape gates: the bound the ci rule tests)
-                    shape = g.name in ("monotone_decay", "closed_ge_open")
-                    v = (g.lo if g.name == "monotone_decay" else g.hi) if shape and rule == "ci" else g.measured
+                for g in r.gates:  # the value nearest to failing (rule ci: the bound it tests)
+                    tested = rule == "ci" and g.lo is not None
+                    v = (g.lo if g.name == "monotone_decay" else g.hi) if tested else g.measured
                     worse = max if g.name == "monotone_decay" else min
                     worst[g.name] = v if g.name not in worst else worse(worst[g.name], v)
             rows.append((name, rule, len(picks), passed, ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "-"))

@@ -21,7 +21,11 @@ from wmcore.paths import fixtures_dir
 
 # of the 32: enough for stable curves, quick on 2 cores; WMCORE_EMBEDDED_EPISODES=32 runs them all
 EPISODES = int(os.environ.get("WMCORE_EMBEDDED_EPISODES", "12"))
-NOISE = 0.5  # relative to each predictor tensor's own std: the gates fail
+# relative to each predictor tensor's own std. NOISE: the gates fail with 95% confidence (12 episodes:
+# step-1 skill -2.25, 90% CI [-9.48, -0.28] against min 0.3). At 0.5 the absolute gates do not
+# reliably notice (32 episodes: step-1 skill 0.39, CI [0.07, 0.58], passes even the mean rule), though
+# the open-loop AUC falls from 0.57 to 0.22: that is compare's job, as is SUBTLE.
+NOISE = 1.0
 SUBTLE = 0.3  # open-loop AUC roughly halves, yet every absolute gate still passes: compare's job
 
 

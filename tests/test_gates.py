@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from wmcore import gates as G
 from wmcore import metrics as M
 from wmcore.cli import main as cli_main
 from wmcore.errors import WMError
@@ -95,9 +96,9 @@ def test_monotone_passes_one_odd_episode_that_the_mean_rule_fails():
     x[3, 9:] += 0.6
     mean = x.mean(0).tolist()
     assert M.max_rise(torch.tensor(mean))[0] > 0.03
-    assert not M.gate_monotone(mean, 0.03).passed  # the mean rule (no episodes given)
-    assert not M.gate_monotone(mean, 0.03, per_episode=x, rule="mean").passed
-    g = M.gate_monotone(mean, 0.03, per_episode=x)  # ci: the default with episodes
+    assert not G.gate_monotone(mean, 0.03).passed  # the mean rule (no episodes given)
+    assert not G.gate_monotone(mean, 0.03, per_episode=x, rule="mean").passed
+    g = G.gate_monotone(mean, 0.03, per_episode=x)  # ci: the default with episodes
     assert g.passed and g.lo <= 0.03 < g.measured <= g.hi
     assert "90% CI" in g.message and "0.0300" in g.message and "rule ci" in g.message
 
@@ -105,7 +106,7 @@ def test_monotone_passes_one_odd_episode_that_the_mean_rule_fails():
 def test_monotone_fails_a_climb_that_every_episode_shows():
     x = noisy(8, 0.01, 0)
     x[:, 9:] += 0.1  # every episode climbs 0.1 at step 10
-    g = M.gate_monotone(x.mean(0).tolist(), 0.03, per_episode=torch.tensor(x))
+    g = G.gate_monotone(x.mean(0).tolist(), 0.03, per_episode=torch.tensor(x))
     assert not g.passed and g.lo > 0.03 and g.measured == pytest.approx(M.max_rise(torch.tensor(x.mean(0)))[0])
     assert "above the tolerance 0.0300 with 95% confidence" in g.message
 
@@ -118,16 +119,16 @@ def test_monotone_ci_passes_pure_noise_at_about_the_nominal_rate():
     for seed in range(20):
         x = noisy(8, 0.1, seed)
         for rule in fails:
-            fails[rule] += not M.gate_monotone(x.mean(0).tolist(), 0.03, per_episode=x, rule=rule, n_resamples=500).passed
+            fails[rule] += not G.gate_monotone(x.mean(0).tolist(), 0.03, per_episode=x, rule=rule, n_resamples=500).passed
     assert fails["ci"] <= 2 and fails["mean"] >= 15, fails
 
 
 def test_monotone_rule_checks():
     with pytest.raises(ValueError, match="needs the per-episode curves"):
-        M.gate_monotone(list(DECAY), 0.02, rule="ci")
+        G.gate_monotone(list(DECAY), 0.02, rule="ci")
     with pytest.raises(ValueError, match="expected one of ci, mean"):
-        M.gate_monotone(list(DECAY), 0.02, per_episode=noisy(3, 0.1, 0), rule="median")
-    assert GATE_RULES == M.GATE_RULES == ("ci", "mean")
+        G.gate_monotone(list(DECAY), 0.02, per_episode=noisy(3, 0.1, 0), rule="median")
+    assert GATE_RULES == G.GATE_RULES == ("ci", "mean")
 
 
 # --- the closed >= open gate ------------------------------------------------------------------------
@@ -138,40 +139,64 @@ def test_closed_ge_open_passes_one_odd_episode_and_fails_a_consistent_crossing()
     closed = open_ + 0.02  # closed above open in every episode
     closed[5] -= 0.4  # one episode where closed loop does far worse: mean gap -0.03
     c, o = closed.mean(0).tolist(), open_.mean(0).tolist()
-    assert not M.gate_closed_ge_open(c, o, 0.01).passed
-    g = M.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed, open_episodes=open_)
+    assert not G.gate_closed_ge_open(c, o, 0.01).passed
+    g = G.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed, open_episodes=open_)
     assert g.passed and g.lo <= g.measured < -0.01 <= g.hi and "rule ci" in g.message
     below = open_ - 0.03  # every episode's closed loop 0.03 below its open loop
-    g = M.gate_closed_ge_open(below.mean(0).tolist(), o, 0.01, closed_episodes=below, open_episodes=open_)
+    g = G.gate_closed_ge_open(below.mean(0).tolist(), o, 0.01, closed_episodes=below, open_episodes=open_)
     assert not g.passed and g.hi < -0.01 and "below -0.0100 with 95% confidence" in g.message
-    g = M.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed, open_episodes=open_, rule="mean")
+    g = G.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed, open_episodes=open_, rule="mean")
     assert not g.passed and "rule mean" in g.message and g.lo is not None
     with pytest.raises(ValueError, match="or neither"):
-        M.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed)
+        G.gate_closed_ge_open(c, o, 0.01, closed_episodes=closed)
 
 
-# --- threshold gates: CI beside the value, verdict by the value -------------------------------------
+# --- threshold gates: fail (rule ci) only when the value is below the limit with confidence ----------
 
 
-def test_threshold_gates_show_their_ci_and_keep_the_value_rule():
-    cos = noisy(8, 0.05, 0, base=np.full(H, 0.86))
+def test_step1_gate_ci_is_the_t_interval_and_fails_only_with_confidence():
+    from scipy.stats import t as student
+
+    cos = noisy(8, 0.05, 0, base=np.full(H, 0.84))
     v = cos.mean(0)
-    g = M.gate_step1(v.tolist(), 0.85, per_episode=cos)
-    assert g.lo < g.measured < g.hi and "95% CI" in g.message
-    assert g.passed == (g.measured >= 0.85)  # the CI reaches below the limit; the value decides
+    g = G.gate_step1(v.tolist(), 0.85, per_episode=cos)
+    half = student.ppf(0.95, 7) * cos[:, 0].std(ddof=1) / np.sqrt(8)  # 90% t interval of the mean
+    assert (g.lo, g.hi) == pytest.approx((v[0] - half, v[0] + half))
+    assert g.measured < 0.85 <= g.hi  # below the limit, but the CI reaches it: passes under ci
+    assert g.passed and "not with 95% confidence" in g.message and "90% CI" in g.message
+    assert not G.gate_step1(v.tolist(), 0.85, per_episode=cos, rule="mean").passed
+    low = cos - 0.2  # every episode far below: the CI's upper end too
+    g = G.gate_step1(low.mean(0).tolist(), 0.85, per_episode=low)
+    assert not g.passed and g.hi < 0.85 and "< min 0.8500 with 95% confidence" in g.message
+    assert not G.gate_step1([0.8], 0.85).passed  # no episodes: the mean rule
+    with pytest.raises(ValueError, match="needs the per-episode curves"):
+        G.gate_step1([0.8], 0.85, rule="ci")
+
+
+def test_skill_gates_resample_model_and_baseline_errors_together():
     err_b = np.abs(noisy(8, 0.5, 1, base=np.full(H, 2.0)))
     err_m = err_b * 0.5
     skill = M.skill(torch.tensor(err_m), torch.tensor(err_b)).tolist()
-    g = M.gate_skill(skill, 0.3, errors=(err_m, err_b))
+    g = G.gate_skill(skill, 0.3, errors=(err_m, err_b))
     assert g.passed and g.measured == pytest.approx(0.5) and g.lo == pytest.approx(0.5) == g.hi
-    g = M.gate_mean_skill(skill, 5, 0.6, "copy_last", "closed loop", errors=(err_m * noisy(8, 0.2, 2, np.ones(H)), err_b))
+    assert not G.gate_skill(skill, 0.6, errors=(err_m, err_b)).passed  # exactly 0.5 in every resample
+    g = G.gate_mean_skill(skill, 5, 0.6, "copy_last", "closed loop", errors=(err_m * noisy(8, 0.2, 2, np.ones(H)), err_b))
     assert g.lo < g.hi and "1..5" in g.message and "+0.6000" in g.message
-    assert M.gate_skill(skill, 0.3).lo is None  # without per-episode errors: no CI
+    assert G.gate_skill(skill, 0.3).lo is None  # without per-episode errors: no CI
+    # a model of true skill 0.2 with noisy episodes, gated at 0.3: not shown below the limit by 8
+    # episodes, shown by 64
+    for n, passes in ((8, True), (64, False)):
+        base = np.abs(noisy(n, 0.3, 4, base=np.full(H, 1.0)))
+        model = base * np.abs(noisy(n, 0.3, 5, base=np.full(H, 0.8)))
+        sk = M.skill(torch.tensor(model), torch.tensor(base)).tolist()
+        g = G.gate_skill(sk, 0.3, errors=(model, base))
+        assert g.measured < 0.3 and g.passed is passes, (n, g.message)
+        assert not G.gate_skill(sk, 0.3, errors=(model, base), rule="mean").passed
 
 
 def test_gates_of_old_reports_read_without_a_ci():
     old = {"name": "monotone_decay", "passed": True, "measured": 0.01, "limit": 0.02, "message": "m"}
-    g = M.Gate(**old)
+    g = G.Gate(**old)
     assert (g.lo, g.hi) == (None, None) and dataclasses.asdict(g) == {**old, "lo": None, "hi": None}
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from wmcore import gates as G
 from wmcore import metrics as M
 
 
@@ -98,15 +99,15 @@ def test_max_rise_and_monotone_definition():
     stair = torch.linspace(0.5, 0.6, 11)
     rise, _ = M.max_rise(stair)
     assert rise == pytest.approx(0.1)
-    assert not M.gate_monotone(stair.tolist(), tol=0.02).passed
-    assert M.gate_monotone([0.9, 0.8, 0.81, 0.7], tol=0.02).passed
+    assert not G.gate_monotone(stair.tolist(), tol=0.02).passed
+    assert G.gate_monotone([0.9, 0.8, 0.81, 0.7], tol=0.02).passed
 
 
 def test_worst_gap_and_gate():
     gap, step = M.worst_gap(torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0.85, 0.82, 0.6]))
     assert gap == pytest.approx(-0.02) and step == 2
-    assert not M.gate_closed_ge_open([0.9, 0.8, 0.7], [0.85, 0.82, 0.6], tol=0.01).passed
-    assert M.gate_closed_ge_open([0.9, 0.8, 0.7], [0.85, 0.82, 0.6], tol=0.03).passed
+    assert not G.gate_closed_ge_open([0.9, 0.8, 0.7], [0.85, 0.82, 0.6], tol=0.01).passed
+    assert G.gate_closed_ge_open([0.9, 0.8, 0.7], [0.85, 0.82, 0.6], tol=0.03).passed
 
 
 def test_auc_is_mean_of_curve():
@@ -114,18 +115,18 @@ def test_auc_is_mean_of_curve():
 
 
 def test_gate_messages_show_measurement_and_limit():
-    g = M.gate_step1([0.8, 0.7], 0.85)
+    g = G.gate_step1([0.8, 0.7], 0.85)
     assert not g.passed and "0.8000" in g.message and "0.8500" in g.message and g.measured == 0.8
-    g = M.gate_skill([0.4, 0.1], 0.3)
+    g = G.gate_skill([0.4, 0.1], 0.3)
     assert g.passed and g.name == "skill_vs_copy_last"
 
 
 def test_mean_skill_gate_averages_the_first_steps():
     curve = [0.6, 0.2, -0.1, -0.3, -5.0]  # mean of the first 4 = 0.1; with step 5 it turns negative
-    g = M.gate_mean_skill(curve, 4, 0.0, "copy_first", "open loop")
+    g = G.gate_mean_skill(curve, 4, 0.0, "copy_first", "open loop")
     assert g.passed and g.measured == pytest.approx(0.1) and g.name == "mean_skill_open_loop_vs_copy_first"
     assert "1..4" in g.message and "+0.1000" in g.message
-    g = M.gate_mean_skill(curve, 10, 0.0, "copy_first", "open loop")  # fewer steps than asked: all of them
+    g = G.gate_mean_skill(curve, 10, 0.0, "copy_first", "open loop")  # fewer steps than asked: all of them
     assert not g.passed and g.measured == pytest.approx(sum(curve) / 5) and "1..5" in g.message
 
 
@@ -136,11 +137,11 @@ def test_horizon_steps_counts_never_as_one_beyond_the_horizon():
 
 
 def test_horizon_gate_treats_never_as_beyond_the_horizon():
-    assert M.gate_horizon(None, 30, 30, 0.5).passed  # never fell below 0.5 within 30 steps
-    assert M.gate_horizon(None, 30, 30, 0.5).measured == 31
-    g = M.gate_horizon(7, 10, 30, 0.5)
+    assert G.gate_horizon(None, 30, 30, 0.5).passed  # never fell below 0.5 within 30 steps
+    assert G.gate_horizon(None, 30, 30, 0.5).measured == 31
+    g = G.gate_horizon(7, 10, 30, 0.5)
     assert not g.passed and "step 7" in g.message and "10" in g.message
-    assert M.gate_horizon(10, 10, 30, 0.5).passed
+    assert G.gate_horizon(10, 10, 30, 0.5).passed
 
 
 # --- confidence intervals ------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def test_drift_horizon_is_monotone_in_threshold(c, t1, t2):
 @given(curves, st.floats(0, 0.5))
 def test_monotone_gate_matches_its_definition(c, tol):
     ok = all(c[j] <= c[i] + tol + 1e-12 for i in range(len(c)) for j in range(i + 1, len(c)))
-    assert M.gate_monotone(c, tol).passed == ok or abs(M.max_rise(c)[0] - tol) < 1e-9
+    assert G.gate_monotone(c, tol).passed == ok or abs(M.max_rise(c)[0] - tol) < 1e-9
 
 
 @settings(max_examples=40, deadline=None)

@@ -231,8 +231,9 @@ def _add_report_commands(sub) -> None:
     se.add_argument("--actions", default="recorded", choices=ACTION_SOURCES, help="action source (default recorded)")
     se.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default cpu)")
     se.add_argument("--dtype", default="float32", choices=DTYPES, help="model and latent dtype (default float32)")
-    se.add_argument("--gate-rule", choices=GATE_RULES, help="monotone-decay and closed >= open gates: ci fails only a "
-                    "violation shown with 95%% confidence over episodes, mean fails any violation of the mean curve "
+    se.add_argument("--gate-rule", choices=GATE_RULES, help="how the gates decide: ci fails only a violation "
+                    "shown with 95%% confidence over episodes (a 90%% CI wholly beyond the limit), mean fails any "
+                    "violation of the mean curve "
                     "(default: gate_rule in [tool.wmcore], ci)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import gates as G
 from . import metrics as M
 from .episode import Batch, Episode, content_sha256, stack, video_summary
 from .errors import WMError
@@ -186,22 +187,22 @@ def build_report(
     # the gates resample the per-episode curves the report keeps (rows in episode order), so a reader
     # can recompute every CI from the JSON alone
     ep = {k: v.per_episode for k, v in loops.items()}
-    boot = dict(n_resamples=t.bootstrap, seed=t.seed)
+    boot = dict(rule=t.gate_rule, n_resamples=t.bootstrap, seed=t.seed)
     gates = [
-        M.gate_step1(cl.cosine, t.step1_min, per_episode=ep["closed_loop"]["cosine"], **boot),
-        M.gate_monotone(op.cosine, t.monotone_tol, per_episode=ep["open_loop"]["cosine"], rule=t.gate_rule, **boot),
-        M.gate_closed_ge_open(cl.cosine, op.cosine, t.closed_open_tol, closed_episodes=ep["closed_loop"]["cosine"],
-                              open_episodes=ep["open_loop"]["cosine"], rule=t.gate_rule, **boot),
-        M.gate_skill(cl.skill["copy_last"], t.skill_min, errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot),
+        G.gate_step1(cl.cosine, t.step1_min, per_episode=ep["closed_loop"]["cosine"], **boot),
+        G.gate_monotone(op.cosine, t.monotone_tol, per_episode=ep["open_loop"]["cosine"], **boot),
+        G.gate_closed_ge_open(cl.cosine, op.cosine, t.closed_open_tol, closed_episodes=ep["closed_loop"]["cosine"],
+                              open_episodes=ep["open_loop"]["cosine"], **boot),
+        G.gate_skill(cl.skill["copy_last"], t.skill_min, errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot),
     ]
     if t.skill_mean_min is not None:
-        gates.append(M.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop",
+        gates.append(G.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop",
                                        errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot))
     if t.open_skill_mean_min is not None:
-        gates.append(M.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop",
+        gates.append(G.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop",
                                        errors=(ep["open_loop"]["mse"], ep["copy_first"]["mse"]), **boot))
     if t.horizon_min is not None:
-        gates.append(M.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
+        gates.append(G.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
     fp = model.fingerprint()
     data = {
         "id": data_id,

@@ -10,15 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .stats import curve_ci, rise_statistic, skill_ci
 
 __all__ = [
-    "GATE_RULES",
-    "Gate",
     "LoopStats",
     "auc",
     "bootstrap_ci",
@@ -29,12 +25,6 @@ __all__ = [
     "cosine",
     "curve",
     "drift_horizon",
-    "gate_closed_ge_open",
-    "gate_horizon",
-    "gate_mean_skill",
-    "gate_monotone",
-    "gate_skill",
-    "gate_step1",
     "horizon_steps",
     "l1",
     "latent_mean",
@@ -231,7 +221,7 @@ def bootstrap_ci(
     return lo, hi
 
 
-# --- one loop's summary and the gates ----------------------------------------------------------
+# --- one loop's summary ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -297,189 +287,6 @@ def float32_rows(x: Tensor) -> list[list[float]]:
     """``[B, H]`` -> nested lists at float32 precision (7 significant digits: a JSON number of about
     10 characters instead of 19; per-episode curves need no more)."""
     return [[float(f"{v:.7g}") for v in row] for row in x.double().tolist()]
-
-
-# The rules of the two shape gates (monotone decay, closed >= open); the threshold gates compare their
-# value with the limit under either rule and only report a CI.
-#   ci:   fail only when the bootstrap over episodes shows the violation with one-sided 95% confidence
-#   mean: fail when the mean curve shows it at all (the rule before gate_rule existed)
-GATE_RULES = ("ci", "mean")
-# Shape gates: the two-sided 90% interval, whose ends are the one-sided 95% bounds the rule tests;
-# basic bootstrap, as their statistics are extremes over steps (see stats.curve_ci).
-SHAPE_LEVEL = 0.90
-# Threshold gates: the ordinary two-sided 95% interval shown beside the value.
-VALUE_LEVEL = 0.95
-
-
-@dataclass(frozen=True)
-class Gate:
-    """One asserted drift property: what was measured, against which limit, and whether it held.
-
-    ``lo``/``hi``: the bootstrap CI (over episodes) of ``measured`` when the gate had per-episode
-    curves (the level is in the message); None otherwise, and in reports written before they existed.
-    """
-
-    name: str
-    passed: bool
-    measured: float
-    limit: float
-    message: str
-    lo: float | None = None
-    hi: float | None = None
-
-
-def _fmt(c) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in c) + "]"
-
-
-def _ci_text(level: float, lo: float, hi: float, sign: str = "") -> str:
-    return f"{level:.0%} CI [{lo:{sign}.4f}, {hi:{sign}.4f}]"
-
-
-def _rule(rule: str | None, have_episodes: bool) -> str:
-    """``rule`` checked; None means ``ci`` when there are per-episode curves to resample, else ``mean``."""
-    if rule is None:
-        return "ci" if have_episodes else "mean"
-    if rule not in GATE_RULES:
-        raise ValueError(f"gate rule {rule!r}: expected one of {', '.join(GATE_RULES)}")
-    if rule == "ci" and not have_episodes:
-        raise ValueError("gate rule 'ci' needs the per-episode curves [B, H] (nothing to resample without them)")
-    return rule
-
-
-def _rows(x) -> np.ndarray:
-    a = np.asarray(x.double().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"per-episode curves: expected [B, H], found shape {a.shape}")
-    return a
-
-
-def gate_step1(
-    curve_: list[float], minimum: float, label: str = "closed loop", *,
-    per_episode=None, n_resamples: int = 1000, seed: int = 0,
-) -> Gate:
-    """Step-1 cosine must be at least ``minimum``. ``per_episode`` ``[B, H]``: the cosines whose mean
-    is ``curve_``, for the 95% CI shown beside the value (the verdict is the value's)."""
-    v = float(curve_[0])
-    ok = v >= minimum
-    lo = hi = None
-    ci = ""
-    if per_episode is not None:
-        _, lo, hi = curve_ci([_rows(per_episode)[:, :1]], lambda c: c[..., 0], VALUE_LEVEL, n_resamples, seed)
-        ci = f" ({_ci_text(VALUE_LEVEL, lo, hi)})"
-    msg = f"{label} step-1 cosine {v:.4f}{ci} {'>=' if ok else '<'} min {minimum:.4f}; curve {_fmt(curve_[:10])}"
-    return Gate("step1_cosine", ok, v, minimum, msg, lo, hi)
-
-
-def gate_monotone(
-    curve_: list[float], tol: float, label: str = "open loop", *,
-    per_episode=None, rule: str | None = None, n_resamples: int = 1000, seed: int = 0,
-) -> Gate:
-    """The curve must decay monotonically up to ``tol``: its total climb ``max_rise`` (of the mean
-    curve ``curve_``) is the measured value.
-
-    ``per_episode`` ``[B, H]``: the per-episode curves whose mean is ``curve_``; the 90% bootstrap CI
-    of the climb (episodes resampled) is then reported. Rule ``ci`` (the default with per-episode
-    curves): fail only when the CI's lower end, the one-sided 95% lower bound, exceeds ``tol`` (the
-    curve climbs by more than ``tol`` with 95% confidence). Rule ``mean``: fail when the climb itself
-    exceeds ``tol``."""
-    rule = _rule(rule, per_episode is not None)
-    rise, step = max_rise(curve_)
-    where = f" at step {step}" if step else ""
-    head = f"{label} climbs {rise:.4f}{where} above an earlier step"
-    lo = hi = None
-    if per_episode is not None:
-        _, lo, hi = curve_ci([_rows(per_episode)], rise_statistic, SHAPE_LEVEL, n_resamples, seed, "basic")
-        lo, hi = max(lo, 0.0), max(hi, 0.0)  # as max_rise: a curve that never climbs climbs 0
-    if rule == "ci":
-        ok = lo <= tol
-        verdict = ("not above" if ok else "above") + f" the tolerance {tol:.4f} with 95% confidence"
-        msg = f"{head}, {_ci_text(SHAPE_LEVEL, lo, hi)}: {verdict} (rule ci: fails if the lower end > tolerance)"
-    else:
-        ok = rise <= tol
-        ci = f"; {_ci_text(SHAPE_LEVEL, lo, hi)}" if lo is not None else ""
-        msg = f"{head} (tolerance {tol:.4f}; rule mean{ci})"
-    return Gate("monotone_decay", ok, rise, tol, f"{msg}; curve {_fmt(curve_)}", lo, hi)
-
-
-def gate_closed_ge_open(
-    closed: list[float], open_: list[float], tol: float, *,
-    closed_episodes=None, open_episodes=None, rule: str | None = None, n_resamples: int = 1000, seed: int = 0,
-) -> Gate:
-    """Closed loop must not fall below open loop by more than ``tol`` at any step: the worst gap
-    ``min_t closed[t] - open[t]`` of the mean curves is the measured value.
-
-    ``closed_episodes``, ``open_episodes`` ``[B, H]``: both loops' per-episode curves on the same
-    episodes (rows in the same order), resampled together; the 90% CI of the worst gap is reported.
-    Rule ``ci`` (the default with them): fail only when the CI's upper end, the one-sided 95% upper
-    bound, is below ``-tol``. Rule ``mean``: fail when the gap itself is below ``-tol``."""
-    if (closed_episodes is None) != (open_episodes is None):
-        raise ValueError("closed_episodes and open_episodes: give both loops' per-episode curves, or neither")
-    rule = _rule(rule, closed_episodes is not None)
-    gap, step = worst_gap(closed, open_)
-    head = f"closed - open cosine is {gap:+.4f} at step {step}"
-    lo = hi = None
-    if closed_episodes is not None:
-        _, lo, hi = curve_ci([_rows(closed_episodes), _rows(open_episodes)], lambda c, o: (c - o).min(-1),
-                             SHAPE_LEVEL, n_resamples, seed, "basic")
-    if rule == "ci":
-        ok = hi >= -tol
-        verdict = ("not below" if ok else "below") + f" {-tol:+.4f} with 95% confidence"
-        msg = f"{head}, {_ci_text(SHAPE_LEVEL, lo, hi, '+')}: {verdict} (rule ci: fails if the upper end < {-tol:+.4f})"
-    else:
-        ok = gap >= -tol
-        ci = f"; {_ci_text(SHAPE_LEVEL, lo, hi, '+')}" if lo is not None else ""
-        msg = f"{head} (must be >= {-tol:+.4f}; rule mean{ci})"
-    return Gate("closed_ge_open", ok, gap, -tol, f"{msg}; closed {_fmt(closed[:10])} open {_fmt(open_[:10])}", lo, hi)
-
-
-def gate_skill(
-    skill_curve: list[float], minimum: float, baseline: str = "copy_last", *,
-    errors=None, n_resamples: int = 1000, seed: int = 0,
-) -> Gate:
-    """Step-1 MSE skill against a persistence baseline must be at least ``minimum``. ``errors``:
-    ``(model [B, H], baseline [B, H])`` per-episode MSE, for the 95% CI shown beside the value."""
-    v = float(skill_curve[0])
-    ok = v >= minimum
-    lo = hi = None
-    ci = ""
-    if errors is not None:
-        _, lo, hi = skill_ci(*(_rows(e) for e in errors), 1, VALUE_LEVEL, n_resamples, seed)
-        ci = f" ({_ci_text(VALUE_LEVEL, lo, hi, '+')})"
-    msg = (f"step-1 MSE skill vs {baseline} {v:+.4f}{ci} {'>=' if ok else '<'} min {minimum:+.4f}; "
-           f"curve {_fmt(skill_curve[:10])}")
-    return Gate(f"skill_vs_{baseline}", ok, v, minimum, msg, lo, hi)
-
-
-def gate_mean_skill(
-    skill_curve: list[float], steps: int, minimum: float, baseline: str, label: str, *,
-    errors=None, n_resamples: int = 1000, seed: int = 0,
-) -> Gate:
-    """The MSE skill against ``baseline`` averaged over steps 1..``steps`` must be at least ``minimum``.
-    ``errors``: ``(model [B, H], baseline [B, H])`` per-episode MSE, for the 95% CI beside the value."""
-    n = min(steps, len(skill_curve))
-    v = float(sum(skill_curve[:n]) / n)
-    ok = v >= minimum
-    lo = hi = None
-    ci = ""
-    if errors is not None:
-        _, lo, hi = skill_ci(*(_rows(e) for e in errors), n, VALUE_LEVEL, n_resamples, seed)
-        ci = f" ({_ci_text(VALUE_LEVEL, lo, hi, '+')})"
-    msg = (
-        f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is {v:+.4f}{ci} {'>=' if ok else '<'} "
-        f"min {minimum:+.4f}; curve {_fmt(skill_curve[:n])}"
-    )
-    return Gate(f"mean_skill_{label.replace(' ', '_')}_vs_{baseline}", ok, v, minimum, msg, lo, hi)
-
-
-def gate_horizon(horizon: int | None, minimum: int, h: int, threshold: float, label: str = "open loop") -> Gate:
-    """The drift horizon (first step below ``threshold``) must be at least ``minimum``; a curve that
-    never falls below it within the ``h`` steps passes (measured is then ``h + 1``)."""
-    v = horizon_steps(horizon, h)
-    ok = v >= minimum
-    where = f"never falls below {threshold:g} within {h} steps" if horizon is None else f"falls below {threshold:g} at step {horizon}"
-    msg = f"{label} {where}; need step >= {minimum}"
-    return Gate("drift_horizon", ok, float(v), float(minimum), msg)
 
 
 # --- helpers -----------------------------------------------------------------------------------

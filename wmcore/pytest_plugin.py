@@ -14,7 +14,7 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-device DEV      cpu, cuda, cuda:1, ... (default cpu)
   --wm-dtype DT        float32, bfloat16, float16 (default float32)
   --wm-threshold K=V   override a threshold of [tool.wmcore] for every model, repeatable
-  --wm-gate-rule R     ci or mean: how the monotone-decay and closed >= open gates decide (default:
+  --wm-gate-rule R     ci or mean: how the gates decide (default:
                        [tool.wmcore] gate_rule, ci); the same as --wm-threshold gate_rule=R
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
 
@@ -106,8 +106,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="override a threshold for every model, repeatable (e.g. --wm-threshold step1_min=0.9); "
                 "keys as in [tool.wmcore]")
     g.addoption("--wm-gate-rule", default=None, choices=GATE_RULES,
-                help="monotone-decay and closed >= open gates: ci fails only a violation shown with 95%% confidence "
-                "over episodes, mean fails any violation of the mean curve (default: gate_rule in [tool.wmcore], ci)")
+                help="how the gates decide: ci fails only a violation shown with 95%% confidence over episodes "
+                "(a 90%% CI wholly beyond the limit), mean fails any violation of the mean curve (default: gate_rule in [tool.wmcore], ci)")
     g.addoption("--wm-artifacts", default="runs", metavar="DIR",
                 help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
                 "and DriftReport JSONs (default: runs)")

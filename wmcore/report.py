@@ -24,7 +24,8 @@ from typing import Any, Collection, Sequence
 from . import __version__
 from .errors import WMError
 from .fsio import read_json, write_new
-from .metrics import Gate, LoopStats
+from .gates import Gate
+from .metrics import LoopStats
 
 __all__ = [
     "LOOPS",

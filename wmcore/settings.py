@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import WMError
-from .metrics import GATE_RULES
+from .gates import GATE_RULES
 from .rollout import ACTION_SOURCES
 
 try:
@@ -67,8 +67,8 @@ class Thresholds:
     horizon_min: int | None = None  # open-loop drift horizon at `threshold` (never reached passes)
     bootstrap: int = 1000  # resamples of every bootstrap CI (curve bands and gates)
     seed: int = 0
-    # monotone_decay and closed_ge_open: "ci" fails only a violation shown with one-sided 95% confidence
-    # by the bootstrap over episodes; "mean" fails any violation of the mean curve (metrics.GATE_RULES)
+    # every gate with a CI (all but drift_horizon): "ci" fails only a violation shown with one-sided 95%
+    # confidence over episodes; "mean" fails any violation of the mean curve (gates.GATE_RULES)
     gate_rule: str = "ci"
 
     def __post_init__(self) -> None:
