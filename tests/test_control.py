@@ -1,0 +1,201 @@
+"""Control foundations: the simulator's exact reset and replay, the success rule, task sets, the CEM
+planner on a problem with a known answer, and the controllers' replayable episodes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wmcore.control import tasks as T
+from wmcore.control.oracle import distance
+from wmcore.control.planners import ActionPrior, CEMConfig, CEMPlanner, LatentGoalCost
+from wmcore.control.run import DriveToGoal, OracleCEM, RandomSmooth, Stay, replay, run_task
+from wmcore.control.sim.pusht import ANGLE_TOL, PushTSim, angle_error, success
+from wmcore.data import load as load_data
+from wmcore.data.pusht import rollout
+from wmcore.episode import Episode
+from wmcore.errors import WMError
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return rollout(10000, 60)  # frames [61, 96, 96, 3], actions [60, 2], states [61, 5] (float32, as saved)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = PushTSim()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def fixture_tasks():
+    eps = load_data("pusht")
+    return eps, T.build(eps, data_id="pusht")
+
+
+# --- the simulator ---------------------------------------------------------------------------------
+
+
+def test_exact_reset_reproduces_the_recorded_frame_bit_exactly(sim, recorded):
+    frames, _, states = recorded
+    for t in range(0, 61, 6):
+        assert np.array_equal(sim.reset_to(states[t]), frames[t]), t
+        assert np.abs(sim.state - states[t]).max() < 1e-4
+
+
+def test_gym_pushts_own_reset_lands_elsewhere(sim, recorded):
+    """The reason for reset_to: position before angle rotates the T about its centre of gravity."""
+    frames, _, states = recorded
+    env = sim.env
+    env.reset(options={"reset_to_state": states[30].astype(np.float64)})
+    assert np.abs(np.array(env.block.position) - states[30][2:4]).max() > 1.0
+    assert not np.array_equal(env._render(), frames[30])
+
+
+def test_replaying_the_recorded_actions_reproduces_the_recorded_states(sim, recorded):
+    _, actions, states = recorded
+    sim.reset_to(states[0], render=False)
+    worst = 0.0
+    for t, a in enumerate(actions):
+        sim.step(a, render=False)
+        worst = max(worst, float(np.abs(sim.state - states[t + 1])[:4].max()))
+    assert worst < 0.1
+
+
+def test_reset_and_step_refuse_bad_input(sim):
+    with pytest.raises(WMError, match=r"expected a PushT state \[5\]"):
+        sim.reset_to([1.0, 2.0])
+    with pytest.raises(WMError, match="not finite"):
+        sim.reset_to([1.0, 2.0, 3.0, float("nan"), 0.0])
+    with pytest.raises(WMError, match="finite PushT target"):
+        sim.step([1.0, 2.0, 3.0])
+
+
+# --- the success rule (stable-worldmodel's PushT eval_state) -----------------------------------------
+
+
+def test_success_rule_on_known_cases():
+    g = np.array([100.0, 100.0, 200.0, 200.0, 0.1])
+    assert success(g, g)
+    assert success(g + [11, 0, 0, 11, 0], g)  # norm of the 4-d difference 15.6 < 20
+    assert not success(g + [15, 0, 0, 15, 0], g)  # 21.2: agent and block errors add up
+    assert success(g + [0, 0, 0, 0, ANGLE_TOL * 0.99], g) and not success(g + [0, 0, 0, 0, ANGLE_TOL * 1.01], g)
+    wrapped = g.copy()
+    wrapped[4] = 2 * math.pi - 0.05  # 0.15 rad from 0.1 across the wrap
+    assert success(wrapped, g) and angle_error(wrapped[4], g[4]) == pytest.approx(0.15)
+    assert distance(g, g) == 0 and distance(g + [20, 0, 0, 0, 0], g) == pytest.approx(1.0)
+
+
+# --- task sets -------------------------------------------------------------------------------------
+
+
+def test_task_set_from_the_fixtures(fixture_tasks, tmp_path):
+    eps, ts = fixture_tasks
+    assert len(ts.tasks) == 64 and len({t.id for t in ts.tasks}) == 64
+    by_id = {e.id: e for e in eps}
+    for t in ts.tasks:
+        e = by_id[t.episode]
+        assert t.goal_step - t.start_step == 25 and t.budget == 50 and t.start_step >= 10
+        assert np.allclose(t.start, e.states[t.start_step].double()) and np.allclose(t.goal, e.states[t.goal_step].double())
+        assert T.block_must_move(t.start, t.goal) and not success(t.start, t.goal)
+        assert len(t.actions) == 25
+    assert T.build(eps, data_id="pusht").tasks == ts.tasks  # seeded
+    assert T.build(eps, T.TaskSpec(seed=1)).tasks != ts.tasks
+    p = ts.save(tmp_path / "tasks.json")
+    assert T.load(p).tasks == ts.tasks
+    with pytest.raises(WMError, match="never overwrites"):
+        ts.save(p)
+
+
+def test_task_set_bad_input(fixture_tasks, tmp_path):
+    eps, _ = fixture_tasks
+    no_states = [Episode(frames=e.frames, actions=e.actions, id=e.id) for e in eps[:2]]
+    with pytest.raises(WMError, match="no recorded states"):
+        T.build(no_states)
+    with pytest.raises(WMError, match="goal offset 400"):
+        T.build(eps[:2], T.TaskSpec(goal_offset=400))
+    with pytest.raises(WMError, match="expected an int >= 1"):
+        T.TaskSpec(count=0)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something"}')
+    with pytest.raises(WMError, match="not a wmcore task set"):
+        T.load(bad)
+
+
+# --- the planner on a problem with a known answer ------------------------------------------------------
+
+
+def test_cem_finds_the_minimum_of_a_known_cost():
+    """The cost is the distance of the last action to a target 60 units away: CEM must get there with
+    smooth candidates (every change within a few prior steps)."""
+    prior = ActionPrior(low=[0.0, 0.0], high=[512.0, 512.0], step_std=[5.0, 5.0])
+    target = np.array([160.0, 140.0])
+    planner = CEMPlanner(prior, CEMConfig(samples=128, elites=12, iterations=8, horizon=20, execute=5, init_std=2.0))
+    start = np.array([100.0, 100.0])
+    plan, c = planner.plan(lambda a: np.linalg.norm(a[:, -1] - target, axis=-1), start)
+    assert plan.shape == (20, 2) and c < 5.0
+    assert np.abs(np.diff(np.concatenate([start[None], plan]), axis=0)).max() < 40  # no jumps
+    with pytest.raises(WMError, match="finite costs"):
+        planner.plan(lambda a: np.full(len(a), np.nan), start)
+
+
+def test_action_prior_from_recorded_actions():
+    a = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 2.0]])
+    p = ActionPrior.from_actions([a])
+    assert p.low == [0.0, 0.0] and p.high == [3.0, 2.0]
+    assert p.step_std == pytest.approx([math.sqrt(0.5), math.sqrt(2.0)])
+    with pytest.raises(WMError):
+        ActionPrior.from_actions([a[:1]])
+
+
+# --- controllers: baselines, the oracle, replay ------------------------------------------------------
+
+
+def test_baselines_are_replayable_and_stay_stays(sim, fixture_tasks):
+    eps, ts = fixture_tasks
+    prior = ActionPrior.from_actions([e.actions for e in eps])
+    task = ts.tasks[0]
+    for ctrl in (Stay(), RandomSmooth(prior), DriveToGoal()):
+        r = run_task(sim, task, ctrl)
+        ok, final = replay(task, r.actions, sim=sim)
+        assert ok == r.success and np.array_equal(final, np.asarray(r.final))
+        assert r.steps == len(r.actions) <= task.budget
+    r = run_task(sim, task, Stay())
+    assert not r.success and r.score == pytest.approx(1.0, abs=1e-3)  # nothing moved
+
+
+def test_oracle_planner_reaches_a_goal(sim, fixture_tasks):
+    """The simulator as the model: CEM with perfect foresight must reach goals (validates planner and
+    tasks); one task here, the rate over the set is measured by the control benchmark."""
+    eps, ts = fixture_tasks
+    prior = ActionPrior.from_actions([e.actions for e in eps])
+    ctrl = OracleCEM(prior, CEMConfig(samples=64, elites=8, iterations=4))
+    task = ts.tasks[0]
+    r = run_task(sim, task, ctrl)
+    assert r.success and r.final_distance < 2
+    assert replay(task, r.actions, sim=sim)[0]
+
+
+def test_latent_goal_cost_ranks_the_true_actions_first_under_the_analytic_model():
+    """The analytic world with an exact model (delta 0): the recorded actions that led from frame 0 to
+    frame 3 cost ~0 (frames are quantised), any perturbation of them costs more, the larger the more."""
+    from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
+
+    cfg = AnalyticConfig(delta=0.0)
+    model = AnalyticModel(cfg)
+    ep = make_episodes(cfg, episodes=1, steps=6, seed=1)[0]
+    k = model.frameskip
+    cost = LatentGoalCost(model, ep.frames[3 * k].numpy())
+    cost.observe(ep.frames[0].numpy())
+    true = ep.actions[: 3 * k].double().numpy()
+    cands = np.stack([true, true + 0.2, true + 0.5, true - 1.0])
+    c = cost(cands)
+    assert c[0] < 1e-3 and c[0] < c[1] < c[2] and c[0] < c[3]
+    assert LatentGoalCost(model, ep.frames[3 * k].numpy(), cost="all") is not None
+    with pytest.raises(RuntimeError, match="observe"):
+        LatentGoalCost(model, ep.frames[1].numpy())(cands)

@@ -1,0 +1,171 @@
+"""Planners over any world model: CEM in the model's action space, receding horizon.
+
+The planner knows nothing of the simulator. It sees a cost function over candidate action sequences
+``[N, L, A]`` (environment-step actions, L a multiple of the model's frameskip) and an ``ActionPrior``
+measured on recorded actions: the per-dimension bounds and the std of one step's change. Candidates
+are smooth and in distribution by construction: a candidate is the last executed action plus the
+running sum of per-step changes, and CEM fits a Gaussian over those changes (a random walk from where
+the agent is, not independent jumps, which a model trained on smooth exploration has never seen).
+
+Costs: ``LatentGoalCost`` (any ``WorldModel``: encode the current and the goal frame, roll the
+candidates out in open loop, squared latent distance to the goal at the last step, or summed over
+every step) and, for the oracle, ``control.oracle.SimulatorCost``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import WMError
+from ..protocol import WorldModel
+from ..rollout import open_loop
+
+__all__ = ["COSTS", "ActionPrior", "CEMConfig", "CEMPlanner", "LatentGoalCost"]
+
+COSTS = ("final", "all")
+
+
+@dataclass(frozen=True)
+class ActionPrior:
+    """What in-distribution actions look like: bounds ``low``/``high`` ``[A]`` and ``step_std`` ``[A]``,
+    the std of ``a[t+1] - a[t]`` in recorded episodes."""
+
+    low: list[float]
+    high: list[float]
+    step_std: list[float]
+
+    @classmethod
+    def from_actions(cls, actions: list[Tensor] | Tensor) -> "ActionPrior":
+        """From recorded actions: a list of ``[T, A]`` or one ``[B, T, A]``."""
+        seqs = list(actions) if not isinstance(actions, Tensor) or actions.dim() == 3 else [actions]
+        if not seqs or any(a.dim() != 2 or a.shape[0] < 2 for a in seqs):
+            raise WMError("action prior: expected recorded actions [T >= 2, A] per episode")
+        flat = torch.cat([a.double() for a in seqs])
+        diff = torch.cat([a.double().diff(dim=0) for a in seqs])
+        std = diff.std(0).clamp_min(1e-6)
+        return cls(flat.min(0).values.tolist(), flat.max(0).values.tolist(), std.tolist())
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """CEM over per-step action changes. ``horizon``/``execute`` in environment steps (multiples of
+    the model's frameskip); ``init_std`` in units of the prior's ``step_std``."""
+
+    samples: int = 256
+    elites: int = 24
+    iterations: int = 5
+    horizon: int = 25
+    execute: int = 5
+    init_std: float = 1.0
+    min_std: float = 0.05
+    cost: str = "final"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.elites <= self.samples:
+            raise WMError(f"CEM: elites {self.elites} must be in 1..samples ({self.samples})")
+        if self.iterations < 1 or self.horizon < 1 or not 1 <= self.execute <= self.horizon:
+            raise WMError(f"CEM: need iterations >= 1 and 1 <= execute ({self.execute}) <= horizon ({self.horizon})")
+        if self.cost not in COSTS:
+            raise WMError(f"CEM cost {self.cost!r}: expected one of {', '.join(COSTS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Cost = Callable[[np.ndarray], np.ndarray]  # candidates [N, L, A] -> costs [N]
+
+
+class CEMPlanner:
+    """Receding-horizon CEM. ``plan(cost, last_action)`` returns the best sequence ``[L, A]``; the
+    caller executes its first ``execute`` actions and calls ``plan`` again (the mean is warm-started
+    by shifting the previous one)."""
+
+    def __init__(self, prior: ActionPrior, cfg: CEMConfig = CEMConfig()):
+        self.prior, self.cfg = prior, cfg
+        self.low, self.high = np.asarray(prior.low), np.asarray(prior.high)
+        self.step_std = np.asarray(prior.step_std)
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(self.cfg.seed if seed is None else seed)
+        self.mean = np.zeros((self.cfg.horizon, len(self.step_std)))
+
+    def candidates(self, last: np.ndarray, changes: np.ndarray) -> np.ndarray:
+        """Per-step changes ``[N, L, A]`` -> actions ``[N, L, A]`` from ``last`` ``[A]``, kept in bounds."""
+        return np.clip(last + np.cumsum(changes, axis=1), self.low, self.high)
+
+    def plan(self, cost: Cost, last_action) -> tuple[np.ndarray, float]:
+        """The best action sequence ``[L, A]`` found and its cost."""
+        c = self.cfg
+        last = np.asarray(last_action, dtype=np.float64)
+        mean = self.mean
+        std = np.broadcast_to(c.init_std * self.step_std, mean.shape).copy()
+        best, best_cost = None, np.inf
+        for _ in range(c.iterations):
+            changes = mean + std * self.rng.standard_normal((c.samples, *mean.shape))
+            changes[0] = mean  # the current mean is always a candidate
+            acts = self.candidates(last, changes)
+            costs = np.asarray(cost(acts), dtype=np.float64)
+            if costs.shape != (c.samples,) or not np.isfinite(costs).all():
+                raise WMError(f"planner cost: expected {c.samples} finite costs, found shape {costs.shape} "
+                              f"with {int((~np.isfinite(costs)).sum()) if costs.shape == (c.samples,) else '?'} non-finite")
+            elite = np.argsort(costs, kind="stable")[: c.elites]
+            if costs[elite[0]] < best_cost:
+                best, best_cost = acts[elite[0]], float(costs[elite[0]])
+            # refit on the changes the clipped elites actually made
+            taken = np.diff(np.concatenate([np.broadcast_to(last, (c.elites, 1, len(last))), acts[elite]], 1), axis=1)
+            mean, std = taken.mean(0), np.maximum(taken.std(0), c.min_std * self.step_std)
+        # warm start: what remains of this plan after the executed steps, then no change
+        kept = np.diff(np.concatenate([last[None], best]), axis=0)[c.execute:]
+        self.mean = np.concatenate([kept, np.zeros((c.execute, len(last)))])
+        return best, best_cost
+
+
+class LatentGoalCost:
+    """Cost of candidates under a world model: squared latent distance (mean over tokens and dims) to
+    the encoded goal frame after the last model step (``final``) or summed over the steps (``all``).
+
+    ``frame`` and ``goal`` uint8 ``[H, W, 3]``; ``state`` ``[S]`` the proprioceptive state for models
+    that read one (None otherwise). Candidates ``[N, L, A]`` with L a multiple of the frameskip.
+    """
+
+    def __init__(self, model: WorldModel, goal: np.ndarray, *, cost: str = "final", device: str = "cpu",
+                 batch: int = 256):
+        self.model, self.kind, self.device, self.batch = model, cost, device, batch
+        with torch.inference_mode():
+            self.z_goal = model.encode(torch.as_tensor(goal)[None, None].to(device))[:, 0]  # [1, N, D]
+        self.z0 = None
+        self.state = None
+
+    def observe(self, frame: np.ndarray, state: np.ndarray | None = None) -> None:
+        with torch.inference_mode():
+            self.z0 = self.model.encode(torch.as_tensor(frame)[None, None].to(self.device))  # [1, 1, N, D]
+        self.state = None if state is None else torch.as_tensor(state, dtype=torch.float32).to(self.device)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        if self.z0 is None:
+            raise RuntimeError("LatentGoalCost: call observe(frame) before costing candidates")
+        n, length, a = actions.shape
+        k = self.model.frameskip
+        if length % k:
+            raise WMError(f"planner horizon {length} env steps is not a multiple of the model's frameskip {k}")
+        h = length // k
+        blocks = torch.as_tensor(actions, dtype=torch.float32).reshape(n, h, k * a).to(self.device)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, n, self.batch):
+                b = blocks[i : i + self.batch]
+                z0 = self.z0.expand(b.shape[0], *self.z0.shape[1:])
+                st = None
+                if self.state is not None and hasattr(self.model, "propagate_state"):
+                    st = self.state[None, None].expand(b.shape[0], 1, -1)
+                z = open_loop(self.model, z0, b, h, states=st)  # [n, h, N, D]
+                d = (z.float() - self.z_goal[:, None]).pow(2).mean((-2, -1))  # [n, h]
+                out.append(d[:, -1] if self.kind == "final" else d.sum(1))
+        return torch.cat(out).double().cpu().numpy()

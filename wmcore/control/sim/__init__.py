@@ -1,0 +1,1 @@
+"""Simulators with an exact reset to a recorded state (only PushT today)."""
