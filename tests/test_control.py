@@ -199,3 +199,72 @@ def test_latent_goal_cost_ranks_the_true_actions_first_under_the_analytic_model(
     assert LatentGoalCost(model, ep.frames[3 * k].numpy(), cost="all") is not None
     with pytest.raises(RuntimeError, match="observe"):
         LatentGoalCost(model, ep.frames[1].numpy())(cands)
+
+
+# --- wmcore plan / wmcore replay ------------------------------------------------------------------
+
+
+def test_plan_writes_a_replayable_report_and_replay_checks_it(tmp_path, capsys):
+    import json
+
+    from wmcore.cli import main
+
+    out = tmp_path / "run"
+    assert main(["plan", "--planner", "drive", "--limit", "2", "--out", str(out), "--success-min", "0.0"]) == 0
+    report = out / "control-drive.json"
+    assert (out / "tasks.json").is_file() and report.is_file()
+    d = json.loads(report.read_text())
+    assert d["format"] == "wmcore.control" and d["summary"]["tasks"] == 2 and d["gates"][0]["name"] == "success_rate"
+    assert len(d["results"][0]["actions"]) == d["results"][0]["steps"]
+    assert main(["replay", str(report)]) == 0 and "all 2 tasks reproduced" in capsys.readouterr().out
+    d["results"][0]["actions"][3] = [0.0, 0.0]  # tampered: the agent goes elsewhere
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    assert main(["replay", str(tmp_path / "bad.json")]) == 1 and "did not reproduce" in capsys.readouterr().out
+    # the saved task set runs again, and nothing is overwritten
+    assert main(["plan", "--planner", "stay", "--tasks", str(out / "tasks.json"), "--limit", "1", "--out", str(out)]) == 0
+    assert main(["plan", "--planner", "stay", "--limit", "1", "--out", str(out)]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_plan_gate_fails_with_exit_1(tmp_path, capsys):
+    from wmcore.cli import main
+
+    assert main(["plan", "--planner", "stay", "--limit", "8", "--out", str(tmp_path / "r"), "--success-min", "0.9"]) == 1
+    assert "[FAIL] success_rate: success 0/8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--planner", "cem"], "needs --model SPEC"),
+    (["--model", "analytic", "--planner", "cem"], "frames: expected uint8 [B, T, 16, 16, 3]"),  # cannot embed PushT frames
+    (["--planner", "stay", "--tasks", "nope.json"], "no such task-set file"),
+    (["--planner", "stay", "--goal-offset", "400"], "goal offset 400"),
+    (["--model", "pusht-lewm", "--planner", "cem", "--horizon", "12"], "multiple of the model's frameskip 5"),
+])
+def test_plan_bad_input(tmp_path, capsys, args, message):
+    from wmcore.cli import main
+
+    assert main(["plan", *args, "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_whose_actions_do_not_fit_pusht_is_refused():
+    from wmcore.control.command import check_model
+    from wmcore.models.analytic import AnalyticConfig, AnalyticModel
+
+    with pytest.raises(WMError, match="takes 3-d actions per model step .* needs 2"):
+        check_model(AnalyticModel(AnalyticConfig(action_dim=3, gain=(0.1, 0.1, 0.1))), 25, 5)
+    check_model(AnalyticModel(AnalyticConfig()), 25, 5)  # 2-d targets, frameskip 1: fits
+
+
+def test_plan_refuses_data_without_states(tmp_path, capsys):
+    from wmcore.cli import main
+    from wmcore.data.episodes import save_episode, write_index
+    from wmcore.models.analytic import AnalyticConfig, make_episodes
+
+    eps = make_episodes(AnalyticConfig(delta=0.05), episodes=2, steps=40, seed=0)
+    d = tmp_path / "data"
+    d.mkdir()
+    h, w = eps[0].frames.shape[1:3]
+    write_index(d, {"fps": 10.0, "height": int(h), "width": int(w)}, [save_episode(d, i, e, seed=i) for i, e in enumerate(eps)])
+    assert main(["plan", "--planner", "stay", "--data", str(d), "--out", str(tmp_path / "r")]) == 2
+    assert "no recorded states" in capsys.readouterr().err

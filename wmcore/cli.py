@@ -336,6 +336,86 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .control.command import plan
+    from .control.planners import CEMConfig
+    from .fsio import new_run_dir
+    from .control.tasks import TaskSpec
+    from .data import load as load_data
+    from .models import load
+    from .settings import check_placement, load_thresholds, place_model
+
+    if args.planner == "cem" and not args.model:
+        raise WMError("wmcore plan --planner cem needs --model SPEC (e.g. pusht-lewm); the baselines "
+                      "(--planner oracle, stay, random, drive) need none")
+    check_placement(args.device, "float32")
+    model = place_model(load(args.model), args.device, "float32") if args.model and args.planner == "cem" else None
+    out = _out_dir(args.out)
+    out = out if out is not None else new_run_dir(Path("runs"))
+    t = load_thresholds(model.name if model is not None else args.planner,
+                        overrides={"success_min": args.success_min} if args.success_min is not None else None)
+    data = args.data or DEFAULT_DATA
+    print(f"loading {data} ...", file=sys.stderr, flush=True)
+    episodes = load_data(data)
+    spec = TaskSpec(count=args.count, goal_offset=args.goal_offset, budget=args.budget, seed=args.seed)
+    cfg = CEMConfig(samples=args.samples, elites=args.elites, iterations=args.iterations, horizon=args.horizon,
+                    execute=args.execute, init_std=args.init_std, noise_beta=args.noise_beta, cost=args.cost,
+                    seed=args.seed)
+    r = plan(kind=args.planner, model=model, model_spec=args.model, episodes=episodes, data_id=data, tasks=args.tasks,
+             spec=spec, limit=args.limit, cfg=cfg, out=out, success_min=t.success_min, rule=t.gate_rule,
+             device=args.device)
+    print(r.render_text())
+    print(out)
+    return 0 if r.passed else 1
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .control.command import replay_command
+
+    return replay_command(args.report)
+
+
+def _add_control(sub) -> None:
+    from .control.command import CONTROLLERS
+    from .control.planners import COSTS, CEMConfig
+    from .control.tasks import TaskSpec
+
+    c, t = CEMConfig(), TaskSpec()
+    p = sub.add_parser("plan", help="plan to goals in the PushT simulator with a world model (CEM) or a baseline; "
+                       "writes a replayable control report (exit 1 if success falls below success_min)")
+    p.add_argument("--model", help="world model spec (for --planner cem), e.g. pusht-lewm, lewm:DIR")
+    p.add_argument("--planner", default="cem", choices=CONTROLLERS, help="cem: the world model's latent goal cost; "
+                   "oracle: the simulator as the model; stay, random, drive: baselines (default cem)")
+    p.add_argument("--data", help=f"held-out episodes with states to cut tasks from (default {DEFAULT_DATA})")
+    p.add_argument("--tasks", help="a task-set JSON (tasks.json of an earlier run) instead of cutting tasks from --data")
+    p.add_argument("--count", type=_count(1), default=t.count, help=f"tasks to cut (default {t.count})")
+    p.add_argument("--limit", type=_count(1), help="run only the first N tasks of the set (default all)")
+    p.add_argument("--goal-offset", type=_count(1), default=t.goal_offset,
+                   help=f"goal = the recorded state this many env steps after the start (default {t.goal_offset})")
+    p.add_argument("--budget", type=_count(1), default=t.budget, help=f"env steps allowed per task (default {t.budget})")
+    p.add_argument("--samples", type=_count(1), default=c.samples, help=f"CEM candidates per iteration (default {c.samples})")
+    p.add_argument("--elites", type=_count(1), default=c.elites, help=f"CEM elites (default {c.elites})")
+    p.add_argument("--iterations", type=_count(1), default=c.iterations, help=f"CEM iterations per plan (default {c.iterations})")
+    p.add_argument("--horizon", type=_count(1), default=c.horizon, help=f"env steps planned ahead (default {c.horizon})")
+    p.add_argument("--execute", type=_count(1), default=c.execute, help=f"env steps executed before replanning (default {c.execute})")
+    p.add_argument("--init-std", type=float, default=c.init_std,
+                   help=f"initial CEM std, in recorded per-step action changes (default {c.init_std})")
+    p.add_argument("--noise-beta", type=float, default=c.noise_beta,
+                   help=f"coloured noise exponent of the candidates' changes (0 white, 2 momentum; default {c.noise_beta})")
+    p.add_argument("--cost", default=c.cost, choices=COSTS, help="latent distance to the goal at the last step, or "
+                   f"summed over every step (default {c.cost})")
+    p.add_argument("--seed", type=int, default=0, help="task selection and planner seed (default 0)")
+    p.add_argument("--success-min", type=float, help="gate: minimum success rate (default: success_min in "
+                   "[tool.wmcore.models.NAME]; none: no gate)")
+    p.add_argument("--device", default="cpu", help="torch device of the world model (default cpu)")
+    p.add_argument("--out", help="directory for tasks.json and the control report (default: a new runs/run-*/)")
+    p.set_defaults(func=_cmd_plan)
+    r = sub.add_parser("replay", help="re-run a control report's saved actions in the simulator and check that "
+                       "every success and final state reproduces (exit 1 if not)")
+    r.add_argument("report", help="a control report JSON written by wmcore plan")
+    r.set_defaults(func=_cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
     p.add_argument("--version", action="version", version=f"wmcore {__version__}")
@@ -344,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_make_fixtures(sub)
     _add_train(sub)
+    _add_control(sub)
     return p
 
 

@@ -65,6 +65,7 @@ class Thresholds:
     skill_mean_min: float | None = None  # closed loop: mean MSE skill against copy-last
     open_skill_mean_min: float | None = None  # open loop: mean MSE skill against copy-first
     horizon_min: int | None = None  # open-loop drift horizon at `threshold` (never reached passes)
+    success_min: float | None = None  # planning success rate on the task set (wmcore plan, bench/test_control.py)
     bootstrap: int = 1000  # resamples of every bootstrap CI (curve bands and gates)
     seed: int = 0
     # every gate with a CI (all but drift_horizon): "ci" fails only a violation shown with one-sided 95%

@@ -26,8 +26,8 @@ import numpy as np
 # imported, and numpy's C extensions, which scipy pulls in, cannot be loaded twice in one process.
 import scipy.stats  # noqa: F401
 
-__all__ = ["VERDICTS", "PairedDelta", "curve_ci", "mean_ci", "paired_delta", "rise_statistic",
-           "skill_ci"]
+__all__ = ["VERDICTS", "PairedDelta", "bootstrap_mean_ci", "curve_ci", "mean_ci", "paired_delta",
+           "rise_statistic", "skill_ci", "wilson_ci"]
 
 # regressed: worse by more than the tolerance and the CI excludes 0; improved: the mirror image;
 # inconclusive: neither, and the CI reaches past -tolerance (a drop of the tolerance's size is not
@@ -50,6 +50,35 @@ def mean_ci(sample: np.ndarray, level: float = 0.95) -> tuple[float, float]:
         return m, m
     ci = ttest_1samp(x, 0.0).confidence_interval(level)
     return float(ci.low), float(ci.high)
+
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """``(lo, hi)``: the Wilson score interval of a success rate (``scipy.stats.binomtest``)."""
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_ci: need 0 <= successes ({successes}) <= n ({n}) and n >= 1")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_mean_ci(sample: np.ndarray, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """``(lo, hi)``: the BCa bootstrap interval of the mean of ``sample [n]`` (``scipy.stats.bootstrap``,
+    seeded); one value, or equal values, give the mean itself."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(sample, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"sample: expected [n >= 1], found shape {x.shape}")
+    m = float(x.mean())
+    if len(x) < 2 or np.all(x == x[0]):
+        return m, m
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa on tiny samples warns of degenerate resamples; the interval stands
+        r = bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples, method="BCa",
+                      rng=np.random.default_rng(seed))
+    lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
+    return (lo, hi) if np.isfinite([lo, hi]).all() else (m, m)
 
 
 @dataclass(frozen=True)

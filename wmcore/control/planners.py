@@ -25,7 +25,7 @@ from ..errors import WMError
 from ..protocol import WorldModel
 from ..rollout import open_loop
 
-__all__ = ["COSTS", "ActionPrior", "CEMConfig", "CEMPlanner", "LatentGoalCost"]
+__all__ = ["COSTS", "ActionPrior", "CEMConfig", "CEMPlanner", "LatentGoalCost", "coloured_noise"]
 
 COSTS = ("final", "all")
 
@@ -63,6 +63,9 @@ class CEMConfig:
     execute: int = 5
     init_std: float = 1.0
     min_std: float = 0.05
+    # iCEM's coloured noise: the changes' noise has power ~ 1/f^beta along time (0 white; 2 a random
+    # walk of the changes, i.e. momentum: the agent keeps going where it went)
+    noise_beta: float = 0.0
     cost: str = "final"
     seed: int = 0
 
@@ -79,6 +82,19 @@ class CEMConfig:
 
 
 Cost = Callable[[np.ndarray], np.ndarray]  # candidates [N, L, A] -> costs [N]
+
+
+def coloured_noise(rng: np.random.Generator, beta: float, shape: tuple[int, int, int]) -> np.ndarray:
+    """Gaussian noise ``[N, L, A]`` with power spectrum ~ 1/f^beta along L, unit std per sequence
+    position on average (beta 0: white)."""
+    if beta == 0:
+        return rng.standard_normal(shape)
+    n, length, a = shape
+    f = np.fft.rfftfreq(length)
+    f[0] = f[1] if length > 1 else 1.0  # no infinite power at f = 0
+    spec = (rng.standard_normal((n, len(f), a)) + 1j * rng.standard_normal((n, len(f), a))) * (f ** (-beta / 2))[None, :, None]
+    x = np.fft.irfft(spec, n=length, axis=1)
+    return x / x.std(axis=(0, 1), keepdims=True).clip(1e-12)
 
 
 class CEMPlanner:
@@ -108,7 +124,7 @@ class CEMPlanner:
         std = np.broadcast_to(c.init_std * self.step_std, mean.shape).copy()
         best, best_cost = None, np.inf
         for _ in range(c.iterations):
-            changes = mean + std * self.rng.standard_normal((c.samples, *mean.shape))
+            changes = mean + std * coloured_noise(self.rng, c.noise_beta, (c.samples, *mean.shape))
             changes[0] = mean  # the current mean is always a candidate
             acts = self.candidates(last, changes)
             costs = np.asarray(cost(acts), dtype=np.float64)

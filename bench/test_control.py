@@ -1,0 +1,60 @@
+"""Control suite: plan to goals in the PushT simulator with each embedded world model (CEM on its
+latent goal cost), the oracle (the simulator as the model) and the baselines, on the first tasks of
+the seeded task set cut from the held-out episodes (fixtures/pusht).
+
+Each case times the whole run with pytest-benchmark (one round: planning is seconds per task), writes
+the replayable control report into the run directory, checks that its actions replay to the same
+outcome, records the success rate (Wilson CI), score and time per planned action in ``extra_info``,
+and asserts the model's ``success_min`` gate where pyproject sets one.
+
+``WMCORE_CONTROL_TASKS`` (default 8) sets how many tasks; ``make bench-control`` runs all 64
+(the oracle, at ~10 s per task, gets at most ``WMCORE_ORACLE_TASKS``, default 4).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from wmcore.control.command import make_controller
+from wmcore.control.planners import ActionPrior, CEMConfig
+from wmcore.control.report import ControlReport, replay_report
+from wmcore.control.run import run_tasks
+from wmcore.control.tasks import build
+from wmcore.data import load as load_data
+from wmcore.models import load as load_model
+
+TASKS = int(os.environ.get("WMCORE_CONTROL_TASKS", "8"))
+ORACLE_TASKS = min(TASKS, int(os.environ.get("WMCORE_ORACLE_TASKS", "4")))
+CASES = [("cem", "pusht-lewm"), ("cem", "pusht-ac-tiny"), ("oracle", None), ("stay", None), ("random", None),
+         ("drive", None)]
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    episodes = load_data("pusht")
+    return episodes, build(episodes, data_id="pusht"), ActionPrior.from_actions([e.actions for e in episodes])
+
+
+@pytest.mark.parametrize("kind, spec", CASES, ids=[s or k for k, s in CASES])
+def test_control(benchmark, held_out, kind, spec, wm_run_dir, wm_thresholds):
+    episodes, taskset, prior = held_out
+    model = load_model(spec) if spec else None
+    cfg = CEMConfig(samples=64, elites=8, iterations=4) if kind == "oracle" else CEMConfig()
+    tasks = taskset.tasks[: ORACLE_TASKS if kind == "oracle" else TASKS]
+    ctrl = make_controller(kind, prior, cfg, model)
+    results = benchmark.pedantic(run_tasks, args=(tasks, ctrl), rounds=1, iterations=1)
+    t = wm_thresholds(model.name if model else kind)
+    controller = {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
+                  "model": {"spec": spec, "fingerprint": model.fingerprint()} if model else None}
+    report = ControlReport.build(controller, taskset, tasks, results, success_min=t.success_min, rule=t.gate_rule)
+    report.save(wm_run_dir / f"control-{spec or kind}.json")
+    s = report.summary
+    benchmark.extra_info["wmcore_control"] = {"controller": controller, "summary": s,
+                                              "gates": [g.__dict__ for g in report.gates], "tasks": s["tasks"]}
+    benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
+    print("\n" + report.render_text())
+    assert not replay_report(report), "saved actions did not replay to the same outcome"
+    failed = [g.message for g in report.gates if not g.passed]
+    assert not failed, failed

@@ -1,0 +1,105 @@
+"""The bodies of ``wmcore plan`` and ``wmcore replay`` (their parsers live in ``wmcore.cli``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import WMError
+from ..fsio import safe_name
+from .planners import ActionPrior, CEMConfig
+from .report import ControlReport, replay_report
+from .run import DriveToGoal, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_tasks
+from .sim.pusht import ACTION_DIM
+from .tasks import TaskSet, TaskSpec, build, load as load_tasks
+
+__all__ = ["CONTROLLERS", "check_model", "make_controller", "plan", "replay_command"]
+
+# cem: CEM with the world model's latent goal cost; oracle: CEM with the simulator as the model;
+# stay, random, drive: baselines that need no model
+CONTROLLERS = ("cem", "oracle", "stay", "random", "drive")
+
+
+def check_model(model, horizon: int, execute: int) -> None:
+    """A model can plan PushT when its action blocks are frameskip x 2-d targets and the planning
+    horizon and the executed chunk are whole model steps."""
+    k = getattr(model, "frameskip", 1)
+    if model.action_dim != k * ACTION_DIM:
+        raise WMError(f"model {model.name!r} takes {model.action_dim}-d actions per model step (frameskip {k}); "
+                      f"PushT actions are {ACTION_DIM}-d targets, so it needs {k * ACTION_DIM}: this model was not "
+                      "trained on PushT actions")
+    for what, v in (("--horizon", horizon), ("--execute", execute)):
+        if v % k:
+            raise WMError(f"{what} {v}: must be a multiple of the model's frameskip {k} (whole model steps)")
+
+
+def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, device: str = "cpu"):
+    if kind == "cem":
+        if model is None:
+            raise WMError("--planner cem needs --model SPEC (the world model to plan with)")
+        check_model(model, cfg.horizon, cfg.execute)
+        return WorldModelCEM(model, prior, cfg, device=device)
+    if kind == "oracle":
+        return OracleCEM(prior, cfg)
+    if kind == "stay":
+        return Stay()
+    if kind == "random":
+        return RandomSmooth(prior, cfg.seed)
+    if kind == "drive":
+        return DriveToGoal()
+    raise WMError(f"--planner {kind!r}: expected one of {', '.join(CONTROLLERS)}")
+
+
+def task_set(episodes, tasks: str | None, spec: TaskSpec, data_id: str) -> TaskSet:
+    """``tasks``: None (cut from the episodes by ``spec``) or a task-set JSON file."""
+    if tasks is None:
+        return build(episodes, spec, data_id=data_id)
+    if not Path(tasks).is_file():
+        raise WMError(f"--tasks {tasks!r}: no such task-set file; give a JSON written by wmcore plan "
+                      "(tasks.json in its --out directory) or leave --tasks out to cut tasks from --data")
+    return load_tasks(tasks)
+
+
+def _progress(i: int, n: int, r: TaskResult, t0: float) -> None:
+    print(f"  [{i}/{n}] {r.id}: {'success' if r.success else 'no'} after {r.steps} steps, score {r.score:.3f} "
+          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, tasks: str | None, spec: TaskSpec,
+         limit: int | None, cfg: CEMConfig, out: Path, success_min: float | None, rule: str, device: str = "cpu",
+         quiet: bool = False) -> ControlReport:
+    """Run one controller on a task set; write ``out/tasks.json`` (if new) and the control report."""
+    ts = task_set(episodes, tasks, spec, data_id)
+    chosen = ts.subset(limit).tasks
+    prior = ActionPrior.from_actions([e.actions for e in episodes])
+    ctrl = make_controller(kind, prior, cfg, model, device)
+    stem = safe_name(f"control-{model.name if kind == 'cem' else kind}")
+    path = out / f"{stem}.json"
+    if path.exists():
+        raise WMError(f"{path}: exists already; choose another --out (nothing is overwritten)")
+    t0 = time.perf_counter()
+    print(f"planning with {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
+    results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    controller = {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
+                  "model": None if model is None or kind != "cem" else
+                  {"spec": model_spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip},
+                  "prior": prior.__dict__}
+    report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
+    if not (out / "tasks.json").exists():
+        ts.save(out / "tasks.json")
+    report.save(path)
+    return report
+
+
+def replay_command(path: str) -> int:
+    """Replay every task of a saved control report; 0 when all reproduce, 1 otherwise."""
+    report = ControlReport.load(path)
+    bad = replay_report(report)
+    n = len(report.results)
+    if bad:
+        print(f"{len(bad)} of {n} tasks did not reproduce:\n  " + "\n  ".join(bad))
+        return 1
+    k = sum(r["success"] for r in report.results)
+    print(f"all {n} tasks reproduced: {k} successes, final states equal to 1e-9")
+    return 0
