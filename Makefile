@@ -36,12 +36,19 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
+.PHONY: bench bench-control test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
 bench: setup
 	$(PYTEST) bench --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
+
+# The control suite on the whole task set (64 tasks; make bench runs the first 8): planning with
+# both embedded models, the baselines, and the oracle on ORACLE_TASKS of them (about 10 s a task).
+ORACLE_TASKS ?= 16
+bench-control: setup
+	WMCORE_CONTROL_TASKS=64 WMCORE_ORACLE_TASKS=$(ORACLE_TASKS) $(PYTEST) bench/test_control.py --benchmark-only -s \
+		--benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
 
 test: setup lint-imports
 	$(PYTEST) tests $(TEST_ARGS)

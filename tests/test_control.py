@@ -268,3 +268,31 @@ def test_plan_refuses_data_without_states(tmp_path, capsys):
     write_index(d, {"fps": 10.0, "height": int(h), "width": int(w)}, [save_episode(d, i, e, seed=i) for i, e in enumerate(eps)])
     assert main(["plan", "--planner", "stay", "--data", str(d), "--out", str(tmp_path / "r")]) == 2
     assert "no recorded states" in capsys.readouterr().err
+
+
+def test_compare_flags_a_significant_success_drop_over_the_same_tasks(tmp_path, capsys):
+    """Paired over the same tasks: the oracle-like BASE (every task a success) against a NEW that
+    fails most of them regresses; identical reports give delta 0; different tasks are refused."""
+    import json
+
+    from wmcore.cli import main
+
+    out = tmp_path / "a"
+    assert main(["plan", "--planner", "stay", "--limit", "12", "--out", str(out)]) == 0
+    d = json.loads((out / "control-stay.json").read_text())
+    good = json.loads(json.dumps(d))
+    for r in good["results"]:
+        r["success"], r["score"] = True, 0.1
+    good["summary"].update(successes=12, success_rate=1.0, score_mean=0.1)
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "good.json"), str(out / "control-stay.json")]) == 1
+    text = capsys.readouterr().out
+    assert "success_rate" in text and "regressed" in text and "REGRESSION" in text
+    assert main(["compare", str(out / "control-stay.json"), str(out / "control-stay.json")]) == 0
+    assert "+0.000" in capsys.readouterr().out
+    fewer = json.loads(json.dumps(d))
+    fewer["results"] = fewer["results"][:5]
+    (tmp_path / "fewer.json").write_text(json.dumps(fewer))
+    assert main(["compare", str(out / "control-stay.json"), str(tmp_path / "fewer.json")]) == 2
+    assert "ran different tasks" in capsys.readouterr().err

@@ -153,6 +153,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     flags = {"step1_drop": args.max_step1_drop, "auc_drop": args.max_auc_drop,
              "horizon_drop": args.max_horizon_drop, "slowdown": args.max_slowdown}
     tol, pyproject = load_tolerances(args.pyproject, flags, _TOLERANCE_FLAGS)
+    from .control.compare import SUCCESS_DROP, compare_control, control_pairs, is_control, render_comparison
+
+    if is_control(args.base) or is_control(args.new):
+        drop = SUCCESS_DROP if args.max_success_drop is None else args.max_success_drop
+        regressed = False
+        for name, b, n in control_pairs(args.base, args.new):
+            res = compare_control(b, n, drop)
+            print("\n".join(render_comparison(name, b, n, res)))
+            regressed |= res["success_rate"].verdict == "regressed"
+        print("REGRESSION: the success rate dropped significantly" if regressed else "no regression in success rate")
+        return 1 if regressed else 0
     for arg in args.pair:
         parse_pair(arg)  # syntax first: a typo should not wait for the runs to load
     if args.out and Path(args.out).exists():
@@ -249,7 +260,8 @@ def _add_compare(sub) -> None:
         "(keys step1_drop, auc_drop, horizon_drop, slowdown), else the defaults.",
     )
     p.add_argument("base", metavar="BASE", help="the reference run: a pytest-benchmark JSON (--benchmark-json / "
-                   "--benchmark-autosave) or a wmcore run directory runs/run-*/ of DriftReport JSONs")
+                   "--benchmark-autosave), a wmcore run directory runs/run-*/ of DriftReport JSONs, or a control "
+                   "report of wmcore plan (or a directory of them)")
     p.add_argument("new", metavar="NEW", help="the run to check against BASE (same kinds)")
     p.add_argument("--pair", action="append", default=[], metavar="OLD=NEW",
                    help="pair model OLD of BASE with model NEW of NEW (names or specs), repeatable; models with "
@@ -265,6 +277,9 @@ def _add_compare(sub) -> None:
                    f"{Tolerances.horizon_drop}; never reached within H counts as H+1)")
     p.add_argument("--max-slowdown", type=float, metavar="RATIO",
                    help="tolerated ratio of NEW's to BASE's median time, e.g. 1.2 (default: timings not gated)")
+    p.add_argument("--max-success-drop", type=float, metavar="D",
+                   help="control reports (wmcore plan): tolerated drop of the success rate over the same tasks "
+                   "(default 0.1); regressed only when the drop exceeds it and its paired 95%% CI excludes 0")
     p.add_argument("--means", action="store_true",
                    help="compare the mean curves against the tolerances, without confidence intervals (the rule "
                    "before per-episode records; runs without them always use it). Default: paired statistics over "
