@@ -1,0 +1,128 @@
+"""Does drift predict control? Versions of a model measured on drift, energy ranking and planning.
+
+``python scripts/drift_vs_control.py [--model pusht-lewm] [--noise 0 0.05 0.1 0.2 0.3 0.5] [--tasks 16]
+[--out DIR]``
+
+Versions: the model with Gaussian noise of ``noise`` x each predictor weight matrix's own std (seeded;
+0 is the shipped model), as tests/test_embedded.py degrades it. For each version: the DriftReport on
+the held-out episodes (open-loop AUC, drift horizon, and the energy ranking when the report has one)
+and CEM planning on the first ``--tasks`` tasks of the seeded task set (success, mean score). Prints
+the table and the Spearman rank correlations of each drift measure with success and score
+(``scipy.stats.spearmanr``), writes ``DIR/drift_vs_control.json`` and a scatter plot
+``DIR/drift_vs_control.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def degraded(model, noise: float, seed: int = 0):
+    if noise == 0:
+        return model
+    bad = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in bad.model.predictor.parameters():
+            if p.dim() > 1:
+                p.add_(noise * p.std() * torch.randn(p.shape, generator=g))
+    return bad
+
+
+def energy_rank(report) -> float | None:
+    """The report's energy ranking of the recorded actions among close perturbations (None if absent)."""
+    e = getattr(report, "energy", None)
+    if not e:
+        return None
+    d = e if isinstance(e, dict) else e.to_dict()
+    ranks = d.get("rank") or d.get("ranks") or {}
+    if isinstance(ranks, dict) and ranks:
+        first = sorted(ranks, key=lambda k: float(k) if str(k).replace(".", "", 1).isdigit() else 1e9)[0]
+        v = ranks[first]
+        return float(v["mean"] if isinstance(v, dict) else v)
+    return None
+
+
+def main(argv: list[str]) -> int:
+    from scipy.stats import spearmanr
+
+    from wmcore.control.planners import ActionPrior, CEMConfig
+    from wmcore.control.run import WorldModelCEM, run_tasks
+    from wmcore.control.tasks import build
+    from wmcore.data import load as load_data
+    from wmcore.evaluate import evaluate
+    from wmcore.fsio import new_run_dir, write_new
+    from wmcore.models import load as load_model
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wmcore.plot import save_png
+    from wmcore.settings import resolve
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="pusht-lewm")
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--tasks", type=int, default=16)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else new_run_dir(Path("runs"), "drift-vs-control")
+    out.mkdir(parents=True, exist_ok=True)
+    episodes = load_data("pusht")
+    taskset = build(episodes, data_id="pusht")
+    prior = ActionPrior.from_actions([e.actions for e in episodes])
+    base = load_model(args.model)
+    cfg, thresholds = resolve(base.name)
+    rows = []
+    for noise in args.noise:
+        t0 = time.time()
+        m = degraded(base, noise)
+        r = evaluate(m, episodes, cfg, thresholds, spec=args.model, data_id="pusht")
+        res = run_tasks(taskset.tasks[: args.tasks], WorldModelCEM(m, prior, CEMConfig()))
+        op = r.loops["open_loop"]
+        row = {"noise": noise, "open_auc": op.auc, "drift_horizon": op.drift_horizon or cfg.horizon + 1,
+               "closed_step1": r.loops["closed_loop"].cosine[0], "energy_rank": energy_rank(r),
+               "success": sum(x.success for x in res) / len(res), "successes": sum(x.success for x in res),
+               "tasks": len(res), "score": float(np.mean([x.score for x in res]))}
+        rows.append(row)
+        print(json.dumps(row), f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    corr = {}
+    for k in ("open_auc", "drift_horizon", "closed_step1", "energy_rank"):
+        xs = [r[k] for r in rows]
+        if any(x is None for x in xs):
+            continue
+        for target in ("success", "score"):
+            rho, p = spearmanr(xs, [r[target] for r in rows])
+            corr[f"{k}~{target}"] = {"rho": None if np.isnan(rho) else float(rho), "p": None if np.isnan(p) else float(p)}
+    print(f"{'noise':>6} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-rank':>7} {'success':>9} {'score':>7}")
+    for r in rows:
+        er = "-" if r["energy_rank"] is None else f"{r['energy_rank']:.3f}"
+        print(f"{r['noise']:>6.2f} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {er:>7} "
+              f"{r['successes']:>3}/{r['tasks']:<5} {r['score']:>7.3f}")
+    for k, v in corr.items():
+        print(f"Spearman {k}: rho {v['rho']}, p {v['p']}")
+    write_new(out / "drift_vs_control.json", json.dumps({"model": args.model, "rows": rows, "spearman": corr}, indent=1).encode())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for ax, target in zip(axes, ("success", "score")):
+        ax.scatter([r["open_auc"] for r in rows], [r[target] for r in rows])
+        for r in rows:
+            ax.annotate(f"{r['noise']:g}", (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel("open-loop AUC (mean cosine, steps 1..H)")
+        ax.set_ylabel("planning success rate" if target == "success" else "mean score (final/start distance)")
+    axes[0].set_title(f"{args.model}: versions by predictor noise (labels)")
+    fig.tight_layout()
+    print(save_png(fig, out / "drift_vs_control.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
