@@ -30,6 +30,7 @@ __all__ = [
     "link_new",
     "new_run_dir",
     "read_json",
+    "read_versioned",
     "safe_name",
     "write_new",
     "write_replace",
@@ -202,6 +203,18 @@ def read_json(path: str | os.PathLike, *, strict: bool = False, hint: str = "was
         return json.loads(text, parse_constant=_reject_constant if strict else None)
     except ValueError as e:  # json.JSONDecodeError is a ValueError, and so is _reject_constant's
         raise WMError(f"{p}: not valid JSON ({e}); {hint}") from None
+
+
+def read_versioned(path: str | os.PathLike, fmt: str, version: int, what: str, hint: str) -> dict:
+    """A JSON object whose ``format`` is ``fmt`` and ``version`` is ``version`` (``what`` names the kind
+    of file in the messages); WMError otherwise."""
+    d = read_json(path, hint=hint)
+    found = d.get("format") if isinstance(d, dict) else None
+    if found != fmt:
+        raise WMError(f"{path}: not a wmcore {what} (format {found!r}, expected {fmt!r})")
+    if d.get("version") != version:
+        raise WMError(f"{path}: {what} version {d.get('version')!r}; this wmcore reads version {version}")
+    return d
 
 
 def _reject_constant(name: str) -> Any:

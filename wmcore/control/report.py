@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import WMError
-from ..fsio import read_json, write_new
+from ..fsio import read_versioned, write_new
 from ..gates import GATE_LEVEL, Gate
 from ..stats import bootstrap_mean_ci, wilson_ci
 from .run import TaskResult, replay
@@ -96,12 +96,7 @@ class ControlReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ControlReport":
-        d = read_json(path, hint="was the control report truncated?")
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise WMError(f"{path}: not a wmcore control report (format "
-                          f"{d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r})")
-        if d.get("version") != VERSION:
-            raise WMError(f"{path}: control report version {d.get('version')!r}; this wmcore reads version {VERSION}")
+        d = read_versioned(path, FORMAT, VERSION, "control report", "was the control report truncated?")
         try:
             return cls(d["controller"], d["tasks"], d["results"], d["summary"], [Gate(**g) for g in d["gates"]],
                        d.get("environment", {}), d["version"])

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..episode import Episode, content_sha256
 from ..errors import WMError
-from ..fsio import read_json, write_new
+from ..fsio import read_versioned, write_new
 from .sim.pusht import ANGLE_TOL, POSITION_TOL, angle_error
 
 __all__ = ["FORMAT", "VERSION", "Task", "TaskSet", "TaskSpec", "build", "load"]
@@ -138,12 +138,8 @@ def build(episodes: Sequence[Episode], spec: TaskSpec = TaskSpec(), data_id: str
 
 def load(path: str | os.PathLike) -> TaskSet:
     """A task set saved by ``TaskSet.save``."""
-    d = read_json(path, hint="was the task file truncated? rebuild it with wmcore plan --tasks-out")
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise WMError(f"{path}: not a wmcore task set (format {d.get('format') if isinstance(d, dict) else None!r}, "
-                      f"expected {FORMAT!r})")
-    if d.get("version") != VERSION:
-        raise WMError(f"{path}: task set version {d.get('version')!r}; this wmcore reads version {VERSION}")
+    d = read_versioned(path, FORMAT, VERSION, "task set",
+                       "was the task file truncated? wmcore plan without --tasks cuts a new one")
     try:
         tasks = [Task(**t) for t in d["tasks"]]
         spec = TaskSpec(**d["spec"])
