@@ -37,18 +37,17 @@ def degraded(model, noise: float, seed: int = 0):
     return bad
 
 
-def energy_rank(report) -> float | None:
-    """The report's energy ranking of the recorded actions among close perturbations (None if absent)."""
+def energy_ranks(report) -> tuple[float | None, float | None]:
+    """The report's energy ranking of the recorded actions: among the closest perturbations (the
+    smallest scale) and among unrelated recorded blocks (None, None without an energy section)."""
     e = getattr(report, "energy", None)
-    if not e:
-        return None
-    d = e if isinstance(e, dict) else e.to_dict()
-    ranks = d.get("rank") or d.get("ranks") or {}
-    if isinstance(ranks, dict) and ranks:
-        first = sorted(ranks, key=lambda k: float(k) if str(k).replace(".", "", 1).isdigit() else 1e9)[0]
-        v = ranks[first]
-        return float(v["mean"] if isinstance(v, dict) else v)
-    return None
+    if e is None:
+        return None, None
+    rows = e.rows if hasattr(e, "rows") else [type("R", (), r) for r in e["rows"]]
+    scaled = [r for r in rows if r.scale is not None]
+    close = min(scaled, key=lambda r: r.scale).rank if scaled else None
+    rand = next((r.rank for r in rows if r.scale is None), None)
+    return close, rand
 
 
 def main(argv: list[str]) -> int:
@@ -90,23 +89,24 @@ def main(argv: list[str]) -> int:
         res = run_tasks(taskset.tasks[: args.tasks], WorldModelCEM(m, prior, CEMConfig()))
         op = r.loops["open_loop"]
         row = {"noise": noise, "open_auc": op.auc, "drift_horizon": op.drift_horizon or cfg.horizon + 1,
-               "closed_step1": r.loops["closed_loop"].cosine[0], "energy_rank": energy_rank(r),
+               "closed_step1": r.loops["closed_loop"].cosine[0],
+               **dict(zip(("energy_rank_close", "energy_rank_random"), energy_ranks(r))),
                "success": sum(x.success for x in res) / len(res), "successes": sum(x.success for x in res),
                "tasks": len(res), "score": float(np.mean([x.score for x in res]))}
         rows.append(row)
         print(json.dumps(row), f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     corr = {}
-    for k in ("open_auc", "drift_horizon", "closed_step1", "energy_rank"):
+    for k in ("open_auc", "drift_horizon", "closed_step1", "energy_rank_close", "energy_rank_random"):
         xs = [r[k] for r in rows]
         if any(x is None for x in xs):
             continue
         for target in ("success", "score"):
             rho, p = spearmanr(xs, [r[target] for r in rows])
             corr[f"{k}~{target}"] = {"rho": None if np.isnan(rho) else float(rho), "p": None if np.isnan(p) else float(p)}
-    print(f"{'noise':>6} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-rank':>7} {'success':>9} {'score':>7}")
+    print(f"{'noise':>6} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-close':>8} {'E-random':>9} {'success':>9} {'score':>7}")
     for r in rows:
-        er = "-" if r["energy_rank"] is None else f"{r['energy_rank']:.3f}"
-        print(f"{r['noise']:>6.2f} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {er:>7} "
+        ec, er = (("-" if r[k] is None else f"{r[k]:.3f}") for k in ("energy_rank_close", "energy_rank_random"))
+        print(f"{r['noise']:>6.2f} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {ec:>8} {er:>9} "
               f"{r['successes']:>3}/{r['tasks']:<5} {r['score']:>7.3f}")
     for k, v in corr.items():
         print(f"Spearman {k}: rho {v['rho']}, p {v['p']}")
