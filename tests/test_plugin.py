@@ -77,12 +77,27 @@ def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path
     assert len(runs) == 1
     names = sorted(p.name for p in runs[0].iterdir())
     assert len([n for n in names if n.endswith(".json")]) == 2
+    # the energy landscape is measured with recorded actions only: one energy plot, beside their drift plot
     assert sorted(n for n in names if n.endswith(".png")) == [
-        "analytic_delta_0.05_-random.png", "analytic_delta_0.05_-recorded.png", "overlay.png"]
+        "analytic_delta_0.05_-random.png", "analytic_delta_0.05_-recorded-energy.png",
+        "analytic_delta_0.05_-recorded.png", "overlay.png"]
     out = r.stdout.str()
     assert "wmcore artifacts" in out and "wmcore drift summary" in out
+    assert "energy landscape: rank of the recorded actions" in out
     row = next(line for line in out.splitlines() if line.startswith("analytic:delta=0.05") and "recorded" in line)
     assert row.split()[2] == f"{rec['curves']['closed_loop'][0]:.3f}" and row.endswith("PASS")
+
+
+def test_no_energy_switches_the_energy_landscape_off(bench, analytic_set, tmp_path):
+    r = _run(bench, "--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set), "--wm-actions", "recorded",
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-no-energy")
+    r.assert_outcomes(passed=1)
+    (run,) = (tmp_path / "art").glob("run-*")
+    assert sorted(p.name for p in run.glob("*.png")) == ["analytic_delta_0.05_-recorded.png", "overlay.png"]
+    (report,) = run.glob("*.json")
+    doc = json.loads(report.read_text())
+    assert doc["energy"] is None and doc["config"]["energy"] is False
+    assert "energy landscape" not in r.stdout.str()
 
 
 def test_thresholds_from_the_command_line_are_applied_and_recorded(bench, analytic_set, tmp_path):

@@ -14,7 +14,7 @@ from wmcore.data import content_sha256, stack
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate
 from wmcore.models.analytic import AnalyticConfig, AnalyticModel, expected_open_cosine, make_episodes
-from wmcore.report import SCHEMA, SCHEMA_VERSION, DriftReport
+from wmcore.report import SCHEMA, SCHEMA_VERSION, DriftReport, render_text
 
 H = 12  # > 10, so that summary's step 10 and step H are different steps
 FAST = Thresholds(bootstrap=200)
@@ -209,7 +209,7 @@ def test_the_video_reader_is_recorded_for_the_h264_fixtures(tmp_path):
     assert v == {"backend": one["backend"], "codec": "h264", "reason": one["reason"],
                  "sources": [{**one, "episodes": 2}]}
     d = strict_loads(DriftReport.load(r.save(tmp_path / "r.json")).to_json())
-    assert d["schema_version"] == SCHEMA_VERSION == 2 and d["data"]["video"] == v
+    assert d["schema_version"] == SCHEMA_VERSION and d["data"]["video"] == v  # (3 since the energy landscape)
 
 
 def test_video_summary_of_mixed_sources():
@@ -407,15 +407,32 @@ def test_per_episode_curves_are_the_episodes_of_the_mean_curves(report):
 
 def test_a_version_1_report_still_reads_without_per_episode_curves(report, tmp_path):
     d = strict_loads(report.to_json())
-    assert d["schema_version"] == SCHEMA_VERSION == 2
+    assert d["schema_version"] == SCHEMA_VERSION == 3  # 3 added the energy landscape, which 1 had not either
     d["schema_version"] = 1
     for loop in d["loops"].values():
         del loop["per_episode"]
+    del d["energy"]
     p = tmp_path / "v1.json"
     p.write_text(json.dumps(d))
     old = DriftReport.load(p)
     assert all(loop.per_episode is None for loop in old.loops.values())
     assert old.loops["open_loop"].cosine == report.loops["open_loop"].cosine
+    assert old.energy is None
+
+
+def test_a_version_2_report_still_reads_without_an_energy_landscape(report, tmp_path):
+    """Version 2 (per-episode curves, no energy): read with energy None, shown without an energy section."""
+    assert report.energy is not None
+    d = strict_loads(report.to_json())
+    d["schema_version"] = 2
+    del d["energy"]
+    for key in [k for k in d["config"] if k.startswith("energy")]:  # a version-2 config had no such fields
+        del d["config"][key]
+    p = tmp_path / "v2.json"
+    p.write_text(json.dumps(d))
+    old = DriftReport.load(p)
+    assert old.energy is None and old.loops == report.loops
+    assert "energy landscape" not in render_text([old]) and "energy landscape" in render_text([report])
 
 
 @pytest.mark.parametrize("damage", ["short row", "missing episode", "not a list", "text"])

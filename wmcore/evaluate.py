@@ -1,4 +1,5 @@
-"""One evaluation: episodes + model -> latents -> open and closed loop -> metrics -> DriftReport.
+"""One evaluation: episodes + model -> latents -> open and closed loop -> metrics (and the energy
+landscape) -> DriftReport.
 
 This is the glue that the pytest plugin, the CLI and the bench share; a user's script can call it
 directly. ``EvalConfig`` and ``Thresholds`` (``wmcore.settings``) are re-exported here because every
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from . import gates as G
 from . import metrics as M
+from .control.energy import energy_landscape
 from .episode import Batch, Episode, content_sha256, stack, video_summary
 from .errors import WMError
 from .protocol import WorldModel
@@ -31,6 +33,7 @@ __all__ = [
     "build_report",
     "check_actions",
     "check_episodes",
+    "energy",
     "evaluate",
     "prepare",
     "rollouts",
@@ -133,6 +136,29 @@ def rollouts(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> tuple[Tensor
     return torch.cat(opened), torch.cat(closed)
 
 
+def energy(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> dict | None:
+    """The energy landscape of ``model`` on the prepared episodes (``control.energy``), as the report's
+    ``energy`` section; None when ``cfg.energy`` is off or the actions are not the recorded ones (the
+    landscape ranks the recorded actions: a zeros/random report would repeat the recorded one's).
+
+    ``cfg.energy_k`` is clipped to the longest goal offset the episodes hold after the context (a
+    short clip still gets a landscape); ``k_requested`` and ``note`` say so."""
+    if not cfg.energy or cfg.action_source != "recorded":
+        return None
+    steps = int(prep.actions.shape[1])
+    k = min(cfg.energy_k, steps - cfg.context + 1)  # >= horizon >= 1: prepare checked the episodes hold it
+    land = energy_landscape(
+        model, prep.latents, prep.actions, states=prep.states, k=k, starts=cfg.energy_starts,
+        candidates=cfg.energy_candidates, scales=cfg.energy_scales, context=cfg.context, window=cfg.window,
+        seed=cfg.seed, batch_size=cfg.energy_batch, use_cache=cfg.use_cache,
+    )
+    note = None
+    if k < cfg.energy_k:
+        note = (f"k clipped from {cfg.energy_k} to {k}: the episodes hold {steps} model steps after "
+                f"{cfg.context} context frame(s)")
+    return {**land.to_dict(), "k_requested": cfg.energy_k, "note": note}
+
+
 def evaluate(
     model: WorldModel,
     episodes: Sequence[Episode] | Batch | Prepared,
@@ -168,8 +194,14 @@ def build_report(
     data_id: str = "episodes",
     timings: dict | None = None,
 ) -> DriftReport:
-    """Metrics, baselines, chance level and gates from finished rollouts ``[B, H, N, D]``."""
+    """Metrics, baselines, chance level and gates from finished rollouts ``[B, H, N, D]``, and the energy
+    landscape (``energy``; its time is ``timings["energy_s"]``)."""
     c, h = cfg.context, cfg.horizon
+    timings = dict(timings or {})
+    t0 = time.perf_counter()
+    landscape = energy(model, prep, cfg)
+    if landscape is not None:
+        timings["energy_s"] = time.perf_counter() - t0
     # metrics on the CPU whatever device the model ran on: small tensors, one numerics for every run
     z, pred_open, pred_closed = prep.latents.cpu(), pred_open.cpu(), pred_closed.cpu()
     target = z[:, c : c + h]
@@ -225,12 +257,13 @@ def build_report(
             "max_context": model.max_context,
         },
         data=data,
-        config=dataclasses.asdict(cfg),
+        config=cfg.to_dict(),
         thresholds=thresholds.to_dict(),
         loops=loops,
         chance_level=M.chance_level(z, seed=thresholds.seed),
         chance_level_centred=M.chance_level(z.double() - mean, seed=thresholds.seed),
         gates=gates,
         environment=environment(cfg.device, cfg.dtype),
-        timings=dict(timings or {}),
+        timings=timings,
+        energy=landscape,
     )

@@ -1,5 +1,6 @@
-"""The drift plot (cosine vs rollout step, open and closed loop with CI bands, baselines, threshold)
-and the comparison overlay (several models' curves on one axes, for `wmcore compare`)."""
+"""The drift plot (cosine vs rollout step, open and closed loop with CI bands, baselines, threshold),
+the energy-landscape plot (rank of the recorded actions and goal energy vs perturbation scale), and the
+comparison overlay (several models' curves on one axes, for `wmcore compare`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and robots have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .fsio import write_new  # noqa: E402
 from .report import DriftReport  # noqa: E402
@@ -20,9 +22,11 @@ __all__ = [
     "Curves",
     "Panel",
     "drift_figure",
+    "energy_figure",
     "overlay_axes",
     "overlay_figure",
     "plot_drift",
+    "plot_energy",
     "plot_overlay",
     "save_png",
 ]
@@ -82,6 +86,75 @@ def drift_figure(report: DriftReport):
 def plot_drift(report: DriftReport, path: str | os.PathLike) -> Path:
     """Write the drift plot of ``report`` as a PNG to a new file ``path`` (never overwritten)."""
     return save_png(drift_figure(report), path)
+
+
+# --- energy landscape ----------------------------------------------------------------------------
+
+
+def energy_figure(report: DriftReport):
+    """The energy landscape of ``report`` (caller closes it): left, the rank of the recorded actions per
+    perturbation scale (mean, 95% CI over episodes, each episode a thin line) and for the random group;
+    right, the candidates' mean goal energy per scale against the recorded actions' and the random
+    group's. ValueError if the report has no energy landscape."""
+    e = report.energy
+    if not e or not e.get("rows"):
+        raise ValueError(f"report of {report.model.get('name')!r} has no energy landscape (schema < 3, switched "
+                         "off, or actions other than the recorded ones)")
+    scaled = [r for r in e["rows"] if r.get("scale") is not None]
+    rand = next((r for r in e["rows"] if r.get("scale") is None), None)
+    xs = [r["scale"] for r in scaled]
+    fig, (ax_r, ax_e) = plt.subplots(1, 2, figsize=(11, 4.3), dpi=110)
+    per = [r["per_episode_rank"] for r in scaled]
+    for i in range(len(per[0]) if per else 0):  # the spread behind the mean: one thin line per episode
+        ax_r.plot(xs, [p[i] for p in per], color="tab:blue", lw=0.6, alpha=0.15,
+                  label="each episode" if i == 0 else None)
+    ranks = [r["rank"] for r in scaled]
+    err = [[r["rank"] - r["rank_lo"] for r in scaled], [r["rank_hi"] - r["rank"] for r in scaled]]
+    ax_r.errorbar(xs, ranks, yerr=err, color="tab:blue", lw=2, marker="o", ms=4, capsize=3,
+                  label="perturbed recorded actions: mean rank, 95% CI")
+    if rand is not None:
+        ax_r.axhspan(rand["rank_lo"], rand["rank_hi"], color="tab:orange", alpha=0.2, lw=0)
+        ax_r.axhline(rand["rank"], color="tab:orange", lw=1.5,
+                     label=f"random (other recorded blocks): {rand['rank']:.3f}")
+    ax_r.axhline(0.5, color="black", ls=":", lw=1, label="chance (0.5)")
+    for ax in (ax_r, ax_e):  # the scales themselves as ticks: 0.1, 0.25, ... rather than powers of ten
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax_r.set_ylim(-0.02, 1.0)
+    ax_r.set_xlabel("perturbation scale (x the recorded actions' std)")
+    ax_r.set_ylabel("rank of the recorded actions (0 = best)")
+    ax_r.set_title("does the energy prefer the recorded actions?", fontsize=9.5)
+    ax_r.grid(alpha=0.3)
+    ax_r.legend(fontsize=7.5, loc="upper right")
+    energies = [r["energy"] for r in scaled]
+    ax_e.plot(xs, energies, color="tab:blue", lw=2, marker="o", ms=4, label="perturbed: mean energy")
+    for x, r in zip(xs, scaled):
+        if r.get("energy_ratio") is not None and r["energy_ratio"] != float("inf"):
+            ax_e.annotate(f"x{r['energy_ratio']:.2g}", (x, r["energy"]), textcoords="offset points", xytext=(0, 6),
+                          ha="center", fontsize=7.5)
+    ax_e.axhline(e["energy_recorded"], color="tab:green", lw=1.5, label=f"recorded: {e['energy_recorded']:.3g}")
+    if rand is not None:
+        ax_e.axhline(rand["energy"], color="tab:orange", lw=1.5, label=f"random: {rand['energy']:.3g}")
+    if min([*energies, e["energy_recorded"]]) > 0:
+        ax_e.set_yscale("log")
+        ax_e.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_e.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax_e.yaxis.set_minor_formatter(NullFormatter())
+    ax_e.set_xlabel("perturbation scale (x the recorded actions' std)")
+    ax_e.set_ylabel("goal energy (mean squared latent distance)")
+    ax_e.set_title("energy vs perturbation (labels: ratio to the recorded actions')", fontsize=9.5)
+    ax_e.grid(alpha=0.3)
+    ax_e.legend(fontsize=7.5, loc="lower right")
+    fig.suptitle(f"{report.model.get('name')} — energy landscape, goals k={e['k']} model steps ahead, "
+                 f"{len(e.get('starts') or [])} starts x {report.data.get('episodes', '?')} episodes", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_energy(report: DriftReport, path: str | os.PathLike) -> Path:
+    """Write the energy-landscape plot of ``report`` as a PNG to a new file ``path`` (never overwritten)."""
+    return save_png(energy_figure(report), path)
 
 
 # --- comparison overlay ------------------------------------------------------------------------

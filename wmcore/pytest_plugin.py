@@ -17,6 +17,8 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-gate-rule R     ci or mean: how the gates decide (default:
                        [tool.wmcore] gate_rule, ci); the same as --wm-threshold gate_rule=R
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
+  --wm-no-energy       skip the offline energy landscape (EvalConfig.energy; measured by default in every
+                       report with recorded actions, plotted beside the drift plot as NAME-energy.png)
 
 Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
 models and action sources, and ``wm_model`` / ``wm_episodes`` / ``wm_prepared`` for the (session-cached)
@@ -72,6 +74,7 @@ class WMOptions:
     device: str
     dtype: str
     thresholds: dict
+    energy: bool = True
 
     @property
     def data_id(self) -> str:
@@ -111,6 +114,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--wm-artifacts", default="runs", metavar="DIR",
                 help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
                 "and DriftReport JSONs (default: runs)")
+    g.addoption("--wm-no-energy", action="store_true", default=False,
+                help="skip the offline energy landscape (rank of the recorded actions by latent goal energy), "
+                "measured by default in every report with recorded actions")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -162,7 +168,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SETTINGS] = WMOptions(
         models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"),
         start=o("wm_start"), episodes=o("wm_episodes"), actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
-        thresholds=overrides,
+        thresholds=overrides, energy=not o("wm_no_energy"),
     )
 
 
@@ -259,7 +265,7 @@ def wm_eval_config(wm_settings: WMOptions):
     def make(model: str, source: str = "recorded"):
         s = wm_settings
         cfg, _ = resolve(model, horizon=s.horizon, start=s.start, action_source=source, device=s.device,
-                         dtype=s.dtype, overrides=s.thresholds)
+                         dtype=s.dtype, overrides=s.thresholds, energy=s.energy)
         return cfg
 
     return make
@@ -298,13 +304,11 @@ def wm_reference(wm_model, wm_model_spec: str, wm_prepared, wm_thresholds, wm_se
     source. The one ``wm_record`` recorded this session for the same spec and config if there is one,
     else evaluated now (untimed, not recorded) and kept for the session: the same numbers either way,
     so a test that compares against it passes whatever ran before it."""
-    import dataclasses
-
     from .evaluate import build_report, rollouts
 
     def get(source: str = "recorded") -> DriftReport:
         cfg, prep = wm_prepared(source)
-        config = dataclasses.asdict(cfg)
+        config = cfg.to_dict()
         for _, r in pytestconfig.stash[_REPORTS]:
             if r.model.get("spec") == wm_model_spec and r.config == config:
                 return r
@@ -338,15 +342,18 @@ def wm_thresholds(pytestconfig: pytest.Config):
 
 @pytest.fixture
 def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
-    """``wm_record(report, name, benchmark=None)``: write ``name.json`` and ``name.png`` into the run
-    directory and put the curves, gates and metadata into the benchmark's ``extra_info``."""
-    from .plot import plot_drift
+    """``wm_record(report, name, benchmark=None)``: write ``name.json`` and ``name.png`` (and
+    ``name-energy.png`` when the report has an energy landscape) into the run directory and put the
+    curves, gates and metadata into the benchmark's ``extra_info``."""
+    from .plot import plot_drift, plot_energy
 
     from .runs import benchmark_record
 
     def record(report: DriftReport, name: str, benchmark: Any = None) -> dict[str, Path]:
         safe = safe_name(name)
         paths = {"json": report.save(wm_run_dir / f"{safe}.json"), "png": plot_drift(report, wm_run_dir / f"{safe}.png")}
+        if report.energy:
+            paths["energy_png"] = plot_energy(report, wm_run_dir / f"{safe}-energy.png")
         request.config.stash[_WRITTEN].extend(paths.values())
         request.config.stash[_REPORTS].append((safe, report))
         if benchmark is not None:

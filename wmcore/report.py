@@ -40,10 +40,11 @@ __all__ = [
 ]
 
 SCHEMA = "wmcore.drift_report"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Versions ``load`` reads. 2 added each loop's per-episode curves (LoopStats.per_episode); a version-1
-# report reads with per_episode None (wmcore compare then falls back to its rule for means).
-READABLE_VERSIONS = (1, 2)
+# report reads with per_episode None (wmcore compare then falls back to its rule for means). 3 added
+# the energy landscape (``energy``, wmcore.control.energy); versions 1 and 2 read with energy None.
+READABLE_VERSIONS = (1, 2, 3)
 STEP_INDEX = "curves[i] is rollout step i+1; step k predicts frame context-1+k (frame k for context 1)"
 LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")
 
@@ -51,7 +52,9 @@ LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")
 @dataclass(frozen=True)
 class DriftReport:
     """Everything one evaluation measured. ``loops`` maps open_loop / closed_loop / copy_last /
-    copy_first to their LoopStats."""
+    copy_first to their LoopStats. ``energy``: the offline energy landscape
+    (``control.energy.EnergyLandscape.to_dict()`` with ``k_requested`` and ``note``), None when it was
+    not measured (switched off, actions other than the recorded ones, a report older than version 3)."""
 
     model: dict[str, Any]
     data: dict[str, Any]
@@ -64,6 +67,7 @@ class DriftReport:
     environment: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    energy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # stamped once, when the report is made: every to_dict / save of it says the same time
@@ -108,6 +112,7 @@ class DriftReport:
             "gates": [dataclasses.asdict(g) for g in self.gates],
             "passed": self.passed,
             "timings": self.timings,
+            "energy": self.energy,
         }
 
     def to_json(self) -> str:
@@ -146,6 +151,8 @@ class DriftReport:
                     if n != h:
                         raise WMError(f"{source}: loops.{k}.{curve_name} has {n} steps, open_loop has {h}")
                 _check_per_episode(s.per_episode, len(d["data"].get("episode_ids") or []), h, f"{source}: loops.{k}")
+            energy = d.get("energy") if d["schema_version"] >= 3 else None
+            _check_energy(energy, len(d["data"].get("episode_ids") or []), f"{source}: energy")
             numbers = {}
             for key in ("chance_level", "chance_level_centred"):
                 try:
@@ -162,6 +169,7 @@ class DriftReport:
                 environment=d.get("environment", {}),
                 timings=d.get("timings", {}),
                 created=d.get("created", ""),
+                energy=energy,
                 **numbers,
             )
         except KeyError as e:
@@ -190,6 +198,26 @@ def _check_per_episode(per: Any, episodes: int, h: int, where: str) -> None:
         if not ok:
             raise WMError(f"{where}.per_episode.{name}: expected {episodes} episodes x {h} steps of numbers "
                           "(one row per data.episode_ids entry)")
+
+
+def _check_energy(energy: Any, episodes: int, where: str) -> None:
+    """The energy section: None, or ``k`` and rows of ranks in [0, 1] with ``[episodes]`` per-episode ranks."""
+    if energy is None:
+        return
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(energy, dict) or not isinstance(energy.get("k"), int) or not isinstance(energy.get("rows"), list):
+        raise WMError(f"{where}: expected an object with an integer k and a list of rows, or null")
+    for i, row in enumerate(energy["rows"]):
+        ok = (isinstance(row, dict) and isinstance(row.get("name"), str)
+              and all(number(row.get(key)) and 0 <= row[key] <= 1 for key in ("rank", "rank_lo", "rank_hi"))
+              and isinstance(row.get("per_episode_rank"), list) and len(row["per_episode_rank"]) == episodes
+              and all(number(v) for v in row["per_episode_rank"]))
+        if not ok:
+            raise WMError(f"{where}.rows[{i}]: expected a name, rank, rank_lo and rank_hi in [0, 1] and "
+                          f"{episodes} per-episode ranks (one per data.episode_ids entry)")
 
 
 def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
@@ -305,6 +333,14 @@ def render_text(
     if reports:
         lines.append(f"(cosines at steps 1/10/H={reports[0].horizon}; horizon: first open-loop step below the "
                      "threshold; skill: closed-loop MSE skill vs copy-last at step 1)")
+    landscapes = [r for r in reports if r.energy]
+    if landscapes and not details:
+        lines += ["", "energy landscape: rank of the recorded actions among candidates by latent goal energy "
+                  "(0 = always best, 0.5 = chance)"]
+        for r in landscapes:
+            name = str(r.model.get("spec") or r.model.get("name"))[:28]
+            cells = "  ".join(f"{row['name']} {row['rank']:.3f}" for row in r.energy["rows"])
+            lines.append(f"{name:<28} k={r.energy['k']}  {cells}")
     for r in reports if details else ():
         lines += ["", f"model {r.model.get('name')}  data {r.data.get('id')}  ({r.data.get('episodes')} episodes, "
                   f"H={r.horizon})", f"chance level {r.chance_level:.3f} (centred {r.chance_level_centred:.3f})"]
@@ -313,7 +349,30 @@ def render_text(
                               for k, v in row.items())
             lines.append(f"  {loop:<12} {cells}")
         lines += [f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}" for g in r.gates]
+        lines += _energy_lines(r)
     return "\n".join(lines)
+
+
+def _energy_lines(r: DriftReport) -> list[str]:
+    """The energy landscape of a report, one line per candidate group: rank (95% CI) and energy ratio."""
+    e = r.energy
+    if not e:
+        if "energy" not in r.config:  # a report older than schema 3: it never had one
+            return []
+        why = ("switched off" if r.config["energy"] is False
+               else f"measured with recorded actions only; these are {r.config.get('action_source')}")
+        return [f"  energy landscape: not measured ({why})"]
+    n_starts = len(e["starts"]) if isinstance(e.get("starts"), list) else "?"
+    out = [f"  energy landscape: goals k={e['k']} model steps ahead, {n_starts} starts x {r.data.get('episodes')} episodes; "
+           f"rank of the recorded actions (0 = always best, 0.5 = chance), 95% CI over episodes"]
+    if e.get("note"):
+        out.append(f"    ({e['note']})")
+    for row in e["rows"]:
+        what = "random (other recorded blocks)" if row.get("scale") is None else f"perturbed {row['scale']:g} x std"
+        ratio = row.get("energy_ratio")
+        out.append(f"    {what:<31} rank {row['rank']:.3f} [{row['rank_lo']:.3f}, {row['rank_hi']:.3f}]  "
+                   f"energy {'-' if ratio is None else format(ratio, '.2f')} x recorded's")
+    return out
 
 
 def _cell(v: float | None, width: int, fmt: str = ".3f") -> str:

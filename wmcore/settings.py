@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = [
     "DTYPES",
+    "ENERGY_SCALES",
     "GATE_RULES",
     "EvalConfig",
     "Thresholds",
@@ -47,6 +48,9 @@ __all__ = [
 
 # What the command line and the plugin accept for the dtype of a model and its latents.
 DTYPES = ("float32", "bfloat16", "float16")
+# The energy landscape's perturbation scales, in units of the recorded actions' per-dimension std:
+# from barely off the recorded sequence (0.1) to far off it (2).
+ENERGY_SCALES = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,30 @@ class EvalConfig:
     batch_size: int = 16
     device: str = "cpu"
     dtype: str = "float32"
+    # The offline energy landscape (wmcore.control.energy), measured in every report with recorded
+    # actions (an off switch: energy=False). energy_k: model steps from start to goal, 5 = 25 env steps
+    # at frameskip 5, the planning tasks' goal offset; clipped to what the episodes hold (the report says
+    # so). energy_starts x (1 + (len(energy_scales) + 1) x energy_candidates) rollouts of k steps per
+    # episode: 4 x 49 with the defaults, about 2 s for pusht-lewm on 32 episodes on 2 CPU cores.
+    energy: bool = True
+    energy_k: int = 5
+    energy_starts: int = 4
+    energy_candidates: int = 8
+    energy_scales: tuple[float, ...] = ENERGY_SCALES  # perturbation scales, x the recorded actions' std
+    energy_batch: int = 1024  # rollouts per model call (memory, not results)
 
     def __post_init__(self) -> None:
-        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1)):
+        if not isinstance(self.energy, bool):
+            raise WMError(f"EvalConfig.energy: expected True or False, found {self.energy!r}")
+        scales = self.energy_scales
+        if (not isinstance(scales, (tuple, list)) or not scales
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0
+                       for x in scales)):
+            raise WMError(f"EvalConfig.energy_scales: expected one or more finite numbers > 0 (multiples of the "
+                          f"recorded actions' std), found {scales!r}")
+        object.__setattr__(self, "energy_scales", tuple(float(x) for x in scales))  # hashable, as JSON reads it
+        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1),
+                            ("energy_k", 1), ("energy_starts", 1), ("energy_candidates", 1), ("energy_batch", 1)):
             v = getattr(self, name)
             if v is None and name == "window":
                 continue
@@ -106,6 +131,11 @@ class EvalConfig:
             raise WMError(f"EvalConfig.action_source {self.action_source!r}: expected one of {', '.join(ACTION_SOURCES)}")
         if self.dtype not in DTYPES:
             raise WMError(f"EvalConfig.dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the report's ``config`` records it, JSON's types (a list of scales, not a tuple): a report
+        read back from its file has the same config as the one written."""
+        return {**dataclasses.asdict(self), "energy_scales": list(self.energy_scales)}
 
 
 @dataclass(frozen=True)
@@ -131,12 +161,14 @@ def resolve(
     dtype: str = "float32",
     overrides: Mapping[str, Any] | None = None,
     pyproject: str | os.PathLike | None = None,
+    energy: bool = True,
 ) -> tuple[EvalConfig, Thresholds]:
     """The evaluation config and thresholds of ``model`` (a name or spec).
 
     ``horizon`` / ``start`` (the command line's, None: not given) win over the thresholds' own, which
     come from ``load_thresholds(model, pyproject, overrides)``. The thresholds keep their configured
-    horizon and start, so a report records both what was configured and what was run.
+    horizon and start, so a report records both what was configured and what was run. ``energy``: measure
+    the energy landscape (``EvalConfig.energy``; its other settings keep their defaults).
     """
     thresholds = load_thresholds(model, pyproject, overrides)
     cfg = EvalConfig(
@@ -145,6 +177,7 @@ def resolve(
         action_source=action_source,
         device=device,
         dtype=dtype,
+        energy=energy,
     )
     return cfg, thresholds
 
