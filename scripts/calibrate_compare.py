@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
         def run(delta: float, name: str):
             model = NoisyVersion(AnalyticConfig(delta=delta), difficulty + VERSION_SD * torch.randn(EPISODES, generator=g), name)
             # one batch for all episodes: the model indexes its per-episode noise by the row in the batch
-            rep = evaluate(model, eps, EvalConfig(horizon=H, batch_size=EPISODES), Thresholds(bootstrap=50), spec=name,
+            rep = evaluate(model, eps, EvalConfig(horizon=H, batch_size=EPISODES, energy=False), Thresholds(bootstrap=50), spec=name,
                            data_id=f"analytic-{seed}")
             return entry(rep, tmp / f"{r}-{name}")
 

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     rows, extremes = [], []
     for name in args.models:
         model = load_model(name)
-        cfg, thresholds = resolve(model.name)
+        cfg, thresholds = resolve(model.name, energy=False)  # the gates only: no energy landscape per subset
         prep = prepare(model, episodes, cfg)
         pred_open, pred_closed = rollouts(model, prep, cfg)
         picks = subsets(len(prep.ids), args.size, args.subsets)

@@ -284,6 +284,11 @@ def test_the_rule_is_recorded_and_chosen_on_the_command_line(tmp_path, capsys):
         assert code == 0 and r.thresholds["gate_rule"] == rule
         assert f"rule {rule}" in {g.name: g for g in r.gates}["monotone_decay"].message
         assert json.loads(next(out.glob("*.json")).read_text())["gates"][1]["lo"] is not None
+        assert len(list(out.glob("*-energy.png"))) == 1 and r.energy is not None  # beside the drift plot
+    out = tmp_path / "no-energy"
+    assert cli_main(["evaluate", "--model", "analytic", "--data", str(d), "--horizon", "10", "--no-energy",
+                     "--out", str(out)]) == 0
+    assert not list(out.glob("*-energy.png")) and DriftReport.load(next(out.glob("*.json"))).energy is None
     capsys.readouterr()
 
 

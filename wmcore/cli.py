@@ -29,12 +29,14 @@ _TOLERANCE_FLAGS = {"step1_drop": "--max-step1-drop", "auc_drop": "--max-auc-dro
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import plot_drift
+    from .plot import plot_drift, plot_energy
     from .report import DriftReport
 
     report = DriftReport.load(args.report)
-    out = args.out or Path(args.report).with_suffix(".png")
+    out = Path(args.out or Path(args.report).with_suffix(".png"))
     print(plot_drift(report, out))
+    if report.energy is not None:  # beside the drift plot
+        print(plot_energy(report, out.with_name(out.stem + "-energy.png")))
     return 0
 
 
@@ -74,7 +76,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .fsio import new_run_dir
     from .models import load
-    from .plot import plot_drift
+    from .plot import plot_drift, plot_energy
     from .report import render_text
     from .settings import check_placement, place_model, resolve
 
@@ -83,12 +85,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = place_model(load(args.model), args.device, args.dtype)
     stem = safe_name(f"{model.name}-{args.actions}")
     if out is not None:
-        for suffix in (".json", ".png"):
+        for suffix in (".json", ".png", "-energy.png"):
             if (out / f"{stem}{suffix}").exists():
                 raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
                               "(nothing is overwritten)")
     cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
-                              device=args.device, dtype=args.dtype,
+                              device=args.device, dtype=args.dtype, energy=not args.no_energy,
                               overrides={"gate_rule": args.gate_rule} if args.gate_rule else None)
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
@@ -100,6 +102,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(render_text([r]))
     print(r.save(out / f"{stem}.json"))
     print(plot_drift(r, out / f"{stem}.png"))
+    if r.energy is not None:
+        print(plot_energy(r, out / f"{stem}-energy.png"))
     return 0 if r.passed else 1
 
 
@@ -246,6 +250,8 @@ def _add_report_commands(sub) -> None:
                     "shown with 95%% confidence over episodes (a 90%% CI wholly beyond the limit), mean fails any "
                     "violation of the mean curve "
                     "(default: gate_rule in [tool.wmcore], ci)")
+    se.add_argument("--no-energy", action="store_true", help="skip the offline energy landscape (a few seconds; "
+                    "measured by default with recorded actions, see README 'Energy landscape')")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
 

@@ -89,6 +89,7 @@ def benchmark_record(report: DriftReport) -> dict[str, Any]:
     rec = {k: d[k] for k in _RECORD_FIELDS}
     rec["curves"] = {k: v["cosine"] for k, v in d["loops"].items()}
     rec["skill"] = {k: v["skill"] for k, v in d["loops"].items() if v["skill"]}
+    rec["energy"] = d.get("energy")  # the offline energy landscape (None without recorded actions)
     # the paired comparison's input: per-episode cosine curves of the two rollouts (rows: data.episode_ids)
     rec["per_episode"] = {k: d["loops"][k]["per_episode"]["cosine"] for k in PAIRED_LOOPS
                           if d["loops"][k].get("per_episode")}
