@@ -70,8 +70,12 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pusht-lewm")
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
+    ap.add_argument("--extra", nargs="*", default=[], metavar="SPEC",
+                    help="more versions by model spec, e.g. short training runs lewm:runs/train-s150/model")
     ap.add_argument("--tasks", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=128, help="CEM candidates (the same for every version)")
+    ap.add_argument("--iterations", type=int, default=3, help="CEM iterations (the same for every version)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else new_run_dir(Path("runs"), "drift-vs-control")
@@ -82,13 +86,15 @@ def main(argv: list[str]) -> int:
     base = load_model(args.model)
     cfg, thresholds = resolve(base.name)
     rows = []
-    for noise in args.noise:
+    versions = [(f"noise {n:g}", n, None) for n in args.noise] + [(spec, 0.0, spec) for spec in args.extra]
+    for label, noise, spec in versions:
         t0 = time.time()
-        m = degraded(base, noise)
+        m = load_model(spec) if spec else degraded(base, noise)
         r = evaluate(m, episodes, cfg, thresholds, spec=args.model, data_id="pusht")
-        res = run_tasks(taskset.tasks[: args.tasks], WorldModelCEM(m, prior, CEMConfig()))
+        plan_cfg = CEMConfig(samples=args.samples, elites=max(4, args.samples // 10), iterations=args.iterations)
+        res = run_tasks(taskset.tasks[: args.tasks], WorldModelCEM(m, prior, plan_cfg))
         op = r.loops["open_loop"]
-        row = {"noise": noise, "open_auc": op.auc, "drift_horizon": op.drift_horizon or cfg.horizon + 1,
+        row = {"version": label, "noise": noise, "open_auc": op.auc, "drift_horizon": op.drift_horizon or cfg.horizon + 1,
                "closed_step1": r.loops["closed_loop"].cosine[0],
                **dict(zip(("energy_rank_close", "energy_rank_random"), energy_ranks(r))),
                "success": sum(x.success for x in res) / len(res), "successes": sum(x.success for x in res),
@@ -103,10 +109,10 @@ def main(argv: list[str]) -> int:
         for target in ("success", "score"):
             rho, p = spearmanr(xs, [r[target] for r in rows])
             corr[f"{k}~{target}"] = {"rho": None if np.isnan(rho) else float(rho), "p": None if np.isnan(p) else float(p)}
-    print(f"{'noise':>6} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-close':>8} {'E-random':>9} {'success':>9} {'score':>7}")
+    print(f"{'version':<28} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-close':>8} {'E-random':>9} {'success':>9} {'score':>7}")
     for r in rows:
         ec, er = (("-" if r[k] is None else f"{r[k]:.3f}") for k in ("energy_rank_close", "energy_rank_random"))
-        print(f"{r['noise']:>6.2f} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {ec:>8} {er:>9} "
+        print(f"{r['version']:<28} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {ec:>8} {er:>9} "
               f"{r['successes']:>3}/{r['tasks']:<5} {r['score']:>7.3f}")
     for k, v in corr.items():
         print(f"Spearman {k}: rho {v['rho']}, p {v['p']}")
@@ -115,10 +121,11 @@ def main(argv: list[str]) -> int:
     for ax, target in zip(axes, ("success", "score")):
         ax.scatter([r["open_auc"] for r in rows], [r[target] for r in rows])
         for r in rows:
-            ax.annotate(f"{r['noise']:g}", (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
+            ax.annotate(r["version"].replace("noise ", "n").split("/")[-2] if "/" in r["version"] else r["version"].replace("noise ", "n"),
+                        (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel("open-loop AUC (mean cosine, steps 1..H)")
         ax.set_ylabel("planning success rate" if target == "success" else "mean score (final/start distance)")
-    axes[0].set_title(f"{args.model}: versions by predictor noise (labels)")
+    axes[0].set_title(f"{args.model}: versions (n = predictor noise x std; short training runs)")
     fig.tight_layout()
     print(save_png(fig, out / "drift_vs_control.png"))
     return 0
