@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from wmcore.control.command import make_controller
+from wmcore.control.command import controller_meta, make_controller
 from wmcore.control.planners import ActionPrior, CEMConfig
 from wmcore.control.report import ControlReport, replay_report
 from wmcore.control.run import run_tasks
@@ -51,8 +51,7 @@ def test_control(benchmark, held_out, kind, spec, wm_run_dir, wm_thresholds):
     ctrl = make_controller(kind, prior, cfg, model)
     results = benchmark.pedantic(run_tasks, args=(tasks, ctrl), rounds=1, iterations=1)
     t = wm_thresholds(model.name if model else kind)
-    controller = {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
-                  "model": {"spec": spec, "fingerprint": model.fingerprint()} if model else None}
+    controller = controller_meta(ctrl, kind, cfg, model, spec, prior)
     report = ControlReport.build(controller, taskset, tasks, results, success_min=t.success_min, rule=t.gate_rule)
     report.save(wm_run_dir / f"control-{spec or kind}.json")
     s = report.summary

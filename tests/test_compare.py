@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from wmcore.cli import main  # noqa: E402
 from wmcore.settings import Thresholds  # noqa: E402
@@ -635,9 +636,12 @@ def _noisy(delta: float, noise: float, seed: int, name: str = "analytic") -> Dri
     eps = make_episodes(cfg, episodes=12, steps=20, seed=1)
 
     class Jittered(AnalyticModel):  # each episode's model error differs: noise across episodes
-        def predict(self, context, actions, states=None):
-            g = torch.Generator().manual_seed(seed)
-            return super().predict(context, actions, states) + noise * torch.randn(context.shape[0], 1, *context.shape[2:], generator=g)
+        # rollouts go through step() (the analytic model is incremental); the noise is drawn per call
+        # with the version's seed, one draw per episode row
+        def step(self, cache, latent, action, state=None):
+            z, cache = super().step(cache, latent, action, state)
+            g = torch.Generator().manual_seed(seed + 1000 * cache["frames"])
+            return z + noise * torch.randn(z.shape[0], 1, z.shape[2], generator=g, dtype=torch.float64).to(z.dtype), cache
 
     return evaluate(Jittered(cfg, name=name), eps, EvalConfig(horizon=H), Thresholds(bootstrap=50),
                     spec=f"analytic:delta={delta}", data_id="analytic-12ep")

@@ -14,7 +14,7 @@ from .run import DriveToGoal, OracleCEM, RandomSmooth, Stay, TaskResult, WorldMo
 from .sim.pusht import ACTION_DIM
 from .tasks import TaskSet, TaskSpec, build, load as load_tasks
 
-__all__ = ["CONTROLLERS", "check_model", "make_controller", "plan", "replay_command"]
+__all__ = ["CONTROLLERS", "check_model", "controller_meta", "make_controller", "plan", "replay_command"]
 
 # cem: CEM with the world model's latent goal cost; oracle: CEM with the simulator as the model;
 # stay, random, drive: baselines that need no model
@@ -51,6 +51,14 @@ def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, d
     raise WMError(f"--planner {kind!r}: expected one of {', '.join(CONTROLLERS)}")
 
 
+def controller_meta(ctrl, kind: str, cfg: CEMConfig, model=None, spec: str | None = None, prior: ActionPrior | None = None) -> dict:
+    """What a control report records of its controller: name, kind, planner settings, model identity."""
+    return {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
+            "model": None if model is None or kind != "cem" else
+            {"spec": spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip},
+            "prior": None if prior is None else prior.__dict__}
+
+
 def task_set(episodes, tasks: str | None, spec: TaskSpec, data_id: str) -> TaskSet:
     """``tasks``: None (cut from the episodes by ``spec``) or a task-set JSON file."""
     if tasks is None:
@@ -81,10 +89,7 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     t0 = time.perf_counter()
     print(f"planning with {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
     results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
-    controller = {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
-                  "model": None if model is None or kind != "cem" else
-                  {"spec": model_spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip},
-                  "prior": prior.__dict__}
+    controller = controller_meta(ctrl, kind, cfg, model, model_spec, prior)
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
     if not (out / "tasks.json").exists():
         ts.save(out / "tasks.json")

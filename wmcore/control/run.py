@@ -9,7 +9,7 @@ episode ends at the first step that meets the success rule, or when the budget i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
