@@ -162,7 +162,7 @@ def test_baselines_are_replayable_and_stay_stays(sim, fixture_tasks):
     task = ts.tasks[0]
     for ctrl in (Stay(), RandomSmooth(prior), DriveToGoal()):
         r = run_task(sim, task, ctrl)
-        ok, final = replay(task, r.actions, sim=sim)
+        ok, final = replay(task.start, task.goal, r.actions, sim=sim)
         assert ok == r.success and np.array_equal(final, np.asarray(r.final))
         assert r.steps == len(r.actions) <= task.budget
     r = run_task(sim, task, Stay())
@@ -178,7 +178,7 @@ def test_oracle_planner_reaches_a_goal(sim, fixture_tasks):
     task = ts.tasks[0]
     r = run_task(sim, task, ctrl)
     assert r.success and r.final_distance < 2
-    assert replay(task, r.actions, sim=sim)[0]
+    assert replay(task.start, task.goal, r.actions, sim=sim)[0]
 
 
 def test_latent_goal_cost_ranks_the_true_actions_first_under_the_analytic_model():

@@ -26,6 +26,7 @@ __all__ = [
     "GATE_LEVEL",
     "GATE_RULES",
     "Gate",
+    "gate_at_least",
     "gate_closed_ge_open",
     "gate_horizon",
     "gate_mean_skill",
@@ -83,12 +84,13 @@ def _rows(x) -> np.ndarray:
     return a
 
 
-def _at_least(
+def gate_at_least(
     name: str, what: str, v: float, minimum: float, ci: tuple[float, float] | None, rule: str | None, tail: str,
     sign: str = "+",
 ) -> Gate:
-    """A threshold gate ``v >= minimum``. Rule ``ci``: fails only when the CI's upper end, the
-    one-sided 95% upper bound, is below ``minimum``; rule ``mean``: when ``v`` is. ``sign``: "+" to
+    """A threshold gate ``v >= minimum`` (``ci``: its ``GATE_LEVEL`` interval, or None). Rule ``ci``:
+    fails only when the CI's upper end, the one-sided 95% upper bound, is below ``minimum``; rule
+    ``mean``: when ``v`` is. ``sign``: "+" to
     print the sign of values (skills), "" not to (cosines)."""
     rule = _rule(rule, ci is not None)
     lo, hi = ci if ci is not None else (None, None)
@@ -118,7 +120,7 @@ def gate_step1(
     ci = None
     if per_episode is not None:
         ci = mean_ci(_rows(per_episode)[:, 0], GATE_LEVEL)
-    return _at_least("step1_cosine", f"{label} step-1 cosine", float(curve_[0]), minimum, ci, rule,
+    return gate_at_least("step1_cosine", f"{label} step-1 cosine", float(curve_[0]), minimum, ci, rule,
                      f"curve {_fmt(curve_[:10])}", sign="")
 
 
@@ -131,7 +133,7 @@ def gate_skill(
     ci = None
     if errors is not None:
         ci = skill_ci(*(_rows(e) for e in errors), 1, GATE_LEVEL, n_resamples, seed)[1:]
-    return _at_least(f"skill_vs_{baseline}", f"step-1 MSE skill vs {baseline}", float(skill_curve[0]), minimum, ci,
+    return gate_at_least(f"skill_vs_{baseline}", f"step-1 MSE skill vs {baseline}", float(skill_curve[0]), minimum, ci,
                      rule, f"curve {_fmt(skill_curve[:10])}")
 
 
@@ -145,7 +147,7 @@ def gate_mean_skill(
     ci = None
     if errors is not None:
         ci = skill_ci(*(_rows(e) for e in errors), n, GATE_LEVEL, n_resamples, seed)[1:]
-    return _at_least(f"mean_skill_{label.replace(' ', '_')}_vs_{baseline}",
+    return gate_at_least(f"mean_skill_{label.replace(' ', '_')}_vs_{baseline}",
                      f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is", float(sum(skill_curve[:n]) / n),
                      minimum, ci, rule, f"curve {_fmt(skill_curve[:n])}")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import WMError
 from ..fsio import read_versioned, write_new
-from ..gates import GATE_LEVEL, Gate
+from ..gates import GATE_LEVEL, Gate, gate_at_least
 from ..stats import bootstrap_mean_ci, wilson_ci
 from .run import TaskResult, replay
 from .sim.pusht import PushTSim
@@ -52,14 +52,8 @@ def gate_success(summary: dict, minimum: float, rule: str = "ci") -> Gate:
     """Success rate must be at least ``minimum``. Rule ``ci`` (as the drift gates): fail only when the
     one-sided 95% upper bound (the upper end of the two-sided 90% Wilson interval) is below it."""
     k, n = summary["successes"], summary["tasks"]
-    rate = k / n
-    lo, hi = wilson_ci(k, n, GATE_LEVEL)
-    ok = hi >= minimum if rule == "ci" else rate >= minimum
-    msg = (f"success {k}/{n} = {rate:.3f} ({GATE_LEVEL:.0%} Wilson CI [{lo:.3f}, {hi:.3f}]) "
-           f"{'>=' if rate >= minimum else '<'} min {minimum:.3f}"
-           + ("" if rate >= minimum else (" with 95% confidence" if not ok else ", but not with 95% confidence"))
-           + f" (rule {rule})")
-    return Gate("success_rate", ok, rate, minimum, msg, lo, hi)
+    return gate_at_least("success_rate", f"success {k}/{n} =", k / n, minimum, wilson_ci(k, n, GATE_LEVEL), rule,
+                         "the CI is Wilson's score interval over the tasks", sign="")
 
 
 @dataclass
@@ -120,9 +114,7 @@ def replay_report(report: ControlReport, *, atol: float = 1e-9) -> list[str]:
     bad = []
     with PushTSim() as sim:
         for r in report.results:
-            task = Task(id=r["id"], episode=r.get("episode", ""), start_step=r.get("start_step", 0), goal_step=0,
-                        start=r["start"], goal=r["goal"], budget=r["budget"])
-            ok, final = replay(task, r["actions"], sim=sim)
+            ok, final = replay(r["start"], r["goal"], r["actions"], sim=sim)
             if ok != r["success"] or not np.allclose(final, r["final"], atol=atol, rtol=0):
                 bad.append(f"{r['id']}: recorded success {r['success']} final {np.round(r['final'], 3).tolist()}, "
                            f"replayed {ok} final {np.round(final, 3).tolist()}")

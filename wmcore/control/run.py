@@ -101,13 +101,14 @@ def run_tasks(tasks: Sequence[Task], controller: Controller, *, size: int = 96,
     return out
 
 
-def replay(task: Task, actions: Sequence[Sequence[float]], *, sim: PushTSim | None = None) -> tuple[bool, np.ndarray]:
-    """Re-run saved actions from the task's start: ``(success at any step, final state [5])``."""
+def replay(start, goal, actions: Sequence[Sequence[float]], *, sim: PushTSim | None = None) -> tuple[bool, np.ndarray]:
+    """Re-run saved actions from a task's ``start`` state towards its ``goal`` (``[5]`` each):
+    ``(success at any step, final state [5])``."""
     own = sim is None
     sim = PushTSim() if own else sim
     try:
-        goal = np.asarray(task.goal, dtype=np.float64)
-        sim.reset_to(task.start, render=False)
+        goal = np.asarray(goal, dtype=np.float64)
+        sim.reset_to(start, render=False)
         ok = bool(success(sim.state, goal))
         for a in actions:
             if ok:

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ...data.pusht import ACTION_DIM, DEFAULT_SIZE, STATE_DIM, WORKSPACE, env_state, make_env
+from ...data.pusht import ACTION_DIM, DEFAULT_SIZE, STATE_DIM, env_state, make_env
 from ...errors import WMError
 
 __all__ = [
@@ -126,7 +126,3 @@ class PushTSim:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def in_workspace(action) -> np.ndarray:
-    """Clip actions ``[..., 2]`` into the workspace, as gym-pusht's action space bounds them."""
-    return np.clip(np.asarray(action, dtype=np.float64), 0.0, WORKSPACE)
