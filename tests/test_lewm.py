@@ -31,7 +31,7 @@ from wmcore.models.lewm import (
 )
 from wmcore.protocol import WorldModel, fingerprint
 from wmcore.rollout import closed_loop, open_loop
-from wmcore.train import lewm_forward, lewm_loss, recalibrate_bn, sigreg
+from wmcore.train import lewm_forward, lewm_loss, lewm_open_loop, lewm_rollout_loss, recalibrate_bn, sigreg
 from wmcore.video import IMAGENET_MEAN, IMAGENET_STD
 
 # PushT-like actions (2 recorded dims x frameskip 5), so a release config (no wmcore section) fits
@@ -103,6 +103,49 @@ def test_shapes_loss_and_gradients_in_every_part():
     for part in ("encoder", "projector", "action_encoder", "predictor", "pred_proj"):
         norm = sum(float(p.grad.norm()) for p in getattr(m, part).parameters())
         assert norm > 0, f"{part} receives no gradient"
+
+
+def test_training_open_loop_is_the_harness_open_loop():
+    """The rollout loss rolls out as the planner and the drift metrics do (wmcore.rollout.open_loop through
+    the adapter), sliding windows past the history included: same numbers."""
+    m = make_model().eval()
+    pix, act = pixels(t=6), actions(t=6)
+    with torch.no_grad():
+        emb = m.embed(pix)
+        mine = lewm_open_loop(m, emb, act)
+    harness = open_loop(LeWMWorldModel(m), emb[:, :1, None], act, 5)
+    assert mine.shape == (2, 5, 16)
+    torch.testing.assert_close(mine, harness[:, :, 0], rtol=1e-5, atol=1e-6)
+    # and it is open loop: changing a later real embedding changes nothing
+    emb2 = emb.clone()
+    emb2[:, 3] += 1.0
+    torch.testing.assert_close(lewm_open_loop(m, emb2, act), mine)
+
+
+def test_rollout_loss_term_and_its_detached_targets():
+    cfg = dataclasses.replace(TINY, rollout_weight=0.5)
+    m = make_model(cfg).train()
+    torch.manual_seed(0)
+    losses = lewm_loss(m, pixels(t=6), actions(t=6))
+    assert set(losses) == {"total", "pred", "sigreg", "rollout"} and float(losses["rollout"].detach()) > 0
+    torch.testing.assert_close(losses["total"], losses["pred"] + cfg.sigreg_lambda * losses["sigreg"] + 0.5 * losses["rollout"])
+    assert "rollout" not in lewm_loss(make_model(), pixels(), actions())  # off by default
+    emb = torch.randn(2, 6, 16, requires_grad=True)
+    lewm_rollout_loss(m, emb, actions(t=6)).backward()
+    assert float(emb.grad[:, 0].abs().sum()) > 0  # the context frame it starts from
+    assert float(emb.grad[:, 1:].abs().sum()) == 0  # the targets: detached
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "1", True])
+def test_rollout_weight_must_be_a_number_at_least_zero(bad):
+    with pytest.raises(WMError, match="rollout_weight"):
+        dataclasses.replace(TINY, rollout_weight=bad)
+
+
+def test_rollout_weight_survives_config_json_and_leaves_the_fingerprint():
+    cfg = dataclasses.replace(TINY, rollout_weight=0.25)
+    assert LeWMConfig.from_json(json.loads(json.dumps(cfg.to_json()))).rollout_weight == 0.25
+    assert fingerprint_config(cfg) == fingerprint_config(TINY)
 
 
 def test_prediction_loss_has_no_stop_gradient():

@@ -23,7 +23,7 @@ from wmcore.cli import main as cli_main
 from wmcore.data import Episode
 from wmcore.data.episodes import save_episode, write_index
 from wmcore.errors import WMError
-from wmcore.models import ac_tiny
+from wmcore.models import ac_tiny, load
 from wmcore.models.ac_tiny import ACJEPA, ACTinyConfig
 from wmcore.models.lewm import (
     LeWMConfig, LeWMWorldModel, LeWorldModel, canonical_state_dict, load_world_model, normalise_actions, preprocess,
@@ -164,6 +164,19 @@ def test_same_seed_same_weights_other_seed_other_weights(run_a, data_dir, tmp_pa
     assert not _same_weights(_weights(run_a), _weights(tmp_path / "c"))
 
 
+def test_snapshots_are_finished_models_and_leave_the_run_untouched(run_a, data_dir, tmp_path):
+    """--snapshot-every writes the model as of those steps (BatchNorm recalibrated, loadable); the final
+    weights are those of the same run without snapshots, bit for bit."""
+    out = tmp_path / "snap"
+    _run(data_dir, out, cfg=dataclasses.replace(CFG, snapshot_every=3))
+    snaps = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snaps == ["step-000003", "step-000006"]  # the last step is model/ itself
+    assert _same_weights(_weights(run_a), _weights(out))
+    early, late = (load_file(out / "snapshots" / n / "model.safetensors") for n in snaps)
+    assert not _same_weights(early, late) and not _same_weights(late, _weights(out))
+    assert load(f"lewm:{out / 'snapshots' / snaps[0]}").name == TINY.name
+
+
 class _Stop(Exception):
     pass
 
@@ -255,7 +268,7 @@ def test_mixed_action_widths(tmp_path):
     "change, field",
     [({"val_every": 0}, "val_every"), ({"steps": 0}, "steps"), ({"batch": -1}, "batch"), ({"window": 1}, "window"),
      ({"lr": 0.0}, "lr"), ({"val_episodes": 0}, "val_episodes"), ({"warmup": 2.5}, "warmup"),
-     ({"time_limit_min": float("nan")}, "time_limit_min")],
+     ({"time_limit_min": float("nan")}, "time_limit_min"), ({"snapshot_every": -1}, "snapshot_every")],
 )
 def test_bad_train_config(change, field):
     with pytest.raises(WMError, match=rf"TrainConfig\.{field}"):

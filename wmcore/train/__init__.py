@@ -22,10 +22,12 @@ from .ac_tiny import ACTinyRecipe
 from .command import model_config, run
 from .lewm import LeWMRecipe, recalibrate_bn
 from .loop import RECIPES, Recipe, TrainConfig, Windows, lr_at, recipe_for, train
-from .losses import PREDICTION_LOSSES, ac_tiny_loss, inverse_dynamics, lewm_forward, lewm_loss, sigreg
+from .losses import (
+    PREDICTION_LOSSES, ac_tiny_loss, inverse_dynamics, lewm_forward, lewm_loss, lewm_open_loop, lewm_rollout_loss, sigreg,
+)
 
 __all__ = [
     "ACTinyRecipe", "LeWMRecipe", "PREDICTION_LOSSES", "RECIPES", "Recipe", "TrainConfig", "Windows",
-    "ac_tiny_loss", "inverse_dynamics", "lewm_forward", "lewm_loss", "lr_at",
+    "ac_tiny_loss", "inverse_dynamics", "lewm_forward", "lewm_loss", "lewm_open_loop", "lewm_rollout_loss", "lr_at",
     "model_config", "recalibrate_bn", "recipe_for", "run", "sigreg", "train",
 ]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import WMError
 from ..models.lewm import LeWMConfig, LeWorldModel, normalise_actions, preprocess, save_pretrained
-from .losses import lewm_forward, lewm_loss
+from .losses import lewm_forward, lewm_loss, lewm_rollout_loss
 
 __all__ = ["LeWMRecipe", "recalibrate_bn"]
 
@@ -50,8 +50,9 @@ class LeWMRecipe:
         return lewm_loss(model, *inputs, generator=generator)
 
     def validate(self, model: LeWorldModel, batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
-        """Mean held-out loss terms and teacher-forced next-embedding cosine over ``batches`` of inputs."""
-        pred = sig = cos = 0.0
+        """Mean held-out loss terms, teacher-forced next-embedding cosine and open-loop MSE (``val_rollout``)
+        over ``batches`` of inputs."""
+        pred = sig = cos = roll = 0.0
         for pix, act in batches:
             losses = lewm_loss(model, pix, act)
             emb = model.embed(pix)
@@ -59,8 +60,10 @@ class LeWMRecipe:
             cos += float(torch.nn.functional.cosine_similarity(nxt[:, :-1], emb[:, 1:], dim=-1).mean())
             pred += float(losses["pred"])
             sig += float(losses["sigreg"])
+            roll += float(lewm_rollout_loss(model, emb, act))
         n = len(batches)
-        return {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n}
+        # val_rollout: open-loop MSE over the window from its first frame, whether or not it is trained on
+        return {"val_pred": pred / n, "val_sigreg": sig / n, "val_cos": cos / n, "val_rollout": roll / n}
 
     def finish(self, model: LeWorldModel, sample: Callable[[], tuple[Tensor, Tensor]]) -> None:
         """Recalibrate the BatchNorm statistics on ``CALIBRATION_BATCHES`` batches of training inputs

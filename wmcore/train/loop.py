@@ -9,6 +9,7 @@ of the model config and never asks which architecture it runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -93,6 +94,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default
     time_limit_min: float = 0.0  # 0 = none; stops cleanly (and saves) when exceeded
     encoder_from: str = ""  # ac-tiny: a model directory whose encoder starts this run (see command.TRAIN_HELP)
+    snapshot_every: int = 0  # 0 = none; else the finished model as of every this many steps, in snapshots/
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> WMError:
@@ -111,7 +113,7 @@ class TrainConfig:
             raise bad("window", "at least 2 model steps (a frame and the next one it predicts)")
         if self.lr <= 0:
             raise bad("lr", "a learning rate > 0")
-        for name in ("weight_decay", "warmup", "seed", "threads", "time_limit_min"):
+        for name in ("weight_decay", "warmup", "seed", "threads", "time_limit_min", "snapshot_every"):
             if getattr(self, name) < 0:
                 raise bad(name, "a value >= 0")
 
@@ -249,6 +251,11 @@ def train(data_dir: str, out_dir: str, model_cfg: Any, cfg: TrainConfig, device:
             )
             _save_checkpoint(ckpt, model, opt, g, done, history, model_cfg, cfg)
             write_replace(out / "train_log.json", json.dumps(history, indent=1).encode())
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.steps:
+            gs = torch.Generator().manual_seed(cfg.seed + 3 + done)  # per snapshot: a resumed run writes the same
+            _snapshot(recipe, model, out / "snapshots" / f"step-{done:06d}",
+                      lambda: recipe.inputs(model_cfg, *train_w.sample(cfg.batch, gs), dev))
+            log(f"snapshot of step {done} saved in {out / 'snapshots'}")
         if over_time:
             log(f"time limit of {cfg.time_limit_min} min reached at step {done}")
             break
@@ -259,6 +266,19 @@ def train(data_dir: str, out_dir: str, model_cfg: Any, cfg: TrainConfig, device:
     recipe.save(model.cpu(), final)
     log(f"saved {final}")
     return final
+
+
+def _snapshot(recipe: Recipe, model: nn.Module, directory: Path, sample: Callable[[], tuple[Tensor, ...]]) -> None:
+    """The model as it would be finished now (a copy: ``finish`` on it, then ``save``), for studies of a
+    run's checkpoints (e.g. scripts/drift_vs_control.py); the training model and its RNGs are untouched."""
+    if (directory / "model.safetensors").exists():
+        return  # written before a resume: the same weights
+    twin = copy.deepcopy(model)
+    rng = torch.get_rng_state()
+    recipe.finish(twin, sample)
+    torch.set_rng_state(rng)
+    twin.eval()
+    recipe.save(twin.cpu(), directory)
 
 
 def _device(device: str) -> torch.device:

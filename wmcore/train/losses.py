@@ -18,7 +18,8 @@ from ..models.ac_tiny import ACJEPA
 from ..models.lewm import LeWorldModel
 
 __all__ = [
-    "PREDICTION_LOSSES", "ac_tiny_loss", "inverse_dynamics", "lewm_forward", "lewm_loss", "sigreg",
+    "PREDICTION_LOSSES", "ac_tiny_loss", "inverse_dynamics", "lewm_forward", "lewm_loss", "lewm_open_loop",
+    "lewm_rollout_loss", "sigreg",
 ]
 
 # of prediction - target; the keys are ACTinyConfig.pred_loss's choices
@@ -89,13 +90,38 @@ def lewm_loss(model: LeWorldModel, pixels: Tensor, actions: Tensor,
 
     pred: MSE of the predicted against the encoded next embeddings (gradient through both);
     sigreg: SIGReg of the embeddings, one test per time step across the batch;
-    total: pred + sigreg_lambda * sigreg. All scalars.
+    total: pred + sigreg_lambda * sigreg (+ rollout_weight * rollout, the multi-step term
+    ``lewm_rollout_loss``, when the config's rollout_weight is above 0). All scalars.
     """
     cfg = model.cfg
     emb, pred = lewm_forward(model, pixels, actions)
     pred_loss = (pred - emb[:, 1:]).square().mean()
     sig = sigreg(emb.transpose(0, 1), cfg.sigreg_num_proj, cfg.sigreg_knots, generator)
-    return {"total": pred_loss + cfg.sigreg_lambda * sig, "pred": pred_loss, "sigreg": sig}
+    out = {"total": pred_loss + cfg.sigreg_lambda * sig, "pred": pred_loss, "sigreg": sig}
+    if cfg.rollout_weight > 0:
+        out["rollout"] = lewm_rollout_loss(model, emb, actions)
+        out["total"] = out["total"] + cfg.rollout_weight * out["rollout"]
+    return out
+
+
+def lewm_open_loop(model: LeWorldModel, emb: Tensor, actions: Tensor) -> Tensor:
+    """Open loop from the first embedding of ``emb [B, T, D]``: predictions ``[B, T-1, D]`` of frames
+    1..T-1, each from the previous predictions (at most ``history`` of them, as the harness rolls out)
+    and the action blocks ``actions [B, T-1 or T, A]`` - never from a later real embedding."""
+    h = model.cfg.history
+    seq = emb[:, :1]
+    for t in range(1, emb.shape[1]):
+        start = max(0, t - h)
+        nxt = model.predict_next(seq[:, start:t], actions[:, start:t])[:, -1:]
+        seq = torch.cat([seq, nxt], 1)
+    return seq[:, 1:]
+
+
+def lewm_rollout_loss(model: LeWorldModel, emb: Tensor, actions: Tensor) -> Tensor:
+    """The multi-step term (V-JEPA 2-AC's rollout loss): MSE of the open loop from frame 0 against the
+    encoded frames 1..T-1, the targets detached (the term shapes the predictor, and the encoder only
+    through the context frame it starts from). The planner rolls out exactly this way."""
+    return (lewm_open_loop(model, emb, actions) - emb[:, 1:].detach()).square().mean()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ writing le-wm's five-section ``config.json``, and the entries that enter the fin
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,8 @@ class LeWMConfig:
     sigreg_lambda: float = 0.09
     sigreg_num_proj: int = 1024
     sigreg_knots: int = 17
+    # multi-step rollout loss (V-JEPA 2-AC trains with one): weight of the open-loop term, 0 = off
+    rollout_weight: float = 0.0
     # preprocessing
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
@@ -104,6 +107,9 @@ class LeWMConfig:
             raise WMError("LeWMConfig: dropout rates must be in [0, 1)")
         if self.sigreg_lambda < 0 or self.sigreg_knots < 2:
             raise WMError("LeWMConfig: sigreg_lambda must be >= 0 and sigreg_knots >= 2")
+        if isinstance(self.rollout_weight, bool) or not isinstance(self.rollout_weight, (int, float)) \
+                or not math.isfinite(self.rollout_weight) or self.rollout_weight < 0:
+            raise WMError(f"LeWMConfig: rollout_weight must be a finite number >= 0, found {self.rollout_weight!r}")
 
     def vit_config(self):
         """The transformers ``ViTConfig`` of the encoder (as stable_pretraining's ``vit_hf`` builds it)."""
@@ -170,6 +176,7 @@ class LeWMConfig:
                 "sigreg_lambda": self.sigreg_lambda,
                 "sigreg_num_proj": self.sigreg_num_proj,
                 "sigreg_knots": self.sigreg_knots,
+                "rollout_weight": self.rollout_weight,
                 "image_mean": list(self.image_mean),
                 "image_std": list(self.image_std),
                 "action_mean": None if self.action_mean is None else list(self.action_mean),
@@ -205,7 +212,7 @@ _SECTION_KEYS = {
     "action_encoder": {"_target_", "input_dim", "smoothed_dim", "emb_dim", "mlp_scale"},
     "projector": {"_target_", "input_dim", "hidden_dim", "output_dim", "norm_fn"},
     "pred_proj": {"_target_", "input_dim", "hidden_dim", "output_dim", "norm_fn"},
-    "wmcore": {"format", "name", "frameskip", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots",
+    "wmcore": {"format", "name", "frameskip", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots", "rollout_weight",
                "image_mean", "image_std", "action_mean", "action_std"},
 }
 
@@ -285,7 +292,7 @@ def _config_from_json(cls, d: Any, source: str, name: str | None) -> LeWMConfig:
         predictor_dropout=pred.get("dropout", 0.0),
         predictor_emb_dropout=pred.get("emb_dropout", 0.0),
     )
-    for key in ("frameskip", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots", "image_mean", "image_std",
+    for key in ("frameskip", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots", "rollout_weight", "image_mean", "image_std",
                 "action_mean", "action_std"):
         if wm.get(key) is not None:
             kw[key] = wm[key]
@@ -297,7 +304,7 @@ def _config_from_json(cls, d: Any, source: str, name: str | None) -> LeWMConfig:
 
 # a label and training-only settings: they do not change a single prediction
 _NOT_FINGERPRINTED = (
-    "name", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots", "predictor_dropout", "predictor_emb_dropout"
+    "name", "sigreg_lambda", "sigreg_num_proj", "sigreg_knots", "rollout_weight", "predictor_dropout", "predictor_emb_dropout"
 )
 
 
