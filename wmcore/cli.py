@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .errors import WMError, run_command
 from .fsio import safe_name
-from .paths import DEFAULT_DATA, DEFAULT_MODEL
+from .paths import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TRAIN_DATA
 from .rollout import ACTION_SOURCES
 from .settings import DTYPES, GATE_RULES, Tolerances
 
@@ -437,6 +437,127 @@ def _add_control(sub) -> None:
     r.set_defaults(func=_cmd_replay)
 
 
+def _policy_config(args: argparse.Namespace):
+    from .control.policy import PolicyConfig
+
+    return PolicyConfig(variant=args.variant, aux_weight=args.aux_weight, steps=args.steps, seed=args.seed,
+                        val_episodes=args.val_episodes)
+
+
+def _load_train_data(path: str):
+    from .data import load as load_data
+
+    if not Path(path).exists():
+        raise WMError(f"--train-data {path!r}: no such data set; generate the PushT training set with `make pusht-data` "
+                      f"(it writes {DEFAULT_TRAIN_DATA}) or `wmcore make-fixtures pusht --out DIR --episodes 150 --steps 300`, "
+                      "or give your own episodes with actions")
+    print(f"loading {path} ...", file=sys.stderr, flush=True)
+    return load_data(path)
+
+
+def _cmd_policy_train(args: argparse.Namespace) -> int:
+    from .control.command import policy_train
+    from .fsio import new_run_dir
+    from .models import load
+    from .plot import plot_policy_curves
+
+    cfg = _policy_config(args)
+    out = _out_dir(args.out)
+    out = out if out is not None else new_run_dir(Path("runs"))
+    model = load(args.model)
+    episodes = _load_train_data(args.train_data)
+    net, doc = policy_train(model=model, model_spec=args.model, episodes=episodes, data_id=args.train_data, cfg=cfg,
+                            out=out)
+    plot_policy_curves([(cfg.label, doc["history"])], out / "policy-curves.png",
+                       title=f"policy {cfg.label} on {model.name}'s latents (seed {cfg.seed})")
+    last = doc["history"][-1]
+    print(f"policy {cfg.label}: held-out action error {last['val_action_mse']:.4f} after {last['step']} steps "
+          f"({doc['seconds']['train']:.0f} s training)")
+    print(out)
+    return 0
+
+
+def _cmd_policy_evaluate(args: argparse.Namespace) -> int:
+    from .control.command import policy_evaluate, policy_train
+    from .control.policy import load_policy
+    from .control.tasks import TaskSpec
+    from .data import load as load_data
+    from .fsio import new_run_dir
+    from .models import load
+    from .settings import load_thresholds
+
+    out = _out_dir(args.out)
+    out = out if out is not None else new_run_dir(Path("runs"))
+    model = load(args.model)
+    if args.policy:
+        net, doc = load_policy(args.policy)
+        doc = {**doc, "source": args.policy}
+    else:  # the default variant, trained here on the training set
+        cfg = _policy_config(args)
+        net, doc = policy_train(model=model, model_spec=args.model, episodes=_load_train_data(args.train_data),
+                                data_id=args.train_data, cfg=cfg, out=out / f"policy-{cfg.label}")
+        doc = {**doc, "source": str(out / f"policy-{cfg.label}")}
+    t = load_thresholds(f"policy-{net.cfg.label}",
+                        overrides={"success_min": args.success_min} if args.success_min is not None else None)
+    data = args.data or DEFAULT_DATA
+    print(f"loading {data} ...", file=sys.stderr, flush=True)
+    episodes = load_data(data)
+    r = policy_evaluate(model=model, model_spec=args.model, net=net, policy=doc, episodes=episodes, data_id=data,
+                        tasks=args.tasks, spec=TaskSpec(count=args.count, seed=args.task_seed), limit=args.limit,
+                        out=out, success_min=t.success_min, rule=t.gate_rule)
+    print(r.render_text())
+    print(out)
+    return 0 if r.passed else 1
+
+
+def _add_policy(sub) -> None:
+    from .control.policy import VARIANTS, PolicyConfig
+    from .control.tasks import TaskSpec
+
+    c, t = PolicyConfig(), TaskSpec()
+    p = sub.add_parser("policy", help="world-model-conditioned imitation policies: train one, or evaluate one in the "
+                       "PushT simulator (wmcore policy train|evaluate --help)",
+                       description="Goal-conditioned behaviour cloning on a world model's frozen encoder, with the "
+                       "world model's imagined next latent as an input (imagined) or its prediction as an auxiliary "
+                       "loss (aux, weight lambda); evaluated closed loop on the planning task set.")
+    ps = p.add_subparsers(dest="policy_command", required=True)
+
+    def common(q, train_default: str) -> None:
+        q.add_argument("--model", required=True, help="world model spec whose encoder the policy reads (pusht-lewm, "
+                       "pusht-ac-tiny, lewm:DIR, ...)")
+        q.add_argument("--variant", default=c.variant, choices=VARIANTS,
+                       help=f"gcbc: behaviour cloning; imagined: + the world model's imagined next latent under "
+                       f"the policy's own proposal; aux: + the world model's prediction as an auxiliary loss "
+                       f"(default {c.variant})")
+        q.add_argument("--aux-weight", type=float, default=c.aux_weight,
+                       help="lambda of the auxiliary loss, in [0, 1] (variant aux; typical 0.1-0.5)")
+        q.add_argument("--steps", type=_count(1), default=c.steps, help=f"optimiser steps (default {c.steps})")
+        q.add_argument("--seed", type=int, default=c.seed, help=f"training seed (default {c.seed})")
+        q.add_argument("--val-episodes", type=_count(1), default=c.val_episodes,
+                       help=f"the last N training episodes are held out for the action error (default {c.val_episodes})")
+        q.add_argument("--train-data", default=DEFAULT_TRAIN_DATA,
+                       help=f"training episodes with actions {train_default}(default {DEFAULT_TRAIN_DATA}: "
+                       "make pusht-data)")
+        q.add_argument("--out", help="directory to write into (default: a new runs/run-*/)")
+
+    tr = ps.add_parser("train", help="train one policy variant; writes policy.safetensors, policy.json and "
+                       "policy-curves.png")
+    common(tr, "")
+    tr.set_defaults(func=_cmd_policy_train)
+    ev = ps.add_parser("evaluate", help="run a policy closed loop on the planning task set; writes a replayable "
+                       "control report (exit 1 if success falls below success_min)")
+    common(ev, "for a policy trained here when --policy is not given ")
+    ev.add_argument("--policy", help="a directory written by wmcore policy train (default: train the --variant here)")
+    ev.add_argument("--data", help=f"held-out episodes with states to cut tasks from (default {DEFAULT_DATA})")
+    ev.add_argument("--tasks", help="a task-set JSON (tasks.json of an earlier plan or policy run)")
+    ev.add_argument("--count", type=_count(1), default=t.count, help=f"tasks to cut (default {t.count})")
+    ev.add_argument("--task-seed", type=int, default=t.seed, help=f"task selection seed (default {t.seed})")
+    ev.add_argument("--limit", type=_count(1), help="run only the first N tasks of the set (default all)")
+    ev.add_argument("--success-min", type=float, help="gate: minimum success rate (default: success_min in "
+                    "[tool.wmcore.models.policy-VARIANT]; none: no gate)")
+    ev.set_defaults(func=_cmd_policy_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
     p.add_argument("--version", action="version", version=f"wmcore {__version__}")
@@ -446,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_fixtures(sub)
     _add_train(sub)
     _add_control(sub)
+    _add_policy(sub)
     return p
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "EMBEDDED", "fixtures_dir"]
+__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "DEFAULT_TRAIN_DATA", "EMBEDDED", "fixtures_dir"]
 
 DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
+DEFAULT_TRAIN_DATA = "data/pusht-train"  # what `make pusht-data` generates (the embedded models' training set)
 # Embedded models: NAME -> the family whose loader reads fixtures/models/NAME. The drift bench
 # measures all of them by default; the command line's default model is DEFAULT_MODEL.
 EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny"}

@@ -219,6 +219,46 @@ def plot_overlay(panels: Sequence[Panel], path: str | os.PathLike, title: str = 
     return save_png(overlay_figure(panels, title), path)
 
 
+# --- policy training curves ---------------------------------------------------------------------
+
+#: One policy's curves: (legend label, its training history: dicts with step, imitation, aux (or
+#: None), val_action_mse).
+PolicyCurves = tuple
+
+
+def policy_curves_figure(runs: Sequence[PolicyCurves], title: str = ""):
+    """Imitation loss, auxiliary world-model loss and held-out action error against the step, one line
+    per policy (``runs``)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    names = ("imitation", "aux", "val_action_mse")
+    heads = ("imitation loss (training)", "auxiliary world-model loss", "held-out action error (MSE)")
+    for i, (label, hist) in enumerate(runs):
+        colour = _OVERLAY_COLOURS[i % len(_OVERLAY_COLOURS)]
+        steps = [h["step"] for h in hist]
+        for ax, key in zip(axes, names):
+            ys = [h.get(key) for h in hist]
+            if any(y is not None for y in ys):
+                ax.plot(steps, [float("nan") if y is None else y for y in ys], color=colour, label=label, lw=1.3)
+    for ax, head in zip(axes, heads):
+        ax.set_title(head, fontsize=10)
+        ax.set_xlabel("optimiser step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if not axes[1].lines:
+        axes[1].text(0.5, 0.5, "no auxiliary loss\n(variants gcbc, imagined)", ha="center", va="center",
+                     transform=axes[1].transAxes, color="grey")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_policy_curves(runs: Sequence[PolicyCurves], path: str | os.PathLike, title: str = "") -> Path:
+    """Write ``policy_curves_figure`` as a PNG to a new file ``path`` (never overwritten)."""
+    return save_png(policy_curves_figure(runs, title), path)
+
+
 def save_png(fig, path: str | os.PathLike) -> Path:
     """Render ``fig`` as PNG into a new file ``path`` (never overwritten) and close it."""
     try:

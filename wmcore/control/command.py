@@ -9,12 +9,18 @@ from pathlib import Path
 from ..errors import WMError
 from ..fsio import safe_name
 from .planners import ActionPrior, CEMConfig
+from .policy import (
+    PolicyConfig, PolicyController, PolicyNet, embed_episodes, encode, progress_printer, save_policy, train_policy,
+)
 from .report import ControlReport, replay_report
 from .run import DriveToGoal, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_tasks
 from .sim.pusht import ACTION_DIM
 from .tasks import TaskSet, TaskSpec, build, load as load_tasks
 
-__all__ = ["CONTROLLERS", "check_model", "controller_meta", "make_controller", "plan", "replay_command"]
+__all__ = [
+    "CONTROLLERS", "check_model", "controller_meta", "make_controller", "plan", "policy_evaluate", "policy_train",
+    "replay_command",
+]
 
 # cem: CEM with the world model's latent goal cost; oracle: CEM with the simulator as the model;
 # stay, random, drive: baselines that need no model
@@ -54,8 +60,7 @@ def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, d
 def controller_meta(ctrl, kind: str, cfg: CEMConfig, model=None, spec: str | None = None, prior: ActionPrior | None = None) -> dict:
     """What a control report records of its controller: name, kind, planner settings, model identity."""
     return {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
-            "model": None if model is None or kind != "cem" else
-            {"spec": spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip},
+            "model": None if model is None or kind != "cem" else model_meta(model, spec),
             "prior": None if prior is None else prior.__dict__}
 
 
@@ -90,6 +95,62 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     print(f"planning with {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
     results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
     controller = controller_meta(ctrl, kind, cfg, model, model_spec, prior)
+    report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
+    if not (out / "tasks.json").exists():
+        ts.save(out / "tasks.json")
+    report.save(path)
+    return report
+
+
+def model_meta(model, spec: str | None) -> dict:
+    return {"spec": spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip}
+
+
+def policy_train(*, model, model_spec: str | None, episodes, data_id: str, cfg: PolicyConfig, out: Path | None,
+                 quiet: bool = False) -> tuple[PolicyNet, dict]:
+    """Embed the training episodes with the model's frozen encoder, train one policy variant, and (with
+    ``out``) save it: ``out/policy.safetensors`` + ``policy.json``. Returns (net, the policy.json document)."""
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if out is not None and (out / "policy.safetensors").exists():
+        raise WMError(f"{out}: a policy is already there; choose another --out (nothing is overwritten)")
+    say(f"embedding {len(episodes)} training episodes with {model.name}'s encoder ...")
+    t0 = time.perf_counter()
+    data = embed_episodes(model, episodes, progress=None if quiet else progress_printer("episodes"))
+    t_embed = time.perf_counter() - t0
+    say(f"training policy {cfg.label} ({cfg.steps} steps, seed {cfg.seed}) ...")
+    net, history = train_policy(model, data, cfg, log=say)
+    doc = {"model": model_meta(model, model_spec), "data": {"id": data_id, "episodes": len(episodes),
+           "held_out": cfg.val_episodes}, "history": history,
+           "seconds": {"embed": t_embed, "train": time.perf_counter() - t0 - t_embed}}
+    if out is not None:
+        save_policy(net, out, doc)
+        say(f"saved {out}")
+    return net, {"config": cfg.to_dict(), **doc}
+
+
+def policy_evaluate(*, model, model_spec: str | None, net: PolicyNet, policy: dict, episodes, data_id: str,
+                    tasks: str | None, spec: TaskSpec, limit: int | None, out: Path, success_min: float | None,
+                    rule: str, quiet: bool = False) -> ControlReport:
+    """Run a trained policy closed loop on a task set (as ``plan`` runs a planner); write the control report."""
+    fp = (policy.get("model") or {}).get("fingerprint")
+    if fp is not None and fp != model.fingerprint():
+        raise WMError(f"the policy was trained on the latents of model {policy['model'].get('name')!r} "
+                      f"(fingerprint {fp[:12]}), not on those of {model.name!r} ({model.fingerprint()[:12]}); "
+                      "evaluate it with that model or train one for this model (wmcore policy train)")
+    encode(model, episodes[0].frames[:1], f"the task frames of {data_id}")  # WMError if it cannot
+    ts = task_set(episodes, tasks, spec, data_id)
+    chosen = ts.subset(limit).tasks
+    prior = ActionPrior.from_actions([e.actions for e in episodes])
+    ctrl = PolicyController(net, model, low=prior.low, high=prior.high)
+    path = out / f"{safe_name(f'control-policy-{net.cfg.label}-{model.name}')}.json"
+    if path.exists():
+        raise WMError(f"{path}: exists already; choose another --out (nothing is overwritten)")
+    t0 = time.perf_counter()
+    if not quiet:
+        print(f"running {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
+    results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    controller = {"name": ctrl.name, "kind": "policy", "planner": None, "model": model_meta(model, model_spec),
+                  "prior": prior.__dict__, "policy": policy}
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
     if not (out / "tasks.json").exists():
         ts.save(out / "tasks.json")
