@@ -36,7 +36,7 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench bench-control test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
+.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -49,6 +49,13 @@ ORACLE_TASKS ?= 16
 bench-control: setup
 	WMCORE_CONTROL_TASKS=64 WMCORE_ORACLE_TASKS=$(ORACLE_TASKS) $(PYTEST) bench/test_control.py --benchmark-only -s \
 		--benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
+
+# World-model-conditioned policies: every variant (GCBC, imagined next latent, auxiliary loss at
+# lambda 0.1/0.25/0.5) x 3 seeds x both embedded models, each run closed loop on the 64 planning tasks
+# (make bench trains one small variant). Progress on stderr; the table in $(POLICY_OUT)/policy_study-*.md.
+POLICY_OUT ?= runs/policy-study
+policy-study: setup pusht-data
+	$(BIN)/python scripts/policy_study.py --train-data $(PUSHT_TRAIN) --out $(POLICY_OUT)
 
 test: setup lint-imports
 	$(PYTEST) tests $(TEST_ARGS)

@@ -37,6 +37,14 @@ def degraded(model, noise: float, seed: int = 0):
     return bad
 
 
+def short_label(version: str) -> str:
+    """'noise 0.3' -> 'n0.3'; 'lewm:runs/x/snapshots/step-000500' -> 'step-000500'; 'lewm:runs/x/model' -> 'x'."""
+    if version.startswith("noise "):
+        return "n" + version[len("noise "):]
+    p = Path(version.split(":", 1)[-1])
+    return p.parent.name if p.name == "model" else p.name
+
+
 def energy_ranks(report) -> tuple[float | None, float | None]:
     """The report's energy ranking of the recorded actions: among the closest perturbations (the
     smallest scale) and among unrelated recorded blocks (None, None without an energy section)."""
@@ -121,11 +129,10 @@ def main(argv: list[str]) -> int:
     for ax, target in zip(axes, ("success", "score")):
         ax.scatter([r["open_auc"] for r in rows], [r[target] for r in rows])
         for r in rows:
-            ax.annotate(r["version"].replace("noise ", "n").split("/")[-2] if "/" in r["version"] else r["version"].replace("noise ", "n"),
-                        (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
+            ax.annotate(short_label(r["version"]), (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel("open-loop AUC (mean cosine, steps 1..H)")
         ax.set_ylabel("planning success rate" if target == "success" else "mean score (final/start distance)")
-    axes[0].set_title(f"{args.model}: versions (n = predictor noise x std; short training runs)")
+    axes[0].set_title(f"{args.model}: versions (nX = predictor noise X x std; step-N = checkpoints)", fontsize=9)
     fig.tight_layout()
     print(save_png(fig, out / "drift_vs_control.png"))
     return 0

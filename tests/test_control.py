@@ -3,6 +3,7 @@ planner on a problem with a known answer, and the controllers' replayable episod
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -296,3 +297,20 @@ def test_compare_flags_a_significant_success_drop_over_the_same_tasks(tmp_path, 
     (tmp_path / "fewer.json").write_text(json.dumps(fewer))
     assert main(["compare", str(out / "control-stay.json"), str(tmp_path / "fewer.json")]) == 2
     assert "ran different tasks" in capsys.readouterr().err
+
+
+def test_encoder_oracle_plans_with_the_simulator_and_the_models_encoder(tmp_path, capsys):
+    """--planner encoder-oracle: perfect dynamics, the model's latent distance as the cost. With the
+    analytic model (it cannot embed PushT frames) it is refused; with pusht-lewm it runs, records the
+    model, and its report replays."""
+    from wmcore.cli import main
+
+    assert main(["plan", "--planner", "encoder-oracle", "--out", str(tmp_path / "a")]) == 2
+    assert "needs --model SPEC" in capsys.readouterr().err
+    out = tmp_path / "r"
+    assert main(["plan", "--planner", "encoder-oracle", "--model", "pusht-lewm", "--limit", "1", "--samples", "8",
+                 "--elites", "2", "--iterations", "1", "--out", str(out)]) in (0, 1)
+    report = json.loads((out / "control-encoder-oracle-pusht-lewm.json").read_text())
+    assert report["controller"]["kind"] == "encoder-oracle" and report["controller"]["model"]["name"] == "pusht-lewm"
+    assert report["controller"]["name"] == "cem[simulator + pusht-lewm encoder]"
+    assert main(["replay", str(out / "control-encoder-oracle-pusht-lewm.json")]) == 0

@@ -82,6 +82,7 @@ def test_gcbc_learns_the_action_the_goal_reveals_and_not_one_it_does_not(data):
     """Goal one step ahead: the action is the goal's point, so the held-out error must fall near 0.
     The same actions shuffled across episodes (the frames no longer show them) stay unpredictable."""
     _, hist = train_policy(WORLD, data, FAST)
+    assert hist[0]["step"] == 0 and hist[0]["val_action_mse"] > 0.5  # untrained
     assert hist[-1]["val_action_mse"] < 0.05, hist
     g = torch.Generator().manual_seed(0)
     shuffled = dataclasses.replace(data, actions=data.actions[torch.randperm(24, generator=g)])
@@ -109,7 +110,8 @@ def test_aux_head_learns_the_world_models_prediction(data):
     net, hist = train_policy(WORLD, data, dataclasses.replace(FAST, variant="aux", aux_weight=0.5))
     assert data.teacher is not None and data.teacher.shape == (24, 40, 1, 2)
     torch.testing.assert_close(data.teacher[:, :, 0], data.actions, atol=1e-6, rtol=0)  # this world's prediction
-    assert hist[-1]["aux"] < 0.2 * hist[0]["aux"], hist
+    assert hist[0]["step"] == 0 and hist[0]["aux"] is None  # before training
+    assert hist[-1]["aux"] < 0.2 * hist[1]["aux"], hist
     assert all(h["aux"] is None for h in train_policy(WORLD, data, FAST)[1])
 
 

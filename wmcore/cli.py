@@ -358,7 +358,7 @@ def _add_train(sub) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .control.command import plan
+    from .control.command import NEEDS_MODEL, plan
     from .control.planners import CEMConfig
     from .fsio import new_run_dir
     from .control.tasks import TaskSpec
@@ -366,14 +366,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .models import load
     from .settings import check_placement, load_thresholds, place_model
 
-    if args.planner == "cem" and not args.model:
-        raise WMError("wmcore plan --planner cem needs --model SPEC (e.g. pusht-lewm); the baselines "
+    if args.planner in NEEDS_MODEL and not args.model:
+        raise WMError(f"wmcore plan --planner {args.planner} needs --model SPEC (e.g. pusht-lewm); the baselines "
                       "(--planner oracle, stay, random, drive) need none")
     check_placement(args.device, "float32")
-    model = place_model(load(args.model), args.device, "float32") if args.model and args.planner == "cem" else None
+    model = place_model(load(args.model), args.device, "float32") if args.model and args.planner in NEEDS_MODEL else None
     out = _out_dir(args.out)
     out = out if out is not None else new_run_dir(Path("runs"))
-    t = load_thresholds(model.name if model is not None else args.planner,
+    t = load_thresholds(model.name if args.planner == "cem" else args.planner,
                         overrides={"success_min": args.success_min} if args.success_min is not None else None)
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
@@ -406,7 +406,9 @@ def _add_control(sub) -> None:
                        "writes a replayable control report (exit 1 if success falls below success_min)")
     p.add_argument("--model", help="world model spec (for --planner cem), e.g. pusht-lewm, lewm:DIR")
     p.add_argument("--planner", default="cem", choices=CONTROLLERS, help="cem: the world model's latent goal cost; "
-                   "oracle: the simulator as the model; stay, random, drive: baselines (default cem)")
+                   "oracle: the simulator as the model; encoder-oracle: the simulator as the dynamics and --model's "
+                   "encoder as the cost (is the latent distance good enough to plan with?); stay, random, drive: "
+                   "baselines (default cem)")
     p.add_argument("--data", help=f"held-out episodes with states to cut tasks from (default {DEFAULT_DATA})")
     p.add_argument("--tasks", help="a task-set JSON (tasks.json of an earlier run) instead of cutting tasks from --data")
     p.add_argument("--count", type=_count(1), default=t.count, help=f"tasks to cut (default {t.count})")

@@ -10,21 +10,23 @@ from ..errors import WMError
 from ..fsio import safe_name
 from .planners import ActionPrior, CEMConfig
 from .policy import (
-    PolicyConfig, PolicyController, PolicyNet, embed_episodes, encode, progress_printer, save_policy, train_policy,
+    PolicyConfig, PolicyController, PolicyData, PolicyNet, embed_episodes, encode, progress_printer, save_policy, train_policy,
 )
 from .report import ControlReport, replay_report
-from .run import DriveToGoal, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_tasks
+from .run import DriveToGoal, EncoderOracleCEM, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_tasks
 from .sim.pusht import ACTION_DIM
 from .tasks import TaskSet, TaskSpec, build, load as load_tasks
 
 __all__ = [
-    "CONTROLLERS", "check_model", "controller_meta", "make_controller", "plan", "policy_evaluate", "policy_train",
+    "CONTROLLERS", "NEEDS_MODEL", "check_model", "controller_meta", "make_controller", "plan", "policy_evaluate", "policy_train",
     "replay_command",
 ]
 
 # cem: CEM with the world model's latent goal cost; oracle: CEM with the simulator as the model;
+# encoder-oracle: the simulator as the dynamics, the world model's encoder as the cost (a diagnosis);
 # stay, random, drive: baselines that need no model
-CONTROLLERS = ("cem", "oracle", "stay", "random", "drive")
+CONTROLLERS = ("cem", "oracle", "encoder-oracle", "stay", "random", "drive")
+NEEDS_MODEL = ("cem", "encoder-oracle")
 
 
 def check_model(model, horizon: int, execute: int) -> None:
@@ -48,6 +50,10 @@ def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, d
         return WorldModelCEM(model, prior, cfg, device=device)
     if kind == "oracle":
         return OracleCEM(prior, cfg)
+    if kind == "encoder-oracle":
+        if model is None:
+            raise WMError("--planner encoder-oracle needs --model SPEC (the world model whose encoder is the cost)")
+        return EncoderOracleCEM(model, prior, cfg, device=device)
     if kind == "stay":
         return Stay()
     if kind == "random":
@@ -59,8 +65,8 @@ def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, d
 
 def controller_meta(ctrl, kind: str, cfg: CEMConfig, model=None, spec: str | None = None, prior: ActionPrior | None = None) -> dict:
     """What a control report records of its controller: name, kind, planner settings, model identity."""
-    return {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle") else None,
-            "model": None if model is None or kind != "cem" else model_meta(model, spec),
+    return {"name": ctrl.name, "kind": kind, "planner": cfg.to_dict() if kind in ("cem", "oracle", "encoder-oracle") else None,
+            "model": None if model is None or kind not in NEEDS_MODEL else model_meta(model, spec),
             "prior": None if prior is None else prior.__dict__}
 
 
@@ -87,7 +93,8 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
     ctrl = make_controller(kind, prior, cfg, model, device)
-    stem = safe_name(f"control-{model.name if kind == 'cem' else kind}")
+    stem = safe_name({"cem": f"control-{model.name if model else ''}",
+                      "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
     path = out / f"{stem}.json"
     if path.exists():
         raise WMError(f"{path}: exists already; choose another --out (nothing is overwritten)")
@@ -107,19 +114,21 @@ def model_meta(model, spec: str | None) -> dict:
 
 
 def policy_train(*, model, model_spec: str | None, episodes, data_id: str, cfg: PolicyConfig, out: Path | None,
-                 quiet: bool = False) -> tuple[PolicyNet, dict]:
-    """Embed the training episodes with the model's frozen encoder, train one policy variant, and (with
-    ``out``) save it: ``out/policy.safetensors`` + ``policy.json``. Returns (net, the policy.json document)."""
+                 quiet: bool = False, data: PolicyData | None = None) -> tuple[PolicyNet, dict]:
+    """Embed the training episodes with the model's frozen encoder (or take ``data``, embedded before),
+    train one policy variant, and (with ``out``) save it: ``out/policy.safetensors`` + ``policy.json``.
+    Returns (net, the policy.json document)."""
     say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     if out is not None and (out / "policy.safetensors").exists():
         raise WMError(f"{out}: a policy is already there; choose another --out (nothing is overwritten)")
-    say(f"embedding {len(episodes)} training episodes with {model.name}'s encoder ...")
     t0 = time.perf_counter()
-    data = embed_episodes(model, episodes, progress=None if quiet else progress_printer("episodes"))
+    if data is None:
+        say(f"embedding {len(episodes)} training episodes with {model.name}'s encoder ...")
+        data = embed_episodes(model, episodes, progress=None if quiet else progress_printer("episodes"))
     t_embed = time.perf_counter() - t0
     say(f"training policy {cfg.label} ({cfg.steps} steps, seed {cfg.seed}) ...")
     net, history = train_policy(model, data, cfg, log=say)
-    doc = {"model": model_meta(model, model_spec), "data": {"id": data_id, "episodes": len(episodes),
+    doc = {"model": model_meta(model, model_spec), "data": {"id": data_id, "episodes": len(data.z),
            "held_out": cfg.val_episodes}, "history": history,
            "seconds": {"embed": t_embed, "train": time.perf_counter() - t0 - t_embed}}
     if out is not None:

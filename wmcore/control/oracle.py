@@ -8,10 +8,11 @@ current state, agent velocity included, and costed by ``distance`` to the goal s
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .sim.pusht import ANGLE_TOL, POSITION_TOL, PushTSim, angle_error, position_error
 
-__all__ = ["SimulatorCost", "distance"]
+__all__ = ["SimulatorCost", "SimulatorLatentCost", "distance"]
 
 
 def distance(state, goal) -> np.ndarray:
@@ -46,6 +47,39 @@ class SimulatorCost:
                     total += float(distance(self.sim.state, self.goal))
             out[i] = total if self.kind == "all" else float(distance(self.sim.state, self.goal))
         return out
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class SimulatorLatentCost:
+    """The encoder oracle: the simulator as the dynamics, a world model's *encoder* as the cost.
+    Candidates ``[N, L, 2]`` are simulated from the current state (as ``SimulatorCost``); the cost is
+    the squared latent distance (mean over tokens and dims) between the encoded final frame and the
+    encoded goal frame. With perfect dynamics, what is left is whether the model's latent distance
+    points at the goal: planning with it separates the encoder's share of a failure from the
+    predictor's."""
+
+    def __init__(self, model, goal_frame, *, size: int = 96, device: str = "cpu"):
+        self.model, self.device = model, device
+        self.sim = PushTSim(size)
+        with torch.inference_mode():
+            self.z_goal = model.encode(torch.as_tensor(goal_frame)[None, None].to(device))[:, 0].float()
+        self.state = None
+
+    def observe(self, state7) -> None:
+        self.state = np.asarray(state7, dtype=np.float64)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        frames = []
+        for seq in actions:
+            self.sim.reset_to(self.state, render=False)
+            for a in seq[:-1]:
+                self.sim.step(a, render=False)
+            frames.append(self.sim.step(seq[-1]))
+        with torch.inference_mode():
+            z = self.model.encode(torch.as_tensor(np.stack(frames))[:, None].to(self.device))[:, 0].float()
+        return (z - self.z_goal).pow(2).mean((-2, -1)).double().cpu().numpy()
 
     def close(self) -> None:
         self.sim.close()

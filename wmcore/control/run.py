@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import WMError
-from .oracle import SimulatorCost, distance
+from .oracle import SimulatorCost, SimulatorLatentCost, distance
 from .planners import ActionPrior, CEMConfig, CEMPlanner, LatentGoalCost
 from .sim.pusht import PushTSim, success
 from .tasks import Task
@@ -23,6 +23,7 @@ from .tasks import Task
 __all__ = [
     "Controller",
     "DriveToGoal",
+    "EncoderOracleCEM",
     "OracleCEM",
     "RandomSmooth",
     "Stay",
@@ -213,3 +214,20 @@ class OracleCEM:
         self.cost.observe(np.concatenate([state, velocity]))
         plan, _ = self.planner.plan(self.cost, last)
         return plan[: self.cfg.execute]
+
+
+class EncoderOracleCEM(OracleCEM):
+    """CEM with the simulator as the dynamics and a world model's encoder as the cost
+    (``control.oracle.SimulatorLatentCost``): how far the model's latent distance alone gets."""
+
+    def __init__(self, model, prior: ActionPrior, cfg: CEMConfig = CEMConfig(samples=64, elites=8, iterations=4),
+                 *, device: str = "cpu"):
+        super().__init__(prior, cfg)
+        self.model, self.device = model, device
+        self.name = f"cem[simulator + {model.name} encoder]"
+
+    def reset(self, task, start_frame, goal_frame) -> None:
+        self.planner.reset(seed=self.cfg.seed + task.start_step)
+        if getattr(self, "cost", None) is not None:
+            self.cost.close()
+        self.cost = SimulatorLatentCost(self.model, goal_frame, device=self.device)

@@ -1,0 +1,135 @@
+"""Does imagination add foresight to imitation? Every policy variant, several seeds, both embedded
+world models, on the planning benchmark's task set.
+
+``python scripts/policy_study.py [--models pusht-lewm pusht-ac-tiny] [--variants gcbc imagined aux:0.1
+aux:0.25 aux:0.5] [--seeds 0 1 2] [--steps 2000] [--train-data data/pusht-train] [--out DIR]``
+(``make policy-study`` runs it with these defaults.)
+
+For each model: embed the training set once with its frozen encoder, then per variant and seed train
+a policy (``wmcore.control.command.policy_train``; saved in ``DIR/MODEL/LABEL-sSEED/``) and run it
+closed loop on the task set (``policy_evaluate``: a replayable control report beside it). Writes
+``DIR/policy_study.json`` (every run: success per task, score, training time, curves),
+``DIR/policy_study.md`` (the table: success per seed, pooled success with its Wilson 95% CI over
+seeds x tasks, the spread across seeds, the mean score with a bootstrap CI) and
+``DIR/curves-MODEL.png`` (the training curves of seed 0 of every variant). Progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def parse_variant(text: str):
+    from wmcore.control.policy import PolicyConfig
+
+    name, _, lam = text.partition(":")
+    return PolicyConfig(variant=name, aux_weight=float(lam) if lam else 0.0)
+
+
+def main(argv: list[str]) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from wmcore.control.command import policy_evaluate, policy_train
+    from wmcore.control.policy import embed_episodes, progress_printer
+    from wmcore.control.tasks import TaskSpec
+    from wmcore.data import load as load_data
+    from wmcore.fsio import write_new
+    from wmcore.models import load
+    from wmcore.plot import plot_policy_curves
+    from wmcore.stats import bootstrap_mean_ci, wilson_ci
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["pusht-lewm", "pusht-ac-tiny"])
+    ap.add_argument("--variants", nargs="+", default=["gcbc", "imagined", "aux:0.1", "aux:0.25", "aux:0.5"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--train-data", default="data/pusht-train")
+    ap.add_argument("--data", default="pusht", help="held-out episodes the tasks are cut from")
+    ap.add_argument("--tasks", help="a task-set JSON (default: cut the planning benchmark's 64 tasks from --data)")
+    ap.add_argument("--limit", type=int, help="only the first N tasks")
+    ap.add_argument("--out", default="runs/policy-study")
+    a = ap.parse_args(argv)
+    variants = [parse_variant(v) for v in a.variants]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"loading {a.train_data} and {a.data} ...")
+    train_eps, eval_eps = load_data(a.train_data), load_data(a.data)
+    tasks = a.tasks
+    runs, t_all = [], time.perf_counter()
+    train_seconds = 0.0
+    for spec in a.models:
+        model = load(spec)
+        t0 = time.perf_counter()
+        say(f"[{spec}] embedding {len(train_eps)} training episodes ...")
+        data = embed_episodes(model, train_eps, progress=progress_printer("episodes"))
+        embed_s = time.perf_counter() - t0
+        train_seconds += embed_s
+        curves = []
+        for cfg in variants:
+            for seed in a.seeds:
+                c = dataclasses.replace(cfg, seed=seed, steps=a.steps)
+                d = out / spec / f"{c.label}-s{seed}"
+                say(f"[{spec}] {c.label} seed {seed}: training ({time.perf_counter() - t_all:.0f} s so far)")
+                net, doc = policy_train(model=model, model_spec=spec, episodes=None, data_id=a.train_data, cfg=c,
+                                        out=d, quiet=True, data=data)
+                train_seconds += doc["seconds"]["train"]
+                rep = policy_evaluate(model=model, model_spec=spec, net=net, policy={**doc, "source": str(d)},
+                                      episodes=eval_eps, data_id=a.data, tasks=tasks, spec=TaskSpec(), limit=a.limit,
+                                      out=d, success_min=None, rule="ci", quiet=True)
+                tasks = tasks or str(d / "tasks.json")  # every run after the first: the same tasks
+                s = rep.summary
+                say(f"    success {s['successes']}/{s['tasks']}, score {s['score_mean']:.3f}, "
+                    f"train {doc['seconds']['train']:.0f} s")
+                runs.append({"model": spec, "label": c.label, "seed": seed, "config": c.to_dict(),
+                             "success": [bool(r["success"]) for r in rep.results],
+                             "score": [float(r["score"]) for r in rep.results], "train_s": doc["seconds"]["train"],
+                             "embed_s": embed_s, "history": doc["history"], "report": str(d)})
+                if seed == a.seeds[0]:
+                    curves.append((c.label, doc["history"]))
+        if not (out / f"curves-{spec}.png").exists():  # never overwritten: a rerun into the same --out keeps the first
+            plot_policy_curves(curves, out / f"curves-{spec}.png",
+                               title=f"policy training curves on {spec}'s latents (seed {a.seeds[0]})")
+
+    rows = []
+    for spec in a.models:
+        for cfg in variants:
+            rs = [r for r in runs if r["model"] == spec and r["label"] == cfg.label]
+            k = sum(sum(r["success"]) for r in rs)
+            n = sum(len(r["success"]) for r in rs)
+            lo, hi = wilson_ci(k, n)
+            rates = [float(np.mean(r["success"])) for r in rs]
+            scores = np.concatenate([r["score"] for r in rs])
+            m, (slo, shi) = float(scores.mean()), bootstrap_mean_ci(scores)
+            rows.append({"model": spec, "variant": cfg.label, "per_seed": [f"{sum(r['success'])}/{len(r['success'])}"
+                         for r in rs], "success": k / n, "wilson": [lo, hi],
+                         "seed_sd": statistics.stdev(rates) if len(rates) > 1 else 0.0, "score": m,
+                         "score_ci": [slo, shi], "train_s": float(np.mean([r["train_s"] for r in rs]))})
+    lines = ["| model | variant | success per seed | pooled success [Wilson 95% CI] | spread across seeds (sd) | "
+             "mean score [95% CI] | training s per policy |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['variant']} | {', '.join(r['per_seed'])} | {r['success']:.1%} "
+                     f"[{r['wilson'][0]:.1%}, {r['wilson'][1]:.1%}] | {r['seed_sd']:.1%} | {r['score']:.3f} "
+                     f"[{r['score_ci'][0]:.3f}, {r['score_ci'][1]:.3f}] | {r['train_s']:.0f} |")
+    total = time.perf_counter() - t_all
+    lines.append(f"\nTraining (embedding included) {train_seconds / 60:.1f} min; whole study with evaluation "
+                 f"{total / 60:.1f} min.")
+    table = "\n".join(lines)
+    print(table)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    write_new(out / f"policy_study-{stamp}.json", json.dumps({"rows": rows, "runs": runs, "train_seconds": train_seconds,
+                                                             "total_seconds": total}, indent=1).encode())
+    write_new(out / f"policy_study-{stamp}.md", (table + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main(sys.argv[1:]))
