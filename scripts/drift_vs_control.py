@@ -38,10 +38,14 @@ def degraded(model, noise: float, seed: int = 0):
 
 
 def short_label(version: str) -> str:
-    """'noise 0.3' -> 'n0.3'; 'lewm:runs/x/snapshots/step-000500' -> 'step-000500'; 'lewm:runs/x/model' -> 'x'."""
+    """'noise 0.3' -> 'n0.3'; 'lewm:runs/x/snapshots/step-000500' -> 's500'; 'lewm:runs/x/model' -> 'x'."""
     if version.startswith("noise "):
         return "n" + version[len("noise "):]
+    if ":" not in version:
+        return version
     p = Path(version.split(":", 1)[-1])
+    if p.name.startswith("step-"):
+        return f"s{int(p.name[5:])}"
     return p.parent.name if p.name == "model" else p.name
 
 
@@ -68,12 +72,6 @@ def main(argv: list[str]) -> int:
     from wmcore.evaluate import evaluate
     from wmcore.fsio import new_run_dir, write_new
     from wmcore.models import load as load_model
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from wmcore.plot import save_png
     from wmcore.settings import resolve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,7 +83,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--samples", type=int, default=128, help="CEM candidates (the same for every version)")
     ap.add_argument("--iterations", type=int, default=3, help="CEM iterations (the same for every version)")
     ap.add_argument("--out")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a saved drift_vs_control.json into --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        print(plot(saved["model"], saved["rows"], Path(args.out or ".") / "drift_vs_control.png"))
+        return 0
     out = Path(args.out) if args.out else new_run_dir(Path("runs"), "drift-vs-control")
     out.mkdir(parents=True, exist_ok=True)
     episodes = load_data("pusht")
@@ -125,17 +128,31 @@ def main(argv: list[str]) -> int:
     for k, v in corr.items():
         print(f"Spearman {k}: rho {v['rho']}, p {v['p']}")
     write_new(out / "drift_vs_control.json", json.dumps({"model": args.model, "rows": rows, "spearman": corr}, indent=1).encode())
+    print(plot(args.model, rows, out / "drift_vs_control.png"))
+    return 0
+
+
+def plot(model: str, rows: list[dict], path: Path) -> Path:
+    """The scatter of open-loop AUC against success and against the mean score, one point per version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wmcore.plot import save_png
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for ax, target in zip(axes, ("success", "score")):
         ax.scatter([r["open_auc"] for r in rows], [r[target] for r in rows])
-        for r in rows:
-            ax.annotate(short_label(r["version"]), (r["open_auc"], r[target]), textcoords="offset points", xytext=(4, 4))
+        for i, r in enumerate(rows):  # staggered, so that versions at the same point stay legible
+            ax.annotate(short_label(r["version"]), (r["open_auc"], r[target]), textcoords="offset points",
+                        xytext=(4, 5 - 10 * (i % 4)), fontsize=8)
         ax.set_xlabel("open-loop AUC (mean cosine, steps 1..H)")
         ax.set_ylabel("planning success rate" if target == "success" else "mean score (final/start distance)")
-    axes[0].set_title(f"{args.model}: versions (nX = predictor noise X x std; step-N = checkpoints)", fontsize=9)
+    fig.suptitle(f"{short_label(model)}: versions (n0 = the model itself, nX = its predictor with noise X x std, "
+                 "sN = its training checkpoint at step N)", fontsize=9)
     fig.tight_layout()
-    print(save_png(fig, out / "drift_vs_control.png"))
-    return 0
+    return save_png(fig, path)
 
 
 if __name__ == "__main__":

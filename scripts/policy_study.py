@@ -2,7 +2,7 @@
 world models, on the planning benchmark's task set.
 
 ``python scripts/policy_study.py [--models pusht-lewm pusht-ac-tiny] [--variants gcbc imagined aux:0.1
-aux:0.25 aux:0.5] [--seeds 0 1 2] [--steps 2000] [--train-data data/pusht-train] [--out DIR]``
+aux:0.25 aux:0.5] [--seeds 0 1 2] [--steps 1500] [--train-data data/pusht-train] [--out DIR]``
 (``make policy-study`` runs it with these defaults.)
 
 For each model: embed the training set once with its frozen encoder, then per variant and seed train
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--models", nargs="+", default=["pusht-lewm", "pusht-ac-tiny"])
     ap.add_argument("--variants", nargs="+", default=["gcbc", "imagined", "aux:0.1", "aux:0.25", "aux:0.5"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--train-data", default="data/pusht-train")
     ap.add_argument("--data", default="pusht", help="held-out episodes the tasks are cut from")
     ap.add_argument("--tasks", help="a task-set JSON (default: cut the planning benchmark's 64 tasks from --data)")

@@ -331,7 +331,8 @@ def train_policy(model: WorldModel, data: PolicyData, cfg: PolicyConfig,
             z1 = _predict(model, z_t[:, None], net.to_action(a0.detach(), prev)[:, None],
                           None if st is None or not _reads_state(model) else st[:, None], len(e))
             a1 = net.refined(h, z1, z_g)
-            out["imitation"] = out["imitation"] + (a1 - target).square().mean()
+            # the mean of both passes' losses: on the scale of the other variants' imitation loss
+            out["imitation"] = 0.5 * (out["imitation"] + (a1 - target).square().mean())
             acting = a1
         if net.dynamics is not None and train:
             pred = net.dynamics(torch.cat([h, target], -1))
