@@ -2,7 +2,7 @@
 and run it closed loop on the first tasks of the planning task set (fixtures/pusht).
 
 The training episodes are generated here (gym-pusht, seeds 0.., never the held-out 10000.. ones):
-``WMCORE_POLICY_EPISODES`` (default 16) x 120 steps. The case times training (embedding included) and
+``WMCORE_POLICY_EPISODES`` (default 40, 8 of them held out) x 120 steps. The case times training (embedding included) and
 the closed-loop run together (one round), writes the policy and its replayable control report into the
 run directory, checks that the actions replay, and records success, score, held-out action error and
 the training time in ``extra_info``. ``WMCORE_POLICY_STEPS`` (default 300) optimiser steps,
@@ -25,10 +25,12 @@ from wmcore.data import load as load_data
 from wmcore.data.pusht import generate
 from wmcore.models import load as load_model
 
-EPISODES = int(os.environ.get("WMCORE_POLICY_EPISODES", "16"))
+EPISODES = int(os.environ.get("WMCORE_POLICY_EPISODES", "40"))
 STEPS = int(os.environ.get("WMCORE_POLICY_STEPS", "300"))
 TASKS = int(os.environ.get("WMCORE_CONTROL_TASKS", "8"))
-CASES = [("pusht-lewm", PolicyConfig(variant="aux", aux_weight=0.25, steps=STEPS, val_episodes=4))]
+# 8 of the 40 episodes held out: with 16 (4 held out) the policy overfitted (held-out action error 0.75
+# before training, 0.99 after); with 40 it fell from 0.93 to 0.79 (the full study: 0.97 to 0.6)
+CASES = [("pusht-lewm", PolicyConfig(variant="aux", aux_weight=0.25, steps=STEPS, val_episodes=8))]
 
 
 @pytest.fixture(scope="module")
