@@ -34,7 +34,6 @@ def parse_variant(text: str):
 def main(argv: list[str]) -> int:
     import dataclasses
 
-    import numpy as np
 
     from wmcore.control.command import policy_evaluate, policy_train
     from wmcore.control.policy import embed_episodes, progress_printer
@@ -43,7 +42,6 @@ def main(argv: list[str]) -> int:
     from wmcore.fsio import write_new
     from wmcore.models import load
     from wmcore.plot import plot_policy_curves
-    from wmcore.stats import bootstrap_mean_ci, wilson_ci
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["pusht-lewm", "pusht-ac-tiny"])
@@ -55,7 +53,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tasks", help="a task-set JSON (default: cut the planning benchmark's 64 tasks from --data)")
     ap.add_argument("--limit", type=int, help="only the first N tasks")
     ap.add_argument("--out", default="runs/policy-study")
+    ap.add_argument("--table", metavar="JSON", help="only print the table of a saved policy_study-*.json")
     a = ap.parse_args(argv)
+    if a.table:
+        saved = json.loads(Path(a.table).read_text())
+        print(summarise(saved["runs"], a.models, [parse_variant(v).label for v in a.variants])[1])
+        return 0
     variants = [parse_variant(v) for v in a.variants]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,36 +101,60 @@ def main(argv: list[str]) -> int:
             plot_policy_curves(curves, out / f"curves-{spec}.png",
                                title=f"policy training curves on {spec}'s latents (seed {a.seeds[0]})")
 
-    rows = []
-    for spec in a.models:
-        for cfg in variants:
-            rs = [r for r in runs if r["model"] == spec and r["label"] == cfg.label]
-            k = sum(sum(r["success"]) for r in rs)
-            n = sum(len(r["success"]) for r in rs)
-            lo, hi = wilson_ci(k, n)
-            rates = [float(np.mean(r["success"])) for r in rs]
-            scores = np.concatenate([r["score"] for r in rs])
-            m, (slo, shi) = float(scores.mean()), bootstrap_mean_ci(scores)
-            rows.append({"model": spec, "variant": cfg.label, "per_seed": [f"{sum(r['success'])}/{len(r['success'])}"
-                         for r in rs], "success": k / n, "wilson": [lo, hi],
-                         "seed_sd": statistics.stdev(rates) if len(rates) > 1 else 0.0, "score": m,
-                         "score_ci": [slo, shi], "train_s": float(np.mean([r["train_s"] for r in rs]))})
-    lines = ["| model | variant | success per seed | pooled success [Wilson 95% CI] | spread across seeds (sd) | "
-             "mean score [95% CI] | training s per policy |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {', '.join(r['per_seed'])} | {r['success']:.1%} "
-                     f"[{r['wilson'][0]:.1%}, {r['wilson'][1]:.1%}] | {r['seed_sd']:.1%} | {r['score']:.3f} "
-                     f"[{r['score_ci'][0]:.3f}, {r['score_ci'][1]:.3f}] | {r['train_s']:.0f} |")
+    rows, table = summarise(runs, a.models, [c.label for c in variants])
     total = time.perf_counter() - t_all
-    lines.append(f"\nTraining (embedding included) {train_seconds / 60:.1f} min; whole study with evaluation "
-                 f"{total / 60:.1f} min.")
-    table = "\n".join(lines)
+    table += (f"\n\nTraining (embedding included) {train_seconds / 60:.1f} min; whole study with evaluation "
+              f"{total / 60:.1f} min.")
     print(table)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     write_new(out / f"policy_study-{stamp}.json", json.dumps({"rows": rows, "runs": runs, "train_seconds": train_seconds,
                                                              "total_seconds": total}, indent=1).encode())
     write_new(out / f"policy_study-{stamp}.md", (table + "\n").encode())
     return 0
+
+
+def summarise(runs: list[dict], models: list[str], labels: list[str]) -> tuple[list[dict], str]:
+    """Per model and variant: success per seed, pooled success [Wilson 95% CI over seeds x tasks], the
+    spread across seeds, the mean score [BCa CI], and the change against the first variant (gcbc),
+    paired over tasks (per task the mean success over the seeds; t interval, ``stats.paired_delta``)."""
+    import numpy as np
+
+    from wmcore.stats import bootstrap_mean_ci, paired_delta, wilson_ci
+
+    rows = []
+    for spec in models:
+        per_task = {}
+        for label in labels:
+            rs = [r for r in runs if r["model"] == spec and r["label"] == label]
+            if rs:
+                per_task[label] = np.mean([r["success"] for r in rs], axis=0)
+        for label in labels:
+            rs = [r for r in runs if r["model"] == spec and r["label"] == label]
+            if not rs:
+                continue
+            k = sum(sum(r["success"]) for r in rs)
+            n = sum(len(r["success"]) for r in rs)
+            lo, hi = wilson_ci(k, n)
+            rates = [float(np.mean(r["success"])) for r in rs]
+            scores = np.concatenate([r["score"] for r in rs])
+            m, (slo, shi) = float(scores.mean()), bootstrap_mean_ci(scores)
+            base = per_task[labels[0]]
+            d = paired_delta(base, per_task[label], 0.1) if label != labels[0] else None
+            rows.append({"model": spec, "variant": label, "per_seed": [f"{sum(r['success'])}/{len(r['success'])}"
+                         for r in rs], "success": k / n, "wilson": [lo, hi],
+                         "seed_sd": statistics.stdev(rates) if len(rates) > 1 else 0.0, "score": m,
+                         "score_ci": [slo, shi], "train_s": float(np.mean([r["train_s"] for r in rs])),
+                         "vs_first": None if d is None else {"delta": d.delta, "lo": d.lo, "hi": d.hi}})
+    lines = ["| model | variant | success per seed | pooled success [Wilson 95% CI] | spread across seeds (sd) | "
+             f"change vs {labels[0]}, paired over tasks [95% CI] | mean score [95% CI] | training s per policy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r["vs_first"]
+        vs = "-" if v is None else f"{v['delta']:+.1%} [{v['lo']:+.1%}, {v['hi']:+.1%}]"
+        lines.append(f"| {r['model']} | {r['variant']} | {', '.join(r['per_seed'])} | {r['success']:.1%} "
+                     f"[{r['wilson'][0]:.1%}, {r['wilson'][1]:.1%}] | {r['seed_sd']:.1%} | {vs} | {r['score']:.3f} "
+                     f"[{r['score_ci'][0]:.3f}, {r['score_ci'][1]:.3f}] | {r['train_s']:.0f} |")
+    return rows, "\n".join(lines)
 
 
 if __name__ == "__main__":
