@@ -146,7 +146,7 @@ def summarise(runs: list[dict], models: list[str], labels: list[str]) -> tuple[l
                          "score_ci": [slo, shi], "train_s": float(np.mean([r["train_s"] for r in rs])),
                          "vs_first": None if d is None else {"delta": d.delta, "lo": d.lo, "hi": d.hi}})
     lines = ["| model | variant | success per seed | pooled success [Wilson 95% CI] | spread across seeds (sd) | "
-             f"change vs {labels[0]}, paired over tasks [95% CI] | mean score [95% CI] | training s per policy |",
+             f"change vs {labels[0]}, paired over tasks [95% CI] | mean score [95% CI] | training s per policy (wall clock) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = r["vs_first"]
