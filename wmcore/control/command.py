@@ -93,15 +93,28 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
     ctrl = make_controller(kind, prior, cfg, model, device)
-    stem = safe_name({"cem": f"control-{model.name if model else ''}",
-                      "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
-    path = out / f"{stem}.json"
+    path = _new_report(out, {"cem": f"control-{model.name if model else ''}",
+                             "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
+    return _run_and_save(ctrl, controller_meta(ctrl, kind, cfg, model, model_spec, prior), ts, chosen, out, path,
+                         success_min, rule, quiet, f"planning with {ctrl.name} on {len(chosen)} tasks ...")
+
+
+def _new_report(out: Path, stem: str) -> Path:
+    """``out/STEM.json``, which must not exist yet (nothing is overwritten)."""
+    path = out / f"{safe_name(stem)}.json"
     if path.exists():
         raise WMError(f"{path}: exists already; choose another --out (nothing is overwritten)")
+    return path
+
+
+def _run_and_save(ctrl, controller: dict, ts: TaskSet, chosen, out: Path, path: Path, success_min: float | None,
+                  rule: str, quiet: bool, announce: str | None) -> ControlReport:
+    """Run ``ctrl`` on ``chosen`` (progress unless ``quiet``; ``announce`` printed first), then write
+    ``out/tasks.json`` (if new) and the control report at ``path``."""
     t0 = time.perf_counter()
-    print(f"planning with {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
+    if announce:
+        print(announce, file=sys.stderr, flush=True)
     results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
-    controller = controller_meta(ctrl, kind, cfg, model, model_spec, prior)
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
     if not (out / "tasks.json").exists():
         ts.save(out / "tasks.json")
@@ -151,20 +164,11 @@ def policy_evaluate(*, model, model_spec: str | None, net: PolicyNet, policy: di
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
     ctrl = PolicyController(net, model, low=prior.low, high=prior.high)
-    path = out / f"{safe_name(f'control-policy-{net.cfg.label}-{model.name}')}.json"
-    if path.exists():
-        raise WMError(f"{path}: exists already; choose another --out (nothing is overwritten)")
-    t0 = time.perf_counter()
-    if not quiet:
-        print(f"running {ctrl.name} on {len(chosen)} tasks ...", file=sys.stderr, flush=True)
-    results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    path = _new_report(out, f"control-policy-{net.cfg.label}-{model.name}")
     controller = {"name": ctrl.name, "kind": "policy", "planner": None, "model": model_meta(model, model_spec),
                   "prior": prior.__dict__, "policy": policy}
-    report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
-    if not (out / "tasks.json").exists():
-        ts.save(out / "tasks.json")
-    report.save(path)
-    return report
+    return _run_and_save(ctrl, controller, ts, chosen, out, path, success_min, rule, quiet,
+                         None if quiet else f"running {ctrl.name} on {len(chosen)} tasks ...")
 
 
 def replay_command(path: str) -> int:

@@ -208,7 +208,11 @@ class OracleCEM:
         self.planner.reset(seed=self.cfg.seed + task.start_step)
         if getattr(self, "cost", None) is not None:
             self.cost.close()
-        self.cost = SimulatorCost(task.goal, cost=self.cfg.cost)
+        self.cost = self.make_cost(task, goal_frame)
+
+    def make_cost(self, task, goal_frame):
+        """The simulated cost of the candidates (``observe(state [7])``, ``close()``)."""
+        return SimulatorCost(task.goal, cost=self.cfg.cost)
 
     def act(self, frame, state, velocity, last) -> np.ndarray:
         self.cost.observe(np.concatenate([state, velocity]))
@@ -226,8 +230,5 @@ class EncoderOracleCEM(OracleCEM):
         self.model, self.device = model, device
         self.name = f"cem[simulator + {model.name} encoder]"
 
-    def reset(self, task, start_frame, goal_frame) -> None:
-        self.planner.reset(seed=self.cfg.seed + task.start_step)
-        if getattr(self, "cost", None) is not None:
-            self.cost.close()
-        self.cost = SimulatorLatentCost(self.model, goal_frame, device=self.device)
+    def make_cost(self, task, goal_frame):
+        return SimulatorLatentCost(self.model, goal_frame, device=self.device)
