@@ -357,6 +357,52 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_train_keypoint(args: argparse.Namespace) -> int:
+    from .train.keypoint import run_recipe
+
+    run_recipe(args.data, args.out, args.recipe, seed=args.seed, threads=args.threads, episodes=args.episodes,
+               encoder_from=args.encoder_from, log=lambda s: print(s, flush=True))
+    return 0
+
+
+def _add_train_keypoint(sub) -> None:
+    p = sub.add_parser("train-keypoint", help="train a keypoint world model (the embedded pusht-wm: make train-wm)",
+                       description="Two stages on one pass over the episodes: an encoder fitted to the recorded "
+                       "simulator state's keypoints, then a block-frame predictor on its frozen latents "
+                       "(wmcore.train.keypoint). Seeded and resumable: rerun the same command to continue.")
+    p.add_argument("--data", required=True, nargs="+", help="directories of PushT episodes with states "
+                   "(wmcore make-fixtures pusht --out DIR), read in this order")
+    p.add_argument("--out", required=True, help="training directory: stage checkpoints, snapshots/, and model/ at the end")
+    p.add_argument("--recipe", required=True, help="JSON file {\"model\": KeypointConfig fields, \"train\": "
+                   "KeypointTrainConfig fields} (recipes/pusht-wm.json)")
+    p.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    p.add_argument("--threads", type=int, help="torch threads (overrides the recipe's; 0 = torch's default)")
+    p.add_argument("--episodes", type=int, help="train on the first N episodes only (a smaller-data variant)")
+    p.add_argument("--encoder-from", help="a keypoint model directory whose encoder is reused (stage 1 skipped)")
+    p.set_defaults(func=_cmd_train_keypoint)
+
+
+PRESET_FIELDS = ("samples", "elites", "iterations", "horizon", "execute")
+
+
+def _cem_config(args: argparse.Namespace, frameskip: int = 1):
+    """The planner settings of ``wmcore plan``: a --preset (its horizon in model steps of ``frameskip``)
+    or the defaults, with the options given on top; a preset's own fields may not be given too."""
+    from .control.planners import CEMConfig, preset
+
+    common = dict(init_std=args.init_std, noise_beta=args.noise_beta, cost=args.cost, seed=args.seed,
+                  proprio_weight=args.proprio_weight)
+    if args.preset:
+        given = [f"--{f}" for f in PRESET_FIELDS if getattr(args, f) is not None]
+        if given:
+            raise WMError(f"--preset {args.preset} sets {', '.join(given)} itself; leave {'them' if len(given) > 1 else 'it'} "
+                          "out, or plan without a preset")
+        return preset(args.preset, frameskip, **common)
+    d = CEMConfig()
+    return CEMConfig(**{f: getattr(d, f) if getattr(args, f) is None else getattr(args, f) for f in PRESET_FIELDS},
+                     **common)
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .control.command import NEEDS_MODEL, plan
     from .control.planners import CEMConfig
@@ -370,7 +416,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise WMError(f"wmcore plan --planner {args.planner} needs --model SPEC (e.g. pusht-lewm); the baselines "
                       "(--planner oracle, stay, random, drive) need none")
     check_placement(args.device, "float32")
+    cfg = _cem_config(args)  # bad planner options fail before anything is loaded or written
     model = place_model(load(args.model), args.device, "float32") if args.model and args.planner in NEEDS_MODEL else None
+    if model is not None and args.preset:
+        cfg = _cem_config(args, model.frameskip)
     out = _out_dir(args.out)
     out = out if out is not None else new_run_dir(Path("runs"))
     t = load_thresholds(model.name if args.planner == "cem" else args.planner,
@@ -379,12 +428,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data)
     spec = TaskSpec(count=args.count, goal_offset=args.goal_offset, budget=args.budget, seed=args.seed)
-    cfg = CEMConfig(samples=args.samples, elites=args.elites, iterations=args.iterations, horizon=args.horizon,
-                    execute=args.execute, init_std=args.init_std, noise_beta=args.noise_beta, cost=args.cost,
-                    seed=args.seed)
     r = plan(kind=args.planner, model=model, model_spec=args.model, episodes=episodes, data_id=data, tasks=args.tasks,
              spec=spec, limit=args.limit, cfg=cfg, out=out, success_min=t.success_min, rule=t.gate_rule,
-             device=args.device)
+             device=args.device, fidelity=not args.no_fidelity)
     print(r.render_text())
     print(out)
     return 0 if r.passed else 1
@@ -398,7 +444,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _add_control(sub) -> None:
     from .control.command import CONTROLLERS
-    from .control.planners import COSTS, CEMConfig
+    from .control.planners import COSTS, PRESETS, CEMConfig
     from .control.tasks import TaskSpec
 
     c, t = CEMConfig(), TaskSpec()
@@ -416,11 +462,19 @@ def _add_control(sub) -> None:
     p.add_argument("--goal-offset", type=_count(1), default=t.goal_offset,
                    help=f"goal = the recorded state this many env steps after the start (default {t.goal_offset})")
     p.add_argument("--budget", type=_count(1), default=t.budget, help=f"env steps allowed per task (default {t.budget})")
-    p.add_argument("--samples", type=_count(1), default=c.samples, help=f"CEM candidates per iteration (default {c.samples})")
-    p.add_argument("--elites", type=_count(1), default=c.elites, help=f"CEM elites (default {c.elites})")
-    p.add_argument("--iterations", type=_count(1), default=c.iterations, help=f"CEM iterations per plan (default {c.iterations})")
-    p.add_argument("--horizon", type=_count(1), default=c.horizon, help=f"env steps planned ahead (default {c.horizon})")
-    p.add_argument("--execute", type=_count(1), default=c.execute, help=f"env steps executed before replanning (default {c.execute})")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named planner settings: lewm = le-wm's published "
+                   "PushT evaluation (CEM 300 samples, 30 elites, 30 iterations, horizon 5 model steps, the whole plan "
+                   "executed before replanning); sets --samples/--elites/--iterations/--horizon/--execute")
+    p.add_argument("--proprio-weight", type=float, default=c.proprio_weight,
+                   help="weight of the proprio term (the propagated agent position against the goal's; models that "
+                   f"read proprioception only) (default {c.proprio_weight})")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the ranking-fidelity measurement (cem: each "
+                   "task's first candidates costed by the model and by the simulator + the model's encoder)")
+    p.add_argument("--samples", type=_count(1), default=None, help=f"CEM candidates per iteration (default {c.samples})")
+    p.add_argument("--elites", type=_count(1), default=None, help=f"CEM elites (default {c.elites})")
+    p.add_argument("--iterations", type=_count(1), default=None, help=f"CEM iterations per plan (default {c.iterations})")
+    p.add_argument("--horizon", type=_count(1), default=None, help=f"env steps planned ahead (default {c.horizon})")
+    p.add_argument("--execute", type=_count(1), default=None, help=f"env steps executed before replanning (default {c.execute})")
     p.add_argument("--init-std", type=float, default=c.init_std,
                    help=f"initial CEM std, in recorded per-step action changes (default {c.init_std})")
     p.add_argument("--noise-beta", type=float, default=c.noise_beta,
@@ -568,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_make_fixtures(sub)
     _add_train(sub)
+    _add_train_keypoint(sub)
     _add_control(sub)
     _add_policy(sub)
     return p

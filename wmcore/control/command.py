@@ -42,12 +42,15 @@ def check_model(model, horizon: int, execute: int) -> None:
             raise WMError(f"{what} {v}: must be a multiple of the model's frameskip {k} (whole model steps)")
 
 
-def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, device: str = "cpu"):
+def make_controller(kind: str, prior: ActionPrior, cfg: CEMConfig, model=None, device: str = "cpu",
+                    fidelity: bool = True):
     if kind == "cem":
         if model is None:
             raise WMError("--planner cem needs --model SPEC (the world model to plan with)")
         check_model(model, cfg.horizon, cfg.execute)
-        return WorldModelCEM(model, prior, cfg, device=device)
+        return WorldModelCEM(model, prior, cfg, device=device, fidelity=fidelity)
+    if cfg.proprio_weight > 0:
+        raise WMError(f"--proprio-weight is a setting of --planner cem (the world model's goal cost), not of {kind}")
     if kind == "oracle":
         return OracleCEM(prior, cfg)
     if kind == "encoder-oracle":
@@ -87,12 +90,12 @@ def _progress(i: int, n: int, r: TaskResult, t0: float) -> None:
 
 def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, tasks: str | None, spec: TaskSpec,
          limit: int | None, cfg: CEMConfig, out: Path, success_min: float | None, rule: str, device: str = "cpu",
-         quiet: bool = False) -> ControlReport:
+         quiet: bool = False, fidelity: bool = True) -> ControlReport:
     """Run one controller on a task set; write ``out/tasks.json`` (if new) and the control report."""
     ts = task_set(episodes, tasks, spec, data_id)
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
-    ctrl = make_controller(kind, prior, cfg, model, device)
+    ctrl = make_controller(kind, prior, cfg, model, device, fidelity)
     path = _new_report(out, {"cem": f"control-{model.name if model else ''}",
                              "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
     return _run_and_save(ctrl, controller_meta(ctrl, kind, cfg, model, model_spec, prior), ts, chosen, out, path,

@@ -25,9 +25,17 @@ from ..errors import WMError
 from ..protocol import WorldModel
 from ..rollout import open_loop
 
-__all__ = ["COSTS", "ActionPrior", "CEMConfig", "CEMPlanner", "LatentGoalCost", "coloured_noise"]
+__all__ = ["COSTS", "PRESETS", "PROPRIO_SCALE", "ActionPrior", "CEMConfig", "CEMPlanner", "LatentGoalCost",
+           "coloured_noise", "preset"]
 
 COSTS = ("final", "all")
+PROPRIO_SCALE = 512.0  # the proprio term compares agent positions divided by this (the workspace's width)
+# Named planner settings. lewm: le-wm's published PushT evaluation (CEM 300 samples, 30 elites, 30
+# iterations, a horizon of 5 model steps, the whole plan executed before replanning), so that a wmcore
+# figure can stand next to the paper's; horizon and execute are in model steps here.
+PRESETS: dict[str, dict] = {
+    "lewm": {"samples": 300, "elites": 30, "iterations": 30, "horizon_model_steps": 5, "execute_model_steps": 5},
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,16 @@ class CEMConfig:
     noise_beta: float = 0.0
     cost: str = "final"
     seed: int = 0
+    # weight of the proprio term: the squared distance of the model's propagated agent position to the
+    # goal's (positions / PROPRIO_SCALE), for models that read proprioception (propagate_state); 0 = none
+    proprio_weight: float = 0.0
+    preset: str = ""  # the PRESETS entry these settings came from, if any (recorded in reports)
 
     def __post_init__(self) -> None:
+        if self.preset and self.preset not in PRESETS:
+            raise WMError(f"planner preset {self.preset!r}: expected one of {', '.join(sorted(PRESETS))}")
+        if not np.isfinite(self.proprio_weight) or self.proprio_weight < 0:
+            raise WMError(f"CEM proprio_weight {self.proprio_weight!r}: expected a finite number >= 0")
         if not 1 <= self.elites <= self.samples:
             raise WMError(f"CEM: elites {self.elites} must be in 1..samples ({self.samples})")
         if self.iterations < 1 or self.horizon < 1 or not 1 <= self.execute <= self.horizon:
@@ -79,6 +95,17 @@ class CEMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def preset(name: str, frameskip: int, **overrides) -> CEMConfig:
+    """The ``CEMConfig`` of a named preset (``PRESETS``) for a model of ``frameskip``, with ``overrides``
+    (e.g. seed, proprio_weight) on top."""
+    if name not in PRESETS:
+        raise WMError(f"planner preset {name!r}: expected one of {', '.join(sorted(PRESETS))}")
+    p = dict(PRESETS[name])
+    p["horizon"] = p.pop("horizon_model_steps") * frameskip
+    p["execute"] = p.pop("execute_model_steps") * frameskip
+    return CEMConfig(**{**p, **overrides, "preset": name})
 
 
 Cost = Callable[[np.ndarray], np.ndarray]  # candidates [N, L, A] -> costs [N]
@@ -145,15 +172,30 @@ class CEMPlanner:
 
 class LatentGoalCost:
     """Cost of candidates under a world model: squared latent distance (mean over tokens and dims) to
-    the encoded goal frame after the last model step (``final``) or summed over the steps (``all``).
+    the encoded goal frame after the last model step (``final``) or summed over the steps (``all``),
+    plus ``proprio_weight`` x the squared distance of the agent position that the model propagates
+    (``propagate_state``: models that read proprioception) to the goal's, positions / PROPRIO_SCALE.
 
     ``frame`` and ``goal`` uint8 ``[H, W, 3]``; ``state`` ``[S]`` the proprioceptive state for models
-    that read one (None otherwise). Candidates ``[N, L, A]`` with L a multiple of the frameskip.
+    that read one (None otherwise); ``goal_proprio`` ``[2]`` the goal's agent position, which comes with
+    the goal frame (as DINO-WM's goal observation). Candidates ``[N, L, A]`` with L a multiple of the
+    frameskip.
     """
 
     def __init__(self, model: WorldModel, goal: np.ndarray, *, cost: str = "final", device: str = "cpu",
-                 batch: int = 256):
+                 batch: int = 256, proprio_weight: float = 0.0, goal_proprio=None):
         self.model, self.kind, self.device, self.batch = model, cost, device, batch
+        self.proprio_weight = float(proprio_weight)
+        self.reads_state = hasattr(model, "propagate_state")
+        if self.proprio_weight > 0:
+            if not self.reads_state:
+                raise WMError(f"a proprio cost (proprio weight {self.proprio_weight}) needs a model that reads "
+                              f"proprioception (propagate_state); {model.name!r} reads frames and actions only: "
+                              "set the proprio weight to 0")
+            if goal_proprio is None:
+                raise WMError("a proprio cost needs the goal's agent position (goal_proprio)")
+        self.goal_proprio = None if goal_proprio is None else torch.as_tensor(
+            np.asarray(goal_proprio, dtype=np.float64)[:2], dtype=torch.float32).to(device)
         with torch.inference_mode():
             self.z_goal = model.encode(torch.as_tensor(goal)[None, None].to(device))[:, 0]  # [1, N, D]
         self.z0 = None
@@ -163,8 +205,13 @@ class LatentGoalCost:
         with torch.inference_mode():
             self.z0 = self.model.encode(torch.as_tensor(frame)[None, None].to(self.device))  # [1, 1, N, D]
         self.state = None if state is None else torch.as_tensor(state, dtype=torch.float32).to(self.device)
+        if self.proprio_weight > 0 and self.state is None:
+            raise WMError("a proprio cost needs the current proprioceptive state: observe(frame, state)")
 
-    def __call__(self, actions: np.ndarray) -> np.ndarray:
+    def terms(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+        """The cost's terms ``[N]`` each: ``latent`` (as ``kind`` says), and ``proprio`` (the final
+        propagated agent position's squared distance to the goal's) where the model propagates states
+        and the goal's agent position is known."""
         if self.z0 is None:
             raise RuntimeError("LatentGoalCost: call observe(frame) before costing candidates")
         n, length, a = actions.shape
@@ -173,15 +220,27 @@ class LatentGoalCost:
             raise WMError(f"planner horizon {length} env steps is not a multiple of the model's frameskip {k}")
         h = length // k
         blocks = torch.as_tensor(actions, dtype=torch.float32).reshape(n, h, k * a).to(self.device)
-        out = []
+        lat, pro = [], []
         with torch.inference_mode():
             for i in range(0, n, self.batch):
                 b = blocks[i : i + self.batch]
                 z0 = self.z0.expand(b.shape[0], *self.z0.shape[1:])
                 st = None
-                if self.state is not None and hasattr(self.model, "propagate_state"):
+                if self.state is not None and self.reads_state:
                     st = self.state[None, None].expand(b.shape[0], 1, -1)
                 z = open_loop(self.model, z0, b, h, states=st)  # [n, h, N, D]
                 d = (z.float() - self.z_goal[:, None]).pow(2).mean((-2, -1))  # [n, h]
-                out.append(d[:, -1] if self.kind == "final" else d.sum(1))
-        return torch.cat(out).double().cpu().numpy()
+                lat.append(d[:, -1] if self.kind == "final" else d.sum(1))
+                if st is not None and self.goal_proprio is not None:
+                    s = st[:, 0]
+                    for j in range(h):  # as open_loop propagates them
+                        s = self.model.propagate_state(s, b[:, j])
+                    pro.append((s[:, :2].float() - self.goal_proprio).div(PROPRIO_SCALE).pow(2).sum(-1))
+        out = {"latent": torch.cat(lat).double().cpu().numpy()}
+        if pro:
+            out["proprio"] = torch.cat(pro).double().cpu().numpy()
+        return out
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        t = self.terms(actions)
+        return t["latent"] + self.proprio_weight * t["proprio"] if self.proprio_weight > 0 else t["latent"]

@@ -21,6 +21,7 @@ from ..errors import WMError
 from ..fsio import read_versioned, write_new
 from ..gates import GATE_LEVEL, Gate, gate_at_least
 from ..stats import bootstrap_mean_ci, wilson_ci
+from .fidelity import summarise_fidelity
 from .run import TaskResult, replay
 from .sim.pusht import PushTSim
 from .tasks import Task, TaskSet
@@ -40,11 +41,13 @@ def summarise(results: Sequence[TaskResult], seed: int = 0) -> dict:
     scores = np.array([r.score for r in results])
     slo, shi = bootstrap_mean_ci(scores, seed=seed)
     per_action = np.array([r.seconds_per_action for r in results])
+    fidelity = summarise_fidelity([r.fidelity for r in results], seed=seed)
     return {
         "tasks": n, "successes": k, "success_rate": k / n, "success_lo": lo, "success_hi": hi,
         "score_mean": float(scores.mean()), "score_lo": slo, "score_hi": shi,
         "score_median": float(np.median(scores)),
         "seconds_per_action_median": float(np.median(per_action)), "seconds_total": float(sum(r.seconds for r in results)),
+        **({"ranking_fidelity": fidelity} if fidelity else {}),
     }
 
 
@@ -105,6 +108,13 @@ class ControlReport:
             f"(95% CI [{s['score_lo']:.3f}, {s['score_hi']:.3f}], 0 = at the goal, 1 = no progress); "
             f"{s['seconds_per_action_median'] * 1e3:.1f} ms per action (median)",
         ]
+        f = s.get("ranking_fidelity")
+        for term in ("latent", "proprio") if f else ():
+            if term in f:
+                rho, top = f[term]["spearman"], f[term]["topk_overlap"]
+                lines.append(f"  ranking fidelity ({term}, {f['candidates']} candidates x {f['tasks']} tasks): Spearman "
+                             f"{rho['mean']:+.2f} [{rho['lo']:+.2f}, {rho['hi']:+.2f}], top-{f['k']} overlap "
+                             f"{top['mean']:.2f} [{top['lo']:.2f}, {top['hi']:.2f}] (chance {f['topk_chance']:.2f})")
         lines += [f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}" for g in self.gates]
         return "\n".join(lines)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import WMError
 from .oracle import SimulatorCost, SimulatorLatentCost, distance
-from .planners import ActionPrior, CEMConfig, CEMPlanner, LatentGoalCost
+from .planners import ActionPrior, CEMConfig, CEMPlanner, LatentGoalCost, coloured_noise
 from .sim.pusht import PushTSim, success
 from .tasks import Task
 
@@ -58,6 +58,8 @@ class TaskResult:
     seconds: float
     seconds_per_action: float
     actions: list[list[float]] = field(repr=False)
+    # ranking fidelity at the task's start (control.fidelity), for controllers that measure it
+    fidelity: dict | None = field(default=None, repr=False)
 
 
 def run_task(sim: PushTSim, task: Task, controller: Controller) -> TaskResult:
@@ -88,6 +90,7 @@ def run_task(sim: PushTSim, task: Task, controller: Controller) -> TaskResult:
         id=task.id, success=done, steps=len(executed), final=sim.state.tolist(), start_distance=d0,
         final_distance=d1, score=d1 / d0 if d0 > 0 else 0.0, seconds=seconds,
         seconds_per_action=seconds / max(1, len(executed)), actions=[a.tolist() for a in executed],
+        fidelity=getattr(controller, "fidelity", None),
     )
 
 
@@ -177,23 +180,53 @@ class DriveToGoal:
 
 
 class WorldModelCEM:
-    """CEM with a world model's latent goal cost."""
+    """CEM with a world model's latent goal cost (plus its proprio term, ``CEMConfig.proprio_weight``).
+    With ``fidelity`` on, each task's first call also measures ranking fidelity (``control.fidelity``):
+    one draw of first-iteration candidates (from its own generator, so the plan is unchanged) costed by
+    the model and by the encoder oracle; the result is in ``self.fidelity`` until the next reset."""
 
     def __init__(self, model, prior: ActionPrior, cfg: CEMConfig = CEMConfig(), *, device: str = "cpu",
-                 name: str | None = None):
+                 name: str | None = None, fidelity: bool = True):
         self.model, self.cfg, self.device = model, cfg, device
         self.planner = CEMPlanner(prior, cfg)
         self.name = name or f"cem[{model.name}]"
         self.reads_state = hasattr(model, "propagate_state")
+        self.measure = fidelity
+        self.sim = None
+        if cfg.proprio_weight > 0 and not self.reads_state:
+            raise WMError(f"--proprio-weight {cfg.proprio_weight}: model {model.name!r} reads no proprioception "
+                          "(it has no propagate_state), so there is no proprio term to weigh; leave it at 0")
 
     def reset(self, task, start_frame, goal_frame) -> None:
         self.planner.reset(seed=self.cfg.seed + task.start_step)
-        self.cost = LatentGoalCost(self.model, goal_frame, cost=self.cfg.cost, device=self.device)
+        # the goal observation: its frame and the goal's agent position (proprioception), never the block's state
+        self.goal_frame, self.goal_proprio = goal_frame, np.asarray(task.goal[:2], dtype=np.float64)
+        self.cost = LatentGoalCost(self.model, goal_frame, cost=self.cfg.cost, device=self.device,
+                                   proprio_weight=self.cfg.proprio_weight, goal_proprio=self.goal_proprio)
+        self.fidelity, self.first, self.task = None, True, task
 
     def act(self, frame, state, velocity, last) -> np.ndarray:
         self.cost.observe(frame, state if self.reads_state else None)
+        if self.first and self.measure:
+            self.fidelity = self.ranking_fidelity(np.concatenate([state, velocity]), last)
+        self.first = False
         plan, _ = self.planner.plan(self.cost, last)
         return plan[: self.cfg.execute]
+
+    def ranking_fidelity(self, state7, last) -> dict:
+        from .fidelity import FIDELITY_SAMPLES, compare_rankings, oracle_terms
+
+        c, p = self.cfg, self.planner
+        n = min(c.samples, FIDELITY_SAMPLES)
+        rng = np.random.default_rng([c.seed, self.task.start_step, 0xF1DE])
+        std = c.init_std * p.step_std
+        acts = p.candidates(np.asarray(last, dtype=np.float64),
+                            p.mean + std * coloured_noise(rng, c.noise_beta, (n, *p.mean.shape)))
+        if self.sim is None:
+            self.sim = PushTSim()
+        oracle = oracle_terms(self.model, self.sim, state7, self.goal_frame, self.goal_proprio, acts, self.device)
+        k = max(1, round(n * c.elites / c.samples))
+        return compare_rankings(self.cost.terms(acts), oracle, k)
 
 
 class OracleCEM:

@@ -23,7 +23,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "PIX_FMT",
     "VERSION",
     "episode_name",
+    "iter_episodes",
     "load_episodes",
     "load_npz",
     "read_index",
@@ -209,11 +210,19 @@ def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
     Returns Episodes with frames uint8 ``[T+1, H, W, 3]``, actions float32 ``[T, A]``, states
     float32 ``[T+1, S]`` (or None), ids ``<dir name>/episode_NNN``.
     """
+    return list(iter_episodes(dir, limit, verify))
+
+
+def iter_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool = True) -> Iterator[Episode]:
+    """``load_episodes`` one episode at a time (the index is read and checked first), so that a large
+    set can be streamed in the memory of one episode."""
     dir = Path(dir)
     doc = read_index(dir)
     entries = doc["episodes"] if limit is None else doc["episodes"][: max(0, int(limit))]
-    fps, height, width = float(doc["fps"]), doc["height"], doc["width"]
-    out = []
+    return _iter_entries(dir, entries, float(doc["fps"]), doc["height"], doc["width"], verify)
+
+
+def _iter_entries(dir: Path, entries: list, fps: float, height: int, width: int, verify: bool) -> Iterator[Episode]:
     for e in entries:
         name = e.get("name")
         video, data = dir / str(e.get("video")), dir / str(e.get("data"))
@@ -251,14 +260,11 @@ def load_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
             )
         if (frames.shape[1], frames.shape[2]) != (height, width):
             raise WMError(f"{video}: frames are {frames.shape[1]}x{frames.shape[2]}, the index says {height}x{width}")
-        out.append(
-            Episode(
-                frames=frames,
-                actions=torch.from_numpy(actions.astype(np.float32)),
-                states=torch.from_numpy(states.astype(np.float32)) if states is not None else None,
-                fps=fps,
-                id=f"{dir.name}/{name}",
-                video=source,
-            )
+        yield Episode(
+            frames=frames,
+            actions=torch.from_numpy(actions.astype(np.float32)),
+            states=torch.from_numpy(states.astype(np.float32)) if states is not None else None,
+            fps=fps,
+            id=f"{dir.name}/{name}",
+            video=source,
         )
-    return out
