@@ -36,7 +36,7 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny pusht-data
+.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm pusht-data pusht-wm-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -122,6 +122,19 @@ train-ac-tiny: pusht-data
 		--out $(AC_TRAIN_OUT)/stage1 --model-config recipes/pusht-ac-tiny-stage1.json --steps 3000 --seed 0
 	$(BIN)/wmcore train --arch ac-tiny --data $(PUSHT_TRAIN) --out $(AC_TRAIN_OUT)/stage2 --name pusht-ac-tiny \
 		--model-config recipes/pusht-ac-tiny-stage2.json --encoder-from $(AC_TRAIN_OUT)/stage1/model --steps 5000 --seed 0
+
+# The third embedded model (fixtures/models/pusht-wm, the one that plans; see its MODEL_CARD.md): 1 000
+# generated episodes (seeds 0..999, two sets of 500, ~7 min each on one core; the second starts where
+# the first ends), then both stages of recipes/pusht-wm.json (resumable: rerun to continue).
+WM_DATA_A ?= data/pusht-wm-0
+WM_DATA_B ?= data/pusht-wm-500
+WM_TRAIN_OUT ?= runs/train-pusht-wm
+pusht-wm-data: setup
+	@[ -f $(WM_DATA_A)/index.json ] || $(BIN)/wmcore make-fixtures pusht --out $(WM_DATA_A) --episodes 500 --steps 300 --seed 0
+	@[ -f $(WM_DATA_B)/index.json ] || $(BIN)/wmcore make-fixtures pusht --out $(WM_DATA_B) --episodes 500 --steps 300 --seed 500
+
+train-wm: pusht-wm-data
+	$(BIN)/wmcore train-keypoint --data $(WM_DATA_A) $(WM_DATA_B) --out $(WM_TRAIN_OUT) --recipe recipes/pusht-wm.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,7 +18,7 @@ import os
 import pytest
 
 from wmcore.control.command import controller_meta, make_controller
-from wmcore.control.planners import ActionPrior, CEMConfig
+from wmcore.control.planners import ActionPrior, CEMConfig, preset
 from wmcore.control.report import ControlReport, replay_report
 from wmcore.control.run import run_tasks
 from wmcore.control.tasks import build
@@ -27,13 +27,21 @@ from wmcore.models import load as load_model
 
 TASKS = int(os.environ.get("WMCORE_CONTROL_TASKS", "8"))
 ORACLE_TASKS = min(TASKS, int(os.environ.get("WMCORE_ORACLE_TASKS", "4")))
-CASES = [("cem", "pusht-lewm"), ("cem", "pusht-ac-tiny"), ("oracle", None), ("stay", None), ("random", None),
-         ("drive", None)]
-# CEM budgets: the default for pusht-lewm (a CLS token: 256 candidates cost ~0.1 s per iteration on
+CASES = [("cem", "pusht-wm"), ("cem", "pusht-lewm"), ("cem", "pusht-ac-tiny"), ("oracle", None), ("stay", None),
+         ("random", None), ("drive", None)]
+# CEM budgets: a model's own planner preset where pyproject.toml names one (pusht-wm: lewm, le-wm's
+# published evaluation), else these; the default for pusht-lewm (a CLS token: 256 candidates cost ~0.1 s per iteration on
 # 2 cores); pusht-ac-tiny predicts 64 tokens per frame, ~15x slower per candidate, so fewer candidates
 # and iterations; the oracle simulates every candidate (~4 ms per 25-step candidate)
 PLANNERS = {"pusht-ac-tiny": CEMConfig(samples=64, elites=8, iterations=3),
             "oracle": CEMConfig(samples=64, elites=8, iterations=4, init_std=2.0)}
+
+
+def planner_config(name: str, model, model_preset: str = "") -> CEMConfig:
+    """The CEM settings a model is planned with here (and in scripts/drift_vs_control.py)."""
+    if model is not None and model_preset:
+        return preset(model_preset, model.frameskip)
+    return PLANNERS.get(name, CEMConfig())
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +54,11 @@ def held_out():
 def test_control(benchmark, held_out, kind, spec, wm_run_dir, wm_thresholds):
     episodes, taskset, prior = held_out
     model = load_model(spec) if spec else None
-    cfg = PLANNERS.get(spec or kind, CEMConfig())
+    t = wm_thresholds(model.name if model else kind)
+    cfg = planner_config(spec or kind, model, t.planner)
     tasks = taskset.tasks[: ORACLE_TASKS if kind == "oracle" else TASKS]
     ctrl = make_controller(kind, prior, cfg, model)
     results = benchmark.pedantic(run_tasks, args=(tasks, ctrl), rounds=1, iterations=1)
-    t = wm_thresholds(model.name if model else kind)
     controller = controller_meta(ctrl, kind, cfg, model, spec, prior)
     report = ControlReport.build(controller, taskset, tasks, results, success_min=t.success_min, rule=t.gate_rule)
     report.save(wm_run_dir / f"control-{spec or kind}.json")

@@ -1,15 +1,20 @@
-"""Does drift predict control? Versions of a model measured on drift, energy ranking and planning.
+"""Does drift predict control? Versions of world models measured on drift, energy, ranking fidelity
+and planning, all on the same held-out episodes and the same tasks.
 
-``python scripts/drift_vs_control.py [--model pusht-lewm] [--noise 0 0.05 0.1 0.2 0.3 0.5] [--tasks 16]
-[--out DIR]``
+    python scripts/drift_vs_control.py --version LABEL=SPEC [LABEL=SPEC ...] [--noisy LABEL=SPEC@X ...]
+        [--tasks 64] [--out DIR]
+    python scripts/drift_vs_control.py --from-reports DIR      # the table, correlations and plot again
 
-Versions: the model with Gaussian noise of ``noise`` x each predictor weight matrix's own std (seeded;
-0 is the shipped model), as tests/test_embedded.py degrades it. For each version: the DriftReport on
-the held-out episodes (open-loop AUC, drift horizon, and the energy ranking when the report has one)
-and CEM planning on the first ``--tasks`` tasks of the seeded task set (success, mean score). Prints
-the table and the Spearman rank correlations of each drift measure with success and score
-(``scipy.stats.spearmanr``), writes ``DIR/drift_vs_control.json`` and a scatter plot
-``DIR/drift_vs_control.png``.
+A version is a model spec (``pusht-wm``, ``keypoint:runs/train-pusht-wm/snapshots/step-002000``,
+``pusht-lewm``, ...) or a degraded one (``SPEC@X``: Gaussian noise of X x each predictor weight
+matrix's own std, seeded). For each: the DriftReport on fixtures/pusht (open-loop AUC, drift horizon,
+closed-loop step-1 MSE skill vs copy-last, the energy ranks) saved as ``DIR/LABEL/drift.json``, and
+CEM planning on the first ``--tasks`` tasks of the seeded task set with the model's own bench budget
+(``bench/test_control.py``'s PLANNERS, the default CEM otherwise) and ranking fidelity, saved as
+``DIR/LABEL/control.json``. The table is computed from those saved reports only, so ``--from-reports``
+reproduces it. Spearman's rho of each drift/energy/fidelity measure with the success rate and with the
+mean score, with a percentile bootstrap 95% CI over versions (versions resampled with replacement);
+the scatter plot ``DIR/drift_vs_control.png`` and ``DIR/drift_vs_control.json``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MEASURES = {  # column -> (header, higher is better)
+    "open_auc": "open-loop AUC", "drift_horizon": "drift horizon", "step1_skill": "step-1 skill",
+    "energy_rank_close": "energy rank (close)", "energy_rank_random": "energy rank (random)",
+    "fidelity_spearman": "ranking fidelity (Spearman)", "fidelity_topk": "ranking fidelity (top-k)",
+}
+
 
 def degraded(model, noise: float, seed: int = 0):
+    """The model with Gaussian noise of ``noise`` x each predictor weight matrix's std (seeded)."""
     if noise == 0:
         return model
     bad = copy.deepcopy(model)
@@ -37,103 +49,81 @@ def degraded(model, noise: float, seed: int = 0):
     return bad
 
 
-def short_label(version: str) -> str:
-    """'noise 0.3' -> 'n0.3'; 'lewm:runs/x/snapshots/step-000500' -> 's500'; 'lewm:runs/x/model' -> 'x'."""
-    if version.startswith("noise "):
-        return "n" + version[len("noise "):]
-    if ":" not in version:
-        return version
-    p = Path(version.split(":", 1)[-1])
-    if p.name.startswith("step-"):
-        return f"s{int(p.name[5:])}"
-    return p.parent.name if p.name == "model" else p.name
-
-
-def energy_ranks(report) -> tuple[float | None, float | None]:
-    """The report's energy ranking of the recorded actions: among the closest perturbations (the
-    smallest scale) and among unrelated recorded blocks (None, None without an energy section)."""
-    e = getattr(report, "energy", None)
-    if e is None:
+def energy_ranks(energy: dict | None) -> tuple[float | None, float | None]:
+    """The energy ranking of the recorded actions among the closest perturbations (the smallest scale)
+    and among unrelated recorded blocks (None, None without an energy section)."""
+    if not energy:
         return None, None
-    rows = e.rows if hasattr(e, "rows") else [type("R", (), r) for r in e["rows"]]
-    scaled = [r for r in rows if r.scale is not None]
-    close = min(scaled, key=lambda r: r.scale).rank if scaled else None
-    rand = next((r.rank for r in rows if r.scale is None), None)
+    scaled = [r for r in energy["rows"] if r.get("scale") is not None]
+    close = min(scaled, key=lambda r: r["scale"])["rank"] if scaled else None
+    rand = next((r["rank"] for r in energy["rows"] if r.get("scale") is None), None)
     return close, rand
 
 
-def main(argv: list[str]) -> int:
-    from scipy.stats import spearmanr
+def row_from_reports(label: str, directory: Path) -> dict:
+    """One version's row, from its saved ``drift.json`` and ``control.json`` alone."""
+    from wmcore.control.report import ControlReport
+    from wmcore.report import DriftReport
 
-    from wmcore.control.planners import ActionPrior, CEMConfig
-    from wmcore.control.run import WorldModelCEM, run_tasks
-    from wmcore.control.tasks import build
-    from wmcore.data import load as load_data
-    from wmcore.evaluate import evaluate
-    from wmcore.fsio import new_run_dir, write_new
-    from wmcore.models import load as load_model
-    from wmcore.settings import resolve
+    d = DriftReport.load(directory / "drift.json")
+    c = ControlReport.load(directory / "control.json")
+    op, cl = d.loops["open_loop"], d.loops["closed_loop"]
+    horizon = len(op.cosine)
+    fid = (c.summary.get("ranking_fidelity") or {}).get("latent") or {}
+    s = c.summary
+    return {"version": label, "model": (c.controller.get("model") or {}).get("spec"),
+            "open_auc": op.auc, "drift_horizon": op.drift_horizon or horizon + 1,
+            "step1_skill": (cl.skill.get("copy_last") or [None])[0],
+            **dict(zip(("energy_rank_close", "energy_rank_random"), energy_ranks(d.energy))),
+            "fidelity_spearman": (fid.get("spearman") or {}).get("mean"),
+            "fidelity_topk": (fid.get("topk_overlap") or {}).get("mean"),
+            "success": s["success_rate"], "successes": s["successes"], "tasks": s["tasks"], "score": s["score_mean"],
+            "planner": c.controller.get("planner")}
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="pusht-lewm")
-    ap.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
-    ap.add_argument("--extra", nargs="*", default=[], metavar="SPEC",
-                    help="more versions by model spec, e.g. short training runs lewm:runs/train-s150/model")
-    ap.add_argument("--tasks", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=128, help="CEM candidates (the same for every version)")
-    ap.add_argument("--iterations", type=int, default=3, help="CEM iterations (the same for every version)")
-    ap.add_argument("--out")
-    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a saved drift_vs_control.json into --out")
-    args = ap.parse_args(argv)
-    if args.replot:
-        saved = json.loads(Path(args.replot).read_text())
-        print(plot(saved["model"], saved["rows"], Path(args.out or ".") / "drift_vs_control.png"))
-        return 0
-    out = Path(args.out) if args.out else new_run_dir(Path("runs"), "drift-vs-control")
-    out.mkdir(parents=True, exist_ok=True)
-    episodes = load_data("pusht")
-    taskset = build(episodes, data_id="pusht")
-    prior = ActionPrior.from_actions([e.actions for e in episodes])
-    base = load_model(args.model)
-    cfg, thresholds = resolve(base.name)
-    rows = []
-    versions = [(f"noise {n:g}", n, None) for n in args.noise] + [(spec, 0.0, spec) for spec in args.extra]
-    for label, noise, spec in versions:
-        t0 = time.time()
-        m = load_model(spec) if spec else degraded(base, noise)
-        r = evaluate(m, episodes, cfg, thresholds, spec=args.model, data_id="pusht")
-        plan_cfg = CEMConfig(samples=args.samples, elites=max(4, args.samples // 10), iterations=args.iterations)
-        res = run_tasks(taskset.tasks[: args.tasks], WorldModelCEM(m, prior, plan_cfg))
-        op = r.loops["open_loop"]
-        row = {"version": label, "noise": noise, "open_auc": op.auc, "drift_horizon": op.drift_horizon or cfg.horizon + 1,
-               "closed_step1": r.loops["closed_loop"].cosine[0],
-               **dict(zip(("energy_rank_close", "energy_rank_random"), energy_ranks(r))),
-               "success": sum(x.success for x in res) / len(res), "successes": sum(x.success for x in res),
-               "tasks": len(res), "score": float(np.mean([x.score for x in res]))}
-        rows.append(row)
-        print(json.dumps(row), f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-    corr = {}
-    for k in ("open_auc", "drift_horizon", "closed_step1", "energy_rank_close", "energy_rank_random"):
+
+def correlations(rows: list[dict], seed: int = 0) -> dict:
+    """Spearman rho of each measure with success and with score, percentile bootstrap 95% CI over versions."""
+    from scipy.stats import bootstrap, spearmanr
+
+    def rho(x, y):
+        return spearmanr(x, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+
+    out = {}
+    for k in MEASURES:
         xs = [r[k] for r in rows]
         if any(x is None for x in xs):
             continue
         for target in ("success", "score"):
-            rho, p = spearmanr(xs, [r[target] for r in rows])
-            corr[f"{k}~{target}"] = {"rho": None if np.isnan(rho) else float(rho), "p": None if np.isnan(p) else float(p)}
-    print(f"{'version':<28} {'open AUC':>9} {'horizon':>8} {'step1':>7} {'E-close':>8} {'E-random':>9} {'success':>9} {'score':>7}")
+            x, y = np.asarray(xs, dtype=float), np.asarray([r[target] for r in rows], dtype=float)
+            res = bootstrap((x, y), rho, paired=True, vectorized=False, n_resamples=2000, method="percentile",
+                            random_state=np.random.default_rng(seed))
+            lo, hi = res.confidence_interval
+            out[f"{k}~{target}"] = {"rho": float(rho(x, y)), "lo": None if np.isnan(lo) else float(lo),
+                                    "hi": None if np.isnan(hi) else float(hi), "versions": len(rows)}
+    return out
+
+
+def table(rows: list[dict], corr: dict) -> str:
+    def cell(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"{'version':<16} {'open AUC':>8} {'horizon':>7} {'skill@1':>8} {'E-close':>8} {'E-rand':>7} "
+             f"{'fid rho':>8} {'fid top':>8} {'success':>9} {'score':>6}"]
     for r in rows:
-        ec, er = (("-" if r[k] is None else f"{r[k]:.3f}") for k in ("energy_rank_close", "energy_rank_random"))
-        print(f"{r['version']:<28} {r['open_auc']:>9.3f} {r['drift_horizon']:>8} {r['closed_step1']:>7.3f} {ec:>8} {er:>9} "
-              f"{r['successes']:>3}/{r['tasks']:<5} {r['score']:>7.3f}")
+        lines.append(f"{r['version']:<16} {r['open_auc']:>8.3f} {r['drift_horizon']:>7} {cell(r['step1_skill'], '+8.3f')} "
+                     f"{cell(r['energy_rank_close'], '8.3f')} {cell(r['energy_rank_random'], '7.3f')} "
+                     f"{cell(r['fidelity_spearman'], '+8.2f')} {cell(r['fidelity_topk'], '8.2f')} "
+                     f"{r['successes']:>3}/{r['tasks']:<5} {r['score']:>6.3f}")
+    lines.append("")
     for k, v in corr.items():
-        print(f"Spearman {k}: rho {v['rho']}, p {v['p']}")
-    write_new(out / "drift_vs_control.json", json.dumps({"model": args.model, "rows": rows, "spearman": corr}, indent=1).encode())
-    print(plot(args.model, rows, out / "drift_vs_control.png"))
-    return 0
+        measure, target = k.split("~")
+        ci = "-" if v["lo"] is None else f"[{v['lo']:+.2f}, {v['hi']:+.2f}]"
+        lines.append(f"Spearman {MEASURES[measure]} ~ {target}: rho {v['rho']:+.2f}, 95% CI {ci} ({v['versions']} versions)")
+    return "\n".join(lines)
 
 
-def plot(model: str, rows: list[dict], path: Path) -> Path:
-    """The scatter of open-loop AUC against success and against the mean score, one point per version."""
+def plot(rows: list[dict], corr: dict, path: Path) -> Path:
+    """Success against each of four measures, one point per version."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,18 +131,92 @@ def plot(model: str, rows: list[dict], path: Path) -> Path:
 
     from wmcore.plot import save_png
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for ax, target in zip(axes, ("success", "score")):
-        ax.scatter([r["open_auc"] for r in rows], [r[target] for r in rows])
-        for i, r in enumerate(rows):  # staggered, so that versions at the same point stay legible
-            ax.annotate(short_label(r["version"]), (r["open_auc"], r[target]), textcoords="offset points",
-                        xytext=(4, 5 - 10 * (i % 4)), fontsize=8)
-        ax.set_xlabel("open-loop AUC (mean cosine, steps 1..H)")
-        ax.set_ylabel("planning success rate" if target == "success" else "mean score (final/start distance)")
-    fig.suptitle(f"{short_label(model)}: versions (n0 = the model itself, nX = its predictor with noise X x std, "
-                 "sN = its training checkpoint at step N)", fontsize=9)
+    keys = [k for k in ("open_auc", "step1_skill", "energy_rank_close", "fidelity_spearman")
+            if all(r[k] is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), dpi=110, squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.scatter([r[k] for r in rows], [r["success"] for r in rows])
+        for i, r in enumerate(rows):
+            ax.annotate(r["version"], (r[k], r["success"]), textcoords="offset points", xytext=(4, 5 - 9 * (i % 3)),
+                        fontsize=7)
+        c = corr.get(f"{k}~success")
+        ci = "" if c is None or c["lo"] is None else f" [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+        ax.set_title(f"rho {c['rho']:+.2f}{ci}" if c else "", fontsize=9)
+        ax.set_xlabel(MEASURES[k] + (" (lower is better)" if k.startswith("energy") else ""))
+        ax.set_ylabel("planning success rate")
+    fig.suptitle(f"drift vs control: {len(rows)} versions, the same tasks and held-out episodes "
+                 "(Spearman rho with success, bootstrap 95% CI over versions)", fontsize=9)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def measure(label: str, spec: str, noise: float, out: Path, tasks: int) -> None:
+    """Write ``out/LABEL/drift.json`` and ``control.json`` for one version (skipped where both exist)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from test_control import planner_config  # the bench's per-model CEM budgets
+
+    from wmcore.control.command import controller_meta
+    from wmcore.control.planners import ActionPrior
+    from wmcore.control.report import ControlReport
+    from wmcore.control.run import WorldModelCEM, run_tasks
+    from wmcore.control.tasks import build
+    from wmcore.data import load as load_data
+    from wmcore.evaluate import evaluate
+    from wmcore.models import load as load_model
+    from wmcore.settings import resolve
+
+    d = out / label
+    if (d / "drift.json").exists() and (d / "control.json").exists():
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    episodes = load_data("pusht")
+    taskset = build(episodes, data_id="pusht")
+    prior = ActionPrior.from_actions([e.actions for e in episodes])
+    base = load_model(spec)
+    model = degraded(base, noise)
+    cfg, thresholds = resolve(base.name)  # the base model's evaluation settings for every version of it
+    if not (d / "drift.json").exists():
+        evaluate(model, episodes, cfg, thresholds, spec=f"{spec}@{noise:g}" if noise else spec, data_id="pusht").save(d / "drift.json")
+    plan_cfg = planner_config(base.name, base, thresholds.planner)
+    ctrl = WorldModelCEM(model, prior, plan_cfg)
+    chosen = taskset.tasks[:tasks]
+    results = run_tasks(chosen, ctrl)
+    meta = controller_meta(ctrl, "cem", plan_cfg, model, f"{spec}@{noise:g}" if noise else spec, prior)
+    ControlReport.build(meta, taskset, chosen, results).save(d / "control.json")
+    print(f"{label}: {sum(r.success for r in results)}/{len(results)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from wmcore.fsio import write_replace
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--version", nargs="*", default=[], metavar="LABEL=SPEC", help="a model version by its spec")
+    ap.add_argument("--noisy", nargs="*", default=[], metavar="LABEL=SPEC@X", help="a degraded version")
+    ap.add_argument("--tasks", type=int, default=64)
+    ap.add_argument("--out", default="runs/drift-vs-control")
+    ap.add_argument("--from-reports", metavar="DIR", help="only recompute the table, correlations and plot from DIR")
+    args = ap.parse_args(argv)
+    out = Path(args.from_reports or args.out)
+    if not args.from_reports:
+        for item in args.version + args.noisy:
+            label, _, spec = item.partition("=")
+            spec, _, noise = spec.partition("@")
+            if not label or not spec:
+                ap.error(f"{item!r}: expected LABEL=SPEC or LABEL=SPEC@X")
+            measure(label, spec, float(noise or 0), out, args.tasks)
+    order = json.loads((out / "versions.json").read_text()) if (out / "versions.json").exists() else []
+    for item in args.version + args.noisy:
+        if item.partition("=")[0] not in order:
+            order.append(item.partition("=")[0])
+    if not args.from_reports:
+        write_replace(out / "versions.json", json.dumps(order).encode())
+    rows = [row_from_reports(label, out / label) for label in order]
+    corr = correlations(rows)
+    print(table(rows, corr))
+    write_replace(out / "drift_vs_control.json", json.dumps({"rows": rows, "spearman": corr}, indent=1).encode())
+    print(plot(rows, corr, out / "drift_vs_control.png"))
+    return 0
 
 
 if __name__ == "__main__":

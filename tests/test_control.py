@@ -314,3 +314,89 @@ def test_encoder_oracle_plans_with_the_simulator_and_the_models_encoder(tmp_path
     assert report["controller"]["kind"] == "encoder-oracle" and report["controller"]["model"]["name"] == "pusht-lewm"
     assert report["controller"]["name"] == "cem[simulator + pusht-lewm encoder]"
     assert main(["replay", str(out / "control-encoder-oracle-pusht-lewm.json")]) == 0
+
+
+# --- planner presets, the proprio term, ranking fidelity --------------------------------------------
+
+
+def test_the_lewm_preset_is_le_wms_published_evaluation():
+    from wmcore.control.planners import PRESETS, preset
+
+    c = preset("lewm", 5, seed=3)
+    assert (c.samples, c.elites, c.iterations, c.horizon, c.execute, c.seed, c.preset) == (300, 30, 30, 25, 25, 3, "lewm")
+    assert preset("lewm", 1).horizon == 5  # 5 model steps, whatever the frameskip
+    assert c.to_dict()["preset"] == "lewm"  # recorded in every report's planner settings
+    assert set(PRESETS) == {"lewm"}
+    with pytest.raises(WMError, match="planner preset 'nope': expected one of lewm"):
+        preset("nope", 5)
+    with pytest.raises(WMError, match="planner preset"):
+        CEMConfig(preset="nope")
+    with pytest.raises(WMError, match="proprio_weight"):
+        CEMConfig(proprio_weight=-1.0)
+
+
+def test_the_proprio_term_is_the_propagated_agent_positions_distance_to_the_goals():
+    """pusht-ac-tiny propagates the agent to the last target of each block (its PositionTargetCodec), so
+    the proprio term has a known answer: |last target - goal agent position|^2 / 512^2."""
+    from wmcore.control.planners import PROPRIO_SCALE
+    from wmcore.models import load as load_model
+
+    model = load_model("pusht-ac-tiny")
+    ep = load_data("pusht", limit=1)[0]
+    goal = np.array([300.0, 200.0])
+    cost = LatentGoalCost(model, ep.frames[25].numpy(), proprio_weight=2.0, goal_proprio=goal)
+    cost.observe(ep.frames[0].numpy(), ep.states[0].numpy())
+    rng = np.random.default_rng(0)
+    cands = rng.uniform(50, 450, (6, 10, 2))
+    t = cost.terms(cands)
+    want = (((cands[:, -1] - goal) / PROPRIO_SCALE) ** 2).sum(-1)
+    assert np.allclose(t["proprio"], want, atol=1e-6)
+    assert np.allclose(cost(cands), t["latent"] + 2.0 * t["proprio"])
+    with pytest.raises(WMError, match="current proprioceptive state"):
+        LatentGoalCost(model, ep.frames[25].numpy(), proprio_weight=1.0, goal_proprio=goal).observe(ep.frames[0].numpy())
+    lewm = load_model("pusht-lewm")
+    with pytest.raises(WMError, match="reads frames and actions only"):
+        LatentGoalCost(lewm, ep.frames[25].numpy(), proprio_weight=1.0, goal_proprio=goal)
+
+
+def test_ranking_fidelity_on_known_rankings():
+    from wmcore.control.fidelity import compare_rankings, summarise_fidelity
+
+    x = np.arange(20.0)
+    same = compare_rankings({"latent": x}, {"latent": 3 * x + 1}, k=4)
+    assert same["latent"] == {"spearman": 1.0, "topk_overlap": 1.0} and same["candidates"] == 20
+    rev = compare_rankings({"latent": x, "proprio": x}, {"latent": -x}, k=4)
+    assert rev["latent"] == {"spearman": -1.0, "topk_overlap": 0.0} and "proprio" not in rev  # no oracle term
+    s = summarise_fidelity([same, None, rev])
+    assert s["tasks"] == 2 and s["latent"]["spearman"]["mean"] == 0.0 and s["topk_chance"] == 4 / 20
+    assert s["latent"]["spearman"]["lo"] <= 0.0 <= s["latent"]["spearman"]["hi"]
+    assert summarise_fidelity([None, None]) is None
+
+
+def test_plan_records_ranking_fidelity_and_the_proprio_term(tmp_path, capsys):
+    from wmcore.cli import main
+
+    out = tmp_path / "r"
+    assert main(["plan", "--model", "pusht-ac-tiny", "--proprio-weight", "0.5", "--limit", "1", "--samples", "8",
+                 "--elites", "2", "--iterations", "1", "--out", str(out)]) in (0, 1)
+    d = json.loads((out / "control-pusht-ac-tiny.json").read_text())
+    assert d["controller"]["planner"]["proprio_weight"] == 0.5
+    f = d["summary"]["ranking_fidelity"]
+    assert f["tasks"] == 1 and f["candidates"] == 8 and f["k"] == 2 and {"latent", "proprio"} <= set(f)
+    assert -1 <= d["results"][0]["fidelity"]["proprio"]["spearman"] <= 1
+    assert "ranking fidelity (proprio" in capsys.readouterr().out
+    assert main(["replay", str(out / "control-pusht-ac-tiny.json")]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "pusht-lewm", "--proprio-weight", "1"], "reads no proprioception"),
+    (["--model", "pusht-lewm", "--preset", "lewm", "--samples", "3"], "--preset lewm sets --samples itself"),
+    (["--planner", "stay", "--proprio-weight", "1"], "--proprio-weight is a setting of --planner cem"),
+    (["--model", "pusht-lewm", "--preset", "nope"], "invalid choice: 'nope'"),
+])
+def test_plan_refuses_bad_planner_options_and_writes_nothing(tmp_path, capsys, args, message):
+    from wmcore.cli import main
+
+    assert main(["plan", *args, "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -361,7 +361,7 @@ def _cmd_train_keypoint(args: argparse.Namespace) -> int:
     from .train.keypoint import run_recipe
 
     run_recipe(args.data, args.out, args.recipe, seed=args.seed, threads=args.threads, episodes=args.episodes,
-               encoder_from=args.encoder_from, log=lambda s: print(s, flush=True))
+               encoder_from=args.encoder_from, predictor_steps=args.predictor_steps, log=lambda s: print(s, flush=True))
     return 0
 
 
@@ -378,6 +378,7 @@ def _add_train_keypoint(sub) -> None:
     p.add_argument("--seed", type=int, help="overrides the recipe's seed")
     p.add_argument("--threads", type=int, help="torch threads (overrides the recipe's; 0 = torch's default)")
     p.add_argument("--episodes", type=int, help="train on the first N episodes only (a smaller-data variant)")
+    p.add_argument("--predictor-steps", type=int, help="overrides the recipe's predictor_steps (a shorter-training variant)")
     p.add_argument("--encoder-from", help="a keypoint model directory whose encoder is reused (stage 1 skipped)")
     p.set_defaults(func=_cmd_train_keypoint)
 
@@ -385,14 +386,17 @@ def _add_train_keypoint(sub) -> None:
 PRESET_FIELDS = ("samples", "elites", "iterations", "horizon", "execute")
 
 
-def _cem_config(args: argparse.Namespace, frameskip: int = 1):
-    """The planner settings of ``wmcore plan``: a --preset (its horizon in model steps of ``frameskip``)
-    or the defaults, with the options given on top; a preset's own fields may not be given too."""
+def _cem_config(args: argparse.Namespace, frameskip: int = 1, model_preset: str = ""):
+    """The planner settings of ``wmcore plan``: a --preset (its horizon in model steps of ``frameskip``),
+    else the model's own ``planner`` preset from pyproject.toml when no planner field is given, else the
+    defaults, with the options given on top; a preset's own fields may not be given too."""
     from .control.planners import CEMConfig, preset
 
     common = dict(init_std=args.init_std, noise_beta=args.noise_beta, cost=args.cost, seed=args.seed,
                   proprio_weight=args.proprio_weight)
-    if args.preset:
+    if not args.preset and model_preset and all(getattr(args, f) is None for f in PRESET_FIELDS):
+        return preset(model_preset, frameskip, **common)
+    if args.preset and args.preset != "default":
         given = [f"--{f}" for f in PRESET_FIELDS if getattr(args, f) is not None]
         if given:
             raise WMError(f"--preset {args.preset} sets {', '.join(given)} itself; leave {'them' if len(given) > 1 else 'it'} "
@@ -418,12 +422,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     check_placement(args.device, "float32")
     cfg = _cem_config(args)  # bad planner options fail before anything is loaded or written
     model = place_model(load(args.model), args.device, "float32") if args.model and args.planner in NEEDS_MODEL else None
-    if model is not None and args.preset:
-        cfg = _cem_config(args, model.frameskip)
-    out = _out_dir(args.out)
-    out = out if out is not None else new_run_dir(Path("runs"))
     t = load_thresholds(model.name if args.planner == "cem" else args.planner,
                         overrides={"success_min": args.success_min} if args.success_min is not None else None)
+    if model is not None:
+        cfg = _cem_config(args, model.frameskip, t.planner if args.planner == "cem" else "")
+    out = _out_dir(args.out)
+    out = out if out is not None else new_run_dir(Path("runs"))
     data = args.data or DEFAULT_DATA
     print(f"loading {data} ...", file=sys.stderr, flush=True)
     episodes = load_data(data)
@@ -462,9 +466,11 @@ def _add_control(sub) -> None:
     p.add_argument("--goal-offset", type=_count(1), default=t.goal_offset,
                    help=f"goal = the recorded state this many env steps after the start (default {t.goal_offset})")
     p.add_argument("--budget", type=_count(1), default=t.budget, help=f"env steps allowed per task (default {t.budget})")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named planner settings: lewm = le-wm's published "
-                   "PushT evaluation (CEM 300 samples, 30 elites, 30 iterations, horizon 5 model steps, the whole plan "
-                   "executed before replanning); sets --samples/--elites/--iterations/--horizon/--execute")
+    p.add_argument("--preset", choices=["default", *sorted(PRESETS)], help="named planner settings: lewm = le-wm's "
+                   "published PushT evaluation (CEM 300 samples, 30 elites, 30 iterations, horizon 5 model steps, the "
+                   "whole plan executed before replanning); default = the defaults below. Sets --samples/--elites/"
+                   "--iterations/--horizon/--execute. Without it a model planned with a preset of its own "
+                   "(planner in its [tool.wmcore.models.NAME], e.g. pusht-wm: lewm) uses that one")
     p.add_argument("--proprio-weight", type=float, default=c.proprio_weight,
                    help="weight of the proprio term (the propagated agent position against the goal's; models that "
                    f"read proprioception only) (default {c.proprio_weight})")

@@ -75,6 +75,9 @@ class Thresholds:
     # every gate with a CI (all but drift_horizon): "ci" fails only a violation shown with one-sided 95%
     # confidence over episodes; "mean" fails any violation of the mean curve (gates.GATE_RULES)
     gate_rule: str = "ci"
+    # how wmcore plan and the bench plan with this model by default: a planner preset's name
+    # (wmcore.control.planners.PRESETS, checked there), "" = the default CEM settings
+    planner: str = ""
 
     def __post_init__(self) -> None:
         if self.gate_rule not in GATE_RULES:
@@ -239,6 +242,11 @@ def load_thresholds(
         if k == "gate_rule":  # the one threshold that is a word
             if v not in GATE_RULES:
                 raise WMError(f"{path or 'overrides'}: threshold gate_rule={v!r}: expected one of {', '.join(GATE_RULES)}")
+            out[k] = v
+            continue
+        if k == "planner":  # a preset's name, checked where presets live (control.planners)
+            if not isinstance(v, str):
+                raise WMError(f"{path or 'overrides'}: planner={v!r}: expected a planner preset's name (a string)")
             out[k] = v
             continue
         want_int = fields[k] in ("int", int, "int | None")

@@ -215,10 +215,11 @@ def read_recipe(path: str) -> tuple[KeypointConfig, KeypointTrainConfig]:
 
 
 def run_recipe(dirs: Sequence[str], out_dir: str, recipe: str, *, seed: int | None = None, threads: int | None = None,
-               episodes: int | None = None, encoder_from: str | None = None, log: Callable[[str], None] = print) -> Path:
+               episodes: int | None = None, encoder_from: str | None = None, predictor_steps: int | None = None,
+               log: Callable[[str], None] = print) -> Path:
     """What ``wmcore train-keypoint`` does: the recipe, its overrides, the data (the first ``episodes``)."""
     model_cfg, cfg = read_recipe(recipe)
-    over = {k: v for k, v in (("seed", seed), ("threads", threads)) if v is not None}
+    over = {k: v for k, v in (("seed", seed), ("threads", threads), ("predictor_steps", predictor_steps)) if v is not None}
     cfg = dataclasses.replace(cfg, **over) if over else cfg
     if episodes is not None and episodes < 1:
         raise WMError(f"--episodes {episodes}: expected a positive number")
