@@ -36,7 +36,7 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm pusht-data pusht-wm-data
+.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm drift-vs-control pusht-data pusht-wm-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -135,6 +135,22 @@ pusht-wm-data: setup
 
 train-wm: pusht-wm-data
 	$(BIN)/wmcore train-keypoint --data $(WM_DATA_A) $(WM_DATA_B) --out $(WM_TRAIN_OUT) --recipe recipes/pusht-wm.json
+
+# Drift vs control over versions of pusht-wm and the older models (scripts/drift_vs_control.py; needs
+# make train-wm for the run's snapshots): short-training and smaller-data predictors on pusht-wm's
+# encoder, checkpoints, degraded copies, pusht-lewm; all planned with the lewm preset on the 64 tasks.
+STUDY_OUT ?= runs/drift-vs-control
+WM_VARIANT = $(BIN)/wmcore train-keypoint --data $(WM_DATA_A) $(WM_DATA_B) --recipe recipes/pusht-wm.json \
+	--encoder-from fixtures/models/pusht-wm
+drift-vs-control: pusht-wm-data
+	@[ -f runs/wm-p250/model/model.safetensors ] || $(WM_VARIANT) --out runs/wm-p250 --predictor-steps 250
+	@[ -f runs/wm-p1000/model/model.safetensors ] || $(WM_VARIANT) --out runs/wm-p1000 --predictor-steps 1000
+	@[ -f runs/wm-e100/model/model.safetensors ] || $(WM_VARIANT) --out runs/wm-e100 --episodes 100 --predictor-steps 4000
+	$(BIN)/python scripts/drift_vs_control.py --planner-preset lewm --threads 1 --out $(STUDY_OUT) \
+		--version wm=pusht-wm s2000=keypoint:$(WM_TRAIN_OUT)/snapshots/step-002000 \
+		s6000=keypoint:$(WM_TRAIN_OUT)/snapshots/step-006000 p250=keypoint:runs/wm-p250/model \
+		p1000=keypoint:runs/wm-p1000/model e100=keypoint:runs/wm-e100/model lewm=pusht-lewm \
+		--noisy wm-n0.5=pusht-wm@0.5 wm-n2=pusht-wm@2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -9,8 +9,9 @@ A version is a model spec (``pusht-wm``, ``keypoint:runs/train-pusht-wm/snapshot
 ``pusht-lewm``, ...) or a degraded one (``SPEC@X``: Gaussian noise of X x each predictor weight
 matrix's own std, seeded). For each: the DriftReport on fixtures/pusht (open-loop AUC, drift horizon,
 closed-loop step-1 MSE skill vs copy-last, the energy ranks) saved as ``DIR/LABEL/drift.json``, and
-CEM planning on the first ``--tasks`` tasks of the seeded task set with the model's own bench budget
-(``bench/test_control.py``'s PLANNERS, the default CEM otherwise) and ranking fidelity, saved as
+CEM planning on the first ``--tasks`` tasks of the seeded task set (one ``--planner-preset`` for every
+version, or each model's own bench settings: ``bench/test_control.py``'s ``planner_config``) with
+ranking fidelity, saved as
 ``DIR/LABEL/control.json``. The table is computed from those saved reports only, so ``--from-reports``
 reproduces it. Spearman's rho of each drift/energy/fidelity measure with the success rate and with the
 mean score, with a percentile bootstrap 95% CI over versions (versions resampled with replacement);
@@ -150,7 +151,7 @@ def plot(rows: list[dict], corr: dict, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def measure(label: str, spec: str, noise: float, out: Path, tasks: int) -> None:
+def measure(label: str, spec: str, noise: float, out: Path, tasks: int, planner_preset: str = "") -> None:
     """Write ``out/LABEL/drift.json`` and ``control.json`` for one version (skipped where both exist)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from test_control import planner_config  # the bench's per-model CEM budgets
@@ -178,7 +179,7 @@ def measure(label: str, spec: str, noise: float, out: Path, tasks: int) -> None:
     cfg, thresholds = resolve(base.name)  # the base model's evaluation settings for every version of it
     if not (d / "drift.json").exists():
         evaluate(model, episodes, cfg, thresholds, spec=f"{spec}@{noise:g}" if noise else spec, data_id="pusht").save(d / "drift.json")
-    plan_cfg = planner_config(base.name, base, thresholds.planner)
+    plan_cfg = planner_config(base.name, base, planner_preset or thresholds.planner)
     ctrl = WorldModelCEM(model, prior, plan_cfg)
     chosen = taskset.tasks[:tasks]
     results = run_tasks(chosen, ctrl)
@@ -194,17 +195,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--version", nargs="*", default=[], metavar="LABEL=SPEC", help="a model version by its spec")
     ap.add_argument("--noisy", nargs="*", default=[], metavar="LABEL=SPEC@X", help="a degraded version")
     ap.add_argument("--tasks", type=int, default=64)
+    ap.add_argument("--planner-preset", default="", help="plan every version with this preset (control.planners."
+                    "PRESETS) instead of each model's own bench settings")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default="runs/drift-vs-control")
     ap.add_argument("--from-reports", metavar="DIR", help="only recompute the table, correlations and plot from DIR")
     args = ap.parse_args(argv)
     out = Path(args.from_reports or args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.from_reports:
         for item in args.version + args.noisy:
             label, _, spec = item.partition("=")
             spec, _, noise = spec.partition("@")
             if not label or not spec:
                 ap.error(f"{item!r}: expected LABEL=SPEC or LABEL=SPEC@X")
-            measure(label, spec, float(noise or 0), out, args.tasks)
+            measure(label, spec, float(noise or 0), out, args.tasks, args.planner_preset)
     order = json.loads((out / "versions.json").read_text()) if (out / "versions.json").exists() else []
     for item in args.version + args.noisy:
         if item.partition("=")[0] not in order:

@@ -77,7 +77,7 @@ def _comparable(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in EXCLUDED}
 
 
-@pytest.fixture(scope="module", params=["pusht-lewm", "pusht-ac-tiny"])
+@pytest.fixture(scope="module", params=["pusht-lewm", "pusht-ac-tiny", "pusht-wm"])
 def two_runs(request):
     return request.param, _run(request.param), _run(request.param)
 

@@ -12,7 +12,7 @@ DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
 DEFAULT_TRAIN_DATA = "data/pusht-train"  # what `make pusht-data` generates (the embedded models' training set)
 # Embedded models: NAME -> the family whose loader reads fixtures/models/NAME. The drift bench
 # measures all of them by default; the command line's default model is DEFAULT_MODEL.
-EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny"}
+EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny", "pusht-wm": "keypoint"}
 DEFAULT_MODEL = "pusht-lewm"
 
 

@@ -73,7 +73,7 @@ def load(spec: str) -> WorldModel:
         if not d.is_dir():
             raise WMError(
                 f"embedded model {spec!r}: {d} is missing; run from a wmcore checkout (or set WMCORE_FIXTURES "
-                "to its fixtures/ directory), or retrain it (`make train`, `make train-ac-tiny`; see its MODEL_CARD.md)"
+                "to its fixtures/ directory), or retrain it (`make train`, `make train-ac-tiny`, `make train-wm`; see its MODEL_CARD.md)"
             )
         return FAMILIES[EMBEDDED[spec]](str(d), spec)
     family, _, arg = spec.partition(":")
