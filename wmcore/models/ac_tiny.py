@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from ..errors import WMError
 from ..fsio import write_new
-from .checkpoint import meta_state_dict, read_json, require_match, safetensors_load
+from .checkpoint import config_from_json, meta_state_dict, read_json, require_match, safetensors_load
 from .vjepa2_ac import ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, shape_of
 
 __all__ = [
@@ -189,22 +189,7 @@ class ACTinyConfig:
 
     @classmethod
     def from_json(cls, d: Any, source: str = CONFIG_FILE, name: str | None = None) -> "ACTinyConfig":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            found = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise WMError(f"{source}: expected a {FORMAT!r} config (its \"format\" key), found {found!r}")
-        if d.get("version") != 1:
-            raise WMError(f"{source}: {FORMAT} version {d.get('version')!r}; this wmcore reads version 1")
-        known = {f.name for f in dataclasses.fields(cls)}
-        fields = {k: v for k, v in d.items() if k not in ("format", "version")}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise WMError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
-        if name is not None:
-            fields["name"] = name
-        try:
-            return cls(**fields)
-        except TypeError as e:
-            raise WMError(f"{source}: {e}") from None
+        return config_from_json(cls, d, FORMAT, source, name)
 
 
 def tiny_config(**overrides) -> ACTinyConfig:

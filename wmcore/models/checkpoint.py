@@ -9,6 +9,7 @@ fit its weights allocates nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import WMError
 
-__all__ = ["key_list", "meta_state_dict", "read_error", "read_json", "require_match", "safetensors_load",
+__all__ = ["config_from_json", "key_list", "meta_state_dict", "read_error", "read_json", "require_match", "safetensors_load",
            "state_mismatch", "torch_load"]
 
 
@@ -64,6 +65,28 @@ def read_error(path: str | os.PathLike, e: BaseException, what: str = "the weigh
             "from a source you trust that hold tensors only (a state dict, or safetensors)"
         )
     return WMError(f"{path}: cannot read {what} ({type(e).__name__}: {text[:300]})")
+
+
+def config_from_json(cls: type, d: Any, fmt: str, source: str, name: str | None = None) -> Any:
+    """The config dataclass ``cls`` from a config.json document ``d`` of format ``fmt``, version 1 (the
+    fields beside "format" and "version"; ``name`` overrides the stored name). A wrong format or
+    version, unknown keys or values the dataclass refuses are WMErrors naming ``source``."""
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        found = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise WMError(f"{source}: expected a {fmt!r} config (its \"format\" key), found {found!r}")
+    if d.get("version") != 1:
+        raise WMError(f"{source}: {fmt} version {d.get('version')!r}; this wmcore reads version 1")
+    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in d.items() if k not in ("format", "version")}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise WMError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+    if name is not None:
+        fields["name"] = name
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise WMError(f"{source}: {e}") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
