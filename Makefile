@@ -149,8 +149,8 @@ drift-vs-control: pusht-wm-data
 	$(BIN)/python scripts/drift_vs_control.py --planner-preset lewm --threads 1 --out $(STUDY_OUT) \
 		--version wm=pusht-wm s2000=keypoint:$(WM_TRAIN_OUT)/snapshots/step-002000 \
 		s6000=keypoint:$(WM_TRAIN_OUT)/snapshots/step-006000 p250=keypoint:runs/wm-p250/model \
-		p1000=keypoint:runs/wm-p1000/model e100=keypoint:runs/wm-e100/model lewm=pusht-lewm \
-		--noisy wm-n0.5=pusht-wm@0.5 wm-n2=pusht-wm@2
+		p1000=keypoint:runs/wm-p1000/model e100=keypoint:runs/wm-e100/model \
+		--noisy wm-n0.5=pusht-wm@0.5 wm-n2=pusht-wm@2 --version lewm=pusht-lewm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

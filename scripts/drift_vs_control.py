@@ -192,8 +192,9 @@ def main(argv: list[str]) -> int:
     from wmcore.fsio import write_replace
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--version", nargs="*", default=[], metavar="LABEL=SPEC", help="a model version by its spec")
-    ap.add_argument("--noisy", nargs="*", default=[], metavar="LABEL=SPEC@X", help="a degraded version")
+    ap.add_argument("--version", "--noisy", dest="items", nargs="*", action="extend", default=[],
+                    metavar="LABEL=SPEC[@X]", help="versions in the table's order: a model spec, or a degraded one "
+                    "(@X: predictor noise of X x each weight matrix's std)")
     ap.add_argument("--tasks", type=int, default=64)
     ap.add_argument("--planner-preset", default="", help="plan every version with this preset (control.planners."
                     "PRESETS) instead of each model's own bench settings")
@@ -205,14 +206,14 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.from_reports:
-        for item in args.version + args.noisy:
+        for item in args.items:
             label, _, spec = item.partition("=")
             spec, _, noise = spec.partition("@")
             if not label or not spec:
                 ap.error(f"{item!r}: expected LABEL=SPEC or LABEL=SPEC@X")
             measure(label, spec, float(noise or 0), out, args.tasks, args.planner_preset)
     order = json.loads((out / "versions.json").read_text()) if (out / "versions.json").exists() else []
-    for item in args.version + args.noisy:
+    for item in args.items:
         if item.partition("=")[0] not in order:
             order.append(item.partition("=")[0])
     if not args.from_reports:
