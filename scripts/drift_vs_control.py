@@ -143,6 +143,8 @@ def plot(rows: list[dict], corr: dict, path: Path) -> Path:
         c = corr.get(f"{k}~success")
         ci = "" if c is None or c["lo"] is None else f" [{c['lo']:+.2f}, {c['hi']:+.2f}]"
         ax.set_title(f"rho {c['rho']:+.2f}{ci}" if c else "", fontsize=9)
+        if k == "step1_skill" and min(r[k] for r in rows) < -1:
+            ax.set_xscale("symlog", linthresh=1.0)  # a badly degraded version's skill is far below -1
         ax.set_xlabel(MEASURES[k] + (" (lower is better)" if k.startswith("energy") else ""))
         ax.set_ylabel("planning success rate")
     fig.suptitle(f"drift vs control: {len(rows)} versions, the same tasks and held-out episodes "
@@ -222,7 +224,11 @@ def main(argv: list[str]) -> int:
     corr = correlations(rows)
     print(table(rows, corr))
     write_replace(out / "drift_vs_control.json", json.dumps({"rows": rows, "spearman": corr}, indent=1).encode())
-    print(plot(rows, corr, out / "drift_vs_control.png"))
+    png = out / "drift_vs_control.png"
+    if png.exists():  # nothing is overwritten: delete it to redraw
+        print(f"{png}: exists, kept (delete it to redraw)")
+    else:
+        print(plot(rows, corr, png))
     return 0
 
 
