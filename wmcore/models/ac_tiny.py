@@ -57,7 +57,6 @@ the motion, yet the predictor, chasing a moving target, barely learns to use it)
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WMError
-from ..fsio import write_new
-from .checkpoint import config_from_json, meta_state_dict, read_json, require_match, safetensors_load
+from .checkpoint import config_from_json, load_model_dir, save_model_dir
 from .vjepa2_ac import ACPredictor, ACPredictorConfig, VJEPA2ACWorldModel, VJEPA2VideoEncoder, shape_of
 
 __all__ = [
@@ -367,28 +365,13 @@ def canonical_state_dict(model: ACJEPA) -> dict[str, Tensor]:
 
 def save_pretrained(model: ACJEPA, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; refuses if either exists."""
-    from safetensors.torch import save
-
-    d = Path(directory)
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        if (d / f).exists():
-            raise WMError(f"{d / f}: exists already; wmcore never overwrites a checkpoint, choose a new directory")
-    write_new(d / WEIGHTS_FILE, save(canonical_state_dict(model), metadata={"format": "pt", "wmcore": FORMAT}))
-    write_new(d / CONFIG_FILE, (json.dumps(model.cfg.to_json(), indent=2) + "\n").encode())
-    return d
+    return save_model_dir(directory, canonical_state_dict(model), model.cfg.to_json(), FORMAT, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> ACJEPA:
     """An ``ACJEPA`` from ``directory`` (config.json + model.safetensors), strict, in eval mode."""
-    d = Path(directory)
-    cpath, wpath = d / CONFIG_FILE, d / WEIGHTS_FILE
-    if not cpath.is_file() or not wpath.is_file():
-        raise WMError(f"{d}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (an {FORMAT} model directory)")
-    cfg = ACTinyConfig.from_json(read_json(cpath), str(cpath), name=name)
-    state = safetensors_load(wpath)
-    require_match(state, meta_state_dict(lambda: ACJEPA(cfg)), str(wpath), str(cpath), want="config wants")
-    model = ACJEPA(cfg)
-    model.load_state_dict(state, strict=True)
+    model = load_model_dir(directory, FORMAT, lambda d, src: ACTinyConfig.from_json(d, src, name=name), ACJEPA,
+                           CONFIG_FILE, WEIGHTS_FILE)
     return model.to(device).eval()
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import WMError
 
-__all__ = ["config_from_json", "key_list", "meta_state_dict", "read_error", "read_json", "require_match", "safetensors_load",
+__all__ = ["config_from_json", "key_list", "load_model_dir", "save_model_dir", "meta_state_dict", "read_error", "read_json", "require_match", "safetensors_load",
            "state_mismatch", "torch_load"]
 
 
@@ -87,6 +87,45 @@ def config_from_json(cls: type, d: Any, fmt: str, source: str, name: str | None 
         return cls(**fields)
     except (TypeError, ValueError) as e:
         raise WMError(f"{source}: {e}") from None
+
+
+def save_model_dir(directory: str | os.PathLike, state: Mapping[str, Tensor], config: dict, fmt: str,
+                   config_file: str = "config.json", weights_file: str = "model.safetensors") -> Path:
+    """Write ``config_file`` (the JSON ``config``) and ``weights_file`` (``state`` as safetensors, tagged
+    with ``fmt``) into ``directory``, atomically; refuses if either exists."""
+    from safetensors.torch import save
+
+    from ..fsio import write_new
+
+    d = Path(directory)
+    for f in (config_file, weights_file):
+        if (d / f).exists():
+            raise WMError(f"{d / f}: exists already; wmcore never overwrites a checkpoint, choose a new directory")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    write_new(d / weights_file, save(tensors, metadata={"format": "pt", "wmcore": fmt}))
+    write_new(d / config_file, (json.dumps(config, indent=2) + "\n").encode())
+    return d
+
+
+def load_model_dir(directory: str | os.PathLike, fmt: str, read_config: Callable[[Any, str], Any],
+                   build: Callable[[Any], nn.Module], config_file: str = "config.json",
+                   weights_file: str = "model.safetensors") -> nn.Module:
+    """The module ``build(cfg)`` of a model directory (``read_config(json document, source)`` -> cfg),
+    its weights checked against the config (``require_match``) and for non-finite values before the
+    real module is built, then loaded strictly (on the CPU)."""
+    d = Path(directory)
+    cpath, wpath = d / config_file, d / weights_file
+    if not cpath.is_file() or not wpath.is_file():
+        raise WMError(f"{d}: expected {config_file} + {weights_file} (a {fmt} model directory)")
+    cfg = read_config(read_json(cpath), str(cpath))
+    state = safetensors_load(wpath)
+    require_match(state, meta_state_dict(lambda: build(cfg)), str(wpath), str(cpath), want="config wants")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WMError(f"{wpath}: non-finite weights in {bad[:5]}; the checkpoint is corrupt, retrain or restore it")
+    model = build(cfg)
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def read_json(path: str | os.PathLike) -> Any:

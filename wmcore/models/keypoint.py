@@ -24,7 +24,6 @@ latent of pusht-lewm reached 6/16 and pixel patches 8/16.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import WMError
-from ..fsio import write_new
 from ..protocol import fingerprint as _fingerprint
-from .checkpoint import config_from_json, meta_state_dict, read_json, require_match, safetensors_load
+from .checkpoint import config_from_json, load_model_dir, save_model_dir
 
 __all__ = [
     "CENTRE", "CONFIG_FILE", "FORMAT", "KeypointConfig", "KeypointModel", "KeypointWorldModel", "SCALE",
@@ -306,32 +304,13 @@ class KeypointWorldModel:
 
 def save_pretrained(model: KeypointModel, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; refuses if either exists."""
-    from safetensors.torch import save
-
-    d = Path(directory)
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        if (d / f).exists():
-            raise WMError(f"{d / f}: exists already; wmcore never overwrites a checkpoint, choose a new directory")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_new(d / WEIGHTS_FILE, save(state, metadata={"format": "pt", "wmcore": FORMAT}))
-    write_new(d / CONFIG_FILE, (json.dumps(model.cfg.to_json(), indent=2) + "\n").encode())
-    return d
+    return save_model_dir(directory, model.state_dict(), model.cfg.to_json(), FORMAT, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> KeypointModel:
     """A ``KeypointModel`` from ``directory`` (config.json + model.safetensors), strict, in eval mode."""
-    d = Path(directory)
-    cpath, wpath = d / CONFIG_FILE, d / WEIGHTS_FILE
-    if not cpath.is_file() or not wpath.is_file():
-        raise WMError(f"{d}: expected {CONFIG_FILE} + {WEIGHTS_FILE} (a {FORMAT} model directory)")
-    cfg = KeypointConfig.from_json(read_json(cpath), str(cpath), name=name)
-    state = safetensors_load(wpath)
-    require_match(state, meta_state_dict(lambda: KeypointModel(cfg)), str(wpath), str(cpath), want="config wants")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WMError(f"{wpath}: non-finite weights in {bad[:5]}; the checkpoint is corrupt, retrain or restore it")
-    model = KeypointModel(cfg)
-    model.load_state_dict(state, strict=True)
+    model = load_model_dir(directory, FORMAT, lambda d, src: KeypointConfig.from_json(d, src, name=name), KeypointModel,
+                           CONFIG_FILE, WEIGHTS_FILE)
     return model.to(device).eval()
 
 
