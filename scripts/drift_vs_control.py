@@ -97,7 +97,7 @@ def correlations(rows: list[dict], seed: int = 0) -> dict:
         for target in ("success", "score"):
             x, y = np.asarray(xs, dtype=float), np.asarray([r[target] for r in rows], dtype=float)
             res = bootstrap((x, y), rho, paired=True, vectorized=False, n_resamples=2000, method="percentile",
-                            random_state=np.random.default_rng(seed))
+                            rng=np.random.default_rng(seed))
             lo, hi = res.confidence_interval
             out[f"{k}~{target}"] = {"rho": float(rho(x, y)), "lo": None if np.isnan(lo) else float(lo),
                                     "hi": None if np.isnan(hi) else float(hi), "versions": len(rows)}

@@ -74,6 +74,6 @@ def summarise_fidelity(rows: list[dict | None], seed: int = 0) -> dict | None:
         out[term] = {}
         for key in ("spearman", "topk_overlap"):
             v = np.array([h[key] for h in have], dtype=np.float64)
-            lo, hi = bootstrap_mean_ci(v, seed=seed) if len(v) > 1 else (float(v[0]), float(v[0]))
+            lo, hi = bootstrap_mean_ci(v, seed=seed)
             out[term][key] = {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi)}
     return out
