@@ -66,13 +66,12 @@ def gather_ordered(mine: Sequence[Any], n_chunks: int) -> list[Any]:
     """Every rank's per-chunk results (``mine[i]`` is the result of this rank's i-th chunk, as dealt by
     ``my_chunks``) -> all ``n_chunks`` results in chunk order, on every rank (plain picklable CPU
     values; ``all_gather_object``). Without a process group: ``list(mine)``."""
-    r, w = world()
+    w = world()[1]
     if w == 1:
         return list(mine)
     parts: list[Any] = [None] * w
     dist.all_gather_object(parts, list(mine))
-    out = [parts[c % w][c // w] for c in range(n_chunks)]
-    return out
+    return [parts[c % w][c // w] for c in range(n_chunks)]
 
 
 def check_errors(error: BaseException | None) -> None:

@@ -13,10 +13,10 @@ overlap of their top-k sets (k as the planner's elite fraction of the candidates
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from ..stats import bootstrap_mean_ci
+from .oracle import latent_distance, simulate_final
 from .planners import PROPRIO_SCALE
 from .sim.pusht import PushTSim
 
@@ -25,25 +25,15 @@ __all__ = ["FIDELITY_SAMPLES", "compare_rankings", "oracle_terms", "summarise_fi
 FIDELITY_SAMPLES = 64  # candidates costed twice per task (the simulator renders each one's final frame)
 
 
-def oracle_terms(model, sim: PushTSim, state7, goal_frame, goal_proprio, actions: np.ndarray,
+def oracle_terms(model, sim: PushTSim, state7, z_goal, goal_proprio, actions: np.ndarray,
                  device: str = "cpu") -> dict[str, np.ndarray]:
     """The encoder oracle's terms ``[N]`` for candidates ``[N, L, 2]`` from ``state7`` (state + agent
-    velocity): ``latent`` (squared distance of the encoded final frame to the encoded goal frame, mean
-    over tokens and dims) and ``proprio`` (the final agent position's squared distance to
-    ``goal_proprio``, positions / PROPRIO_SCALE)."""
-    frames, agent = [], []
-    for seq in actions:
-        sim.reset_to(state7, render=False)
-        for a in seq[:-1]:
-            sim.step(a, render=False)
-        frames.append(sim.step(seq[-1]))
-        agent.append(sim.state[:2])
-    with torch.inference_mode():
-        z = model.encode(torch.as_tensor(np.stack(frames))[:, None].to(device))[:, 0].float()
-        zg = model.encode(torch.as_tensor(goal_frame)[None, None].to(device))[:, 0].float()
-    latent = (z - zg).pow(2).mean((-2, -1)).double().cpu().numpy()
-    proprio = (((np.stack(agent) - np.asarray(goal_proprio, dtype=np.float64)[:2]) / PROPRIO_SCALE) ** 2).sum(-1)
-    return {"latent": latent, "proprio": proprio}
+    velocity): ``latent`` (squared distance of the encoded final frame to the encoded goal ``z_goal``
+    ``[1, N_tokens, D]``, as ``oracle.SimulatorLatentCost``) and ``proprio`` (the final agent position's
+    squared distance to ``goal_proprio``, positions / PROPRIO_SCALE)."""
+    frames, finals = simulate_final(sim, state7, actions)
+    proprio = (((finals[:, :2] - np.asarray(goal_proprio, dtype=np.float64)[:2]) / PROPRIO_SCALE) ** 2).sum(-1)
+    return {"latent": latent_distance(model, frames, z_goal, device), "proprio": proprio}
 
 
 def compare_rankings(model_terms: dict[str, np.ndarray], oracle: dict[str, np.ndarray], k: int) -> dict:

@@ -12,7 +12,7 @@ import torch
 
 from .sim.pusht import ANGLE_TOL, POSITION_TOL, PushTSim, angle_error, position_error
 
-__all__ = ["SimulatorCost", "SimulatorLatentCost", "distance"]
+__all__ = ["SimulatorCost", "SimulatorLatentCost", "distance", "latent_distance", "simulate_final"]
 
 
 def distance(state, goal) -> np.ndarray:
@@ -20,6 +20,27 @@ def distance(state, goal) -> np.ndarray:
     together: ``position_error / 20 + angle_error / (pi/9)``; every success has distance < 2."""
     s, g = np.asarray(state, dtype=np.float64), np.asarray(goal, dtype=np.float64)
     return position_error(s, g) / POSITION_TOL + angle_error(s[..., 4], g[..., 4]) / ANGLE_TOL
+
+
+def simulate_final(sim: PushTSim, state7, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate of ``actions`` ``[N, L, 2]`` simulated from ``state7`` (state + agent velocity):
+    its rendered final frame ``[N, H, W, 3]`` and its final state ``[N, 5]``."""
+    frames, finals = [], []
+    for seq in actions:
+        sim.reset_to(state7, render=False)
+        for a in seq[:-1]:
+            sim.step(a, render=False)
+        frames.append(sim.step(seq[-1]))
+        finals.append(sim.state)
+    return np.stack(frames), np.stack(finals)
+
+
+def latent_distance(model, frames: np.ndarray, z_goal: torch.Tensor, device: str = "cpu") -> np.ndarray:
+    """Squared latent distance (mean over tokens and dims) of the encoded ``frames`` ``[N, H, W, 3]`` to
+    ``z_goal`` ``[1, N_tokens, D]``: ``[N]``."""
+    with torch.inference_mode():
+        z = model.encode(torch.as_tensor(frames)[:, None].to(device))[:, 0].float()
+    return (z - z_goal.float()).pow(2).mean((-2, -1)).double().cpu().numpy()
 
 
 class SimulatorCost:
@@ -71,15 +92,8 @@ class SimulatorLatentCost:
         self.state = np.asarray(state7, dtype=np.float64)
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
-        frames = []
-        for seq in actions:
-            self.sim.reset_to(self.state, render=False)
-            for a in seq[:-1]:
-                self.sim.step(a, render=False)
-            frames.append(self.sim.step(seq[-1]))
-        with torch.inference_mode():
-            z = self.model.encode(torch.as_tensor(np.stack(frames))[:, None].to(self.device))[:, 0].float()
-        return (z - self.z_goal).pow(2).mean((-2, -1)).double().cpu().numpy()
+        frames, _ = simulate_final(self.sim, self.state, actions)
+        return latent_distance(self.model, frames, self.z_goal, self.device)
 
     def close(self) -> None:
         self.sim.close()

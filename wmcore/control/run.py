@@ -200,7 +200,7 @@ class WorldModelCEM:
     def reset(self, task, start_frame, goal_frame) -> None:
         self.planner.reset(seed=self.cfg.seed + task.start_step)
         # the goal observation: its frame and the goal's agent position (proprioception), never the block's state
-        self.goal_frame, self.goal_proprio = goal_frame, np.asarray(task.goal[:2], dtype=np.float64)
+        self.goal_proprio = np.asarray(task.goal[:2], dtype=np.float64)
         self.cost = LatentGoalCost(self.model, goal_frame, cost=self.cfg.cost, device=self.device,
                                    proprio_weight=self.cfg.proprio_weight, goal_proprio=self.goal_proprio)
         self.fidelity, self.first, self.task = None, True, task
@@ -224,7 +224,7 @@ class WorldModelCEM:
                             p.mean + std * coloured_noise(rng, c.noise_beta, (n, *p.mean.shape)))
         if self.sim is None:
             self.sim = PushTSim()
-        oracle = oracle_terms(self.model, self.sim, state7, self.goal_frame, self.goal_proprio, acts, self.device)
+        oracle = oracle_terms(self.model, self.sim, state7, self.cost.z_goal, self.goal_proprio, acts, self.device)
         k = max(1, round(n * c.elites / c.samples))
         return compare_rankings(self.cost.terms(acts), oracle, k)
 
