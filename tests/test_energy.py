@@ -211,7 +211,7 @@ def test_every_report_with_recorded_actions_has_the_landscape(report, episodes):
 def test_the_landscape_survives_save_and_load(report, tmp_path):
     back = DriftReport.load(report.save(tmp_path / "r.json"))
     assert back.energy == report.energy
-    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 3
+    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 4
 
 
 def test_off_switch_and_other_action_sources_have_none(episodes):

@@ -7,6 +7,7 @@ import torch
 
 from wmcore.settings import Thresholds
 from wmcore.data import Episode, content_sha256, stack
+from wmcore.episode import episodes_sha256
 from wmcore.errors import WMError
 from wmcore.evaluate import EvalConfig, evaluate, prepare, rollouts
 from wmcore.models import load
@@ -59,7 +60,9 @@ def test_report_metadata_and_baselines(analytic):
     cfg, model, episodes = analytic
     r = evaluate(model, episodes, EvalConfig(horizon=10, action_source="zeros", seed=7), FAST, spec="analytic:x", data_id="d")
     assert r.model["spec"] == "analytic:x" and len(r.model["fingerprint"]) == 64
-    assert r.data["sha256"] == content_sha256(*[torch.stack([getattr(e, k) for e in episodes]) for k in ("frames", "actions")], None)
+    # schema 4: the sha256 of the episodes' own digests, in order (shards can compute it together)
+    assert r.data["sha256"] == episodes_sha256([content_sha256(e.frames, e.actions, None) for e in episodes])
+    assert r.data["sha256_of"] == "episodes"
     assert r.config["action_source"] == "zeros" and r.config["seed"] == 7 and r.config["horizon"] == 10
     assert {"torch", "transformers", "device", "dtype", "python"} <= set(r.environment)
     assert set(r.loops) == {"open_loop", "closed_loop", "copy_last", "copy_first"}

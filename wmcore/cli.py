@@ -8,6 +8,9 @@ train (``wmcore.train``: the options are TrainConfig's fields).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import time
 import sys
 from pathlib import Path
 
@@ -71,8 +74,17 @@ def _check_fit(model, episodes, what: str) -> None:
         raise WMError(f"{what}: {e}") from None
 
 
+def _say(msg: str) -> None:
+    """Progress on stderr, from rank 0 only (every rank of a torchrun would repeat it)."""
+    from .dist import is_main
+
+    if is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load as load_data
+    from . import dist
+    from .data import open_set
     from .evaluate import evaluate
     from .fsio import new_run_dir
     from .models import load
@@ -80,30 +92,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import render_text
     from .settings import check_placement, place_model, resolve
 
-    check_placement(args.device, args.dtype)  # before anything slow
-    out = _out_dir(args.out)
-    model = place_model(load(args.model), args.device, args.dtype)
-    stem = safe_name(f"{model.name}-{args.actions}")
-    if out is not None:
-        for suffix in (".json", ".png", "-energy.png"):
-            if (out / f"{stem}{suffix}").exists():
-                raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
-                              "(nothing is overwritten)")
-    cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
-                              device=args.device, dtype=args.dtype, energy=not args.no_energy,
-                              overrides={"gate_rule": args.gate_rule} if args.gate_rule else None)
-    data = args.data or DEFAULT_DATA
-    print(f"loading {data} ...", file=sys.stderr, flush=True)
-    episodes = load_data(data, limit=args.episodes, camera=args.camera)
-    _check_fit(model, episodes, f"--data {data!r}")
-    print(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon} ...", file=sys.stderr, flush=True)
-    r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data)
-    out = out if out is not None else new_run_dir(Path("runs"))  # fsio creates --out, or says why it cannot
-    print(render_text([r]))
-    print(r.save(out / f"{stem}.json"))
-    print(plot_drift(r, out / f"{stem}.png"))
-    if r.energy is not None:
-        print(plot_energy(r, out / f"{stem}-energy.png"))
+    device = dist.device(args.device)
+    with dist.together():  # a rank that cannot load the model or read the data stops every rank
+        check_placement(device, args.dtype)  # before anything slow
+        out = _out_dir(args.out)
+        model = place_model(load(args.model), device, args.dtype)
+        stem = safe_name(f"{model.name}-{args.actions}")
+        if out is not None:
+            for suffix in (".json", ".png", "-energy.png"):
+                if (out / f"{stem}{suffix}").exists():
+                    raise WMError(f"--out {args.out!r}: {stem}{suffix} exists already; choose another directory "
+                                  "(nothing is overwritten)")
+        cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
+                                  device=device, dtype=args.dtype, energy=not args.no_energy,
+                                  overrides={"gate_rule": args.gate_rule} if args.gate_rule else None)
+        if args.batch_size is not None:
+            cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
+        data = args.data or DEFAULT_DATA
+        _say(f"loading {data} ...")
+        episodes = open_set(data, limit=args.episodes, camera=args.camera)
+    rank, world = dist.world()
+    n_chunks = -(-len(episodes) // cfg.batch_size)
+    _say(f"evaluating {model.name} on {len(episodes)} episodes, horizon {cfg.horizon}, {n_chunks} chunk(s) of "
+         f"{cfg.batch_size}" + (f" over {world} processes" if world > 1 else "") + " ...")
+    t0 = time.perf_counter()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if rank == 0 and (done == total or time.perf_counter() - progress.last > 10):
+            progress.last = time.perf_counter()
+            _say(f"  {phase}: {done}/{total} chunk(s) of rank 0 ({time.perf_counter() - t0:.0f} s)")
+
+    progress.last = t0
+    r = evaluate(model, episodes, cfg, thresholds, spec=args.model, data_id=data, progress=progress)
+    if rank == 0:  # rank 0 alone writes and prints; every rank has the same report and exit code
+        out = out if out is not None else new_run_dir(Path("runs"))  # fsio creates --out, or says why it cannot
+        print(render_text([r]))
+        print(r.save(out / f"{stem}.json"))
+        print(plot_drift(r, out / f"{stem}.png"))
+        if r.energy is not None:
+            print(plot_energy(r, out / f"{stem}-energy.png"))
     return 0 if r.passed else 1
 
 
@@ -252,6 +279,8 @@ def _add_report_commands(sub) -> None:
                     "(default: gate_rule in [tool.wmcore], ci)")
     se.add_argument("--no-energy", action="store_true", help="skip the offline energy landscape (a few seconds; "
                     "measured by default with recorded actions, see README 'Energy landscape')")
+    se.add_argument("--batch-size", type=_count(1), help="episodes per chunk: read, encoded and rolled out together, "
+                    "and the unit shared out over torchrun's processes (memory, not results; default 16)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
 
@@ -408,6 +437,7 @@ def _cem_config(args: argparse.Namespace, frameskip: int = 1, model_preset: str 
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from . import dist
     from .control.command import NEEDS_MODEL, plan
     from .control.planners import CEMConfig
     from .fsio import new_run_dir
@@ -419,24 +449,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.planner in NEEDS_MODEL and not args.model:
         raise WMError(f"wmcore plan --planner {args.planner} needs --model SPEC (e.g. pusht-lewm); the baselines "
                       "(--planner oracle, stay, random, drive) need none")
-    check_placement(args.device, "float32")
-    cfg = _cem_config(args)  # bad planner options fail before anything is loaded or written
-    model = place_model(load(args.model), args.device, "float32") if args.model and args.planner in NEEDS_MODEL else None
-    t = load_thresholds(model.name if args.planner == "cem" else args.planner,
-                        overrides={"success_min": args.success_min} if args.success_min is not None else None)
-    if model is not None:
-        cfg = _cem_config(args, model.frameskip, t.planner if args.planner == "cem" else "")
-    out = _out_dir(args.out)
-    out = out if out is not None else new_run_dir(Path("runs"))
-    data = args.data or DEFAULT_DATA
-    print(f"loading {data} ...", file=sys.stderr, flush=True)
-    episodes = load_data(data)
+    device = dist.device(args.device)
+    with dist.together():  # a rank that cannot load the model or the data stops every rank
+        check_placement(device, "float32")
+        cfg = _cem_config(args)  # bad planner options fail before anything is loaded or written
+        model = place_model(load(args.model), device, "float32") if args.model and args.planner in NEEDS_MODEL else None
+        t = load_thresholds(model.name if args.planner == "cem" else args.planner,
+                            overrides={"success_min": args.success_min} if args.success_min is not None else None)
+        if model is not None:
+            cfg = _cem_config(args, model.frameskip, t.planner if args.planner == "cem" else "")
+        out = _out_dir(args.out)
+        data = args.data or DEFAULT_DATA
+        _say(f"loading {data} ...")
+        episodes = load_data(data)
+    out = dist.share(out if out is not None or not dist.is_main() else new_run_dir(Path("runs")))
     spec = TaskSpec(count=args.count, goal_offset=args.goal_offset, budget=args.budget, seed=args.seed)
     r = plan(kind=args.planner, model=model, model_spec=args.model, episodes=episodes, data_id=data, tasks=args.tasks,
              spec=spec, limit=args.limit, cfg=cfg, out=out, success_min=t.success_min, rule=t.gate_rule,
-             device=args.device, fidelity=not args.no_fidelity)
-    print(r.render_text())
-    print(out)
+             device=device, fidelity=not args.no_fidelity)
+    if dist.is_main():
+        print(r.render_text())
+        print(out)
     return 0 if r.passed else 1
 
 
@@ -540,6 +573,7 @@ def _cmd_policy_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy_evaluate(args: argparse.Namespace) -> int:
+    from . import dist
     from .control.command import policy_evaluate, policy_train
     from .control.policy import load_policy
     from .control.tasks import TaskSpec
@@ -548,13 +582,17 @@ def _cmd_policy_evaluate(args: argparse.Namespace) -> int:
     from .models import load
     from .settings import load_thresholds
 
-    out = _out_dir(args.out)
-    out = out if out is not None else new_run_dir(Path("runs"))
-    model = load(args.model)
-    if args.policy:
-        net, doc = load_policy(args.policy)
-        doc = {**doc, "source": args.policy}
-    else:  # the default variant, trained here on the training set
+    if dist.world()[1] > 1 and not args.policy:
+        raise WMError("wmcore policy evaluate under torchrun shards the evaluation of a trained policy: train it "
+                      "first (wmcore policy train --out DIR), then give --policy DIR")
+    with dist.together():
+        out = _out_dir(args.out)
+        model = load(args.model)
+        if args.policy:
+            net, doc = load_policy(args.policy)
+            doc = {**doc, "source": args.policy}
+    out = dist.share(out if out is not None or not dist.is_main() else new_run_dir(Path("runs")))
+    if not args.policy:  # the default variant, trained here on the training set (one process)
         cfg = _policy_config(args)
         net, doc = policy_train(model=model, model_spec=args.model, episodes=_load_train_data(args.train_data),
                                 data_id=args.train_data, cfg=cfg, out=out / f"policy-{cfg.label}")
@@ -562,13 +600,15 @@ def _cmd_policy_evaluate(args: argparse.Namespace) -> int:
     t = load_thresholds(f"policy-{net.cfg.label}",
                         overrides={"success_min": args.success_min} if args.success_min is not None else None)
     data = args.data or DEFAULT_DATA
-    print(f"loading {data} ...", file=sys.stderr, flush=True)
-    episodes = load_data(data)
+    _say(f"loading {data} ...")
+    with dist.together():
+        episodes = load_data(data)
     r = policy_evaluate(model=model, model_spec=args.model, net=net, policy=doc, episodes=episodes, data_id=data,
                         tasks=args.tasks, spec=TaskSpec(count=args.count, seed=args.task_seed), limit=args.limit,
                         out=out, success_min=t.success_min, rule=t.gate_rule)
-    print(r.render_text())
-    print(out)
+    if dist.is_main():
+        print(r.render_text())
+        print(out)
     return 0 if r.passed else 1
 
 
@@ -634,16 +674,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# commands that shard their work over the processes of a torchrun (wmcore.dist)
+SHARDED = ("evaluate", "plan", "policy evaluate")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``wmcore`` command; exit codes as in ``wmcore.errors`` (2 bad input, 3 a bug with its traceback)."""
+    """The ``wmcore`` command; exit codes as in ``wmcore.errors`` (2 bad input, 3 a bug with its traceback).
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the sharded commands join the process group first."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # a command's errors name it, as argparse's own usage errors do (an unknown command is one of those)
     prog = f"wmcore {argv[0]}" if argv and not argv[0].startswith("-") else "wmcore"
 
     def body() -> int:
+        from . import dist
+
         args = build_parser().parse_args(argv)
         args.argv = argv
-        return args.func(args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            command = " ".join(x for x in (args.command, getattr(args, "policy_command", None)) if x)
+            if command not in SHARDED:
+                raise WMError(f"wmcore {command} runs in one process; run it without torchrun (the commands "
+                              f"that shard over processes: {', '.join(SHARDED)})")
+            dist.init_from_env()
+        try:
+            return args.func(args)
+        finally:
+            dist.close()
 
     return run_command(prog, body)
 

@@ -13,13 +13,21 @@ Without an initialised process group everything here is the single-process case:
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Iterator, Sequence
 
 import torch.distributed as dist
 
 from .errors import WMError
 
-__all__ = ["check_errors", "chunks", "gather_ordered", "init_from_env", "is_main", "my_chunks", "world"]
+__all__ = ["check_errors", "chunks", "close", "device", "gather_ordered", "init_from_env", "is_main", "my_chunks",
+           "share", "together", "world"]
+
+# How long a collective waits for a rank that neither answers nor dies (a hung rank; a dead one is
+# noticed at once: its sockets close, and torchrun stops the others). Slow chunks are not hangs: a
+# rank reaches each collective after its own chunks, so the wait is at most one rank's work.
+TIMEOUT_S = float(os.environ.get("WMCORE_DIST_TIMEOUT_S", "1800"))
 
 
 def world() -> tuple[int, int]:
@@ -41,8 +49,36 @@ def init_from_env(backend: str = "gloo") -> bool:
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    dist.init_process_group(backend=backend)
+    # gloo even on GPUs: wmcore's collectives move small CPU objects (per-episode rows, task results),
+    # never tensors on the device, and gloo needs no device for them
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S))
     return True
+
+
+def close() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device(name: str) -> str:
+    """The device this rank computes on: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun (one GPU
+    per process); anything else (``cpu``, an explicit ``cuda:1``) is kept."""
+    if name == "cuda" and world()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return name
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Run a block on every rank; if it raises on any rank, it raises on every rank (``check_errors``):
+    no rank goes on into a collective that a failed rank will never reach."""
+    err = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - shared, then re-raised by check_errors
+        err = e
+    check_errors(err)
 
 
 def chunks(n: int, size: int) -> list[range]:
@@ -72,6 +108,15 @@ def gather_ordered(mine: Sequence[Any], n_chunks: int) -> list[Any]:
     parts: list[Any] = [None] * w
     dist.all_gather_object(parts, list(mine))
     return [parts[c % w][c // w] for c in range(n_chunks)]
+
+
+def share(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. the run directory only rank 0 creates)."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def check_errors(error: BaseException | None) -> None:

@@ -3,12 +3,12 @@ optional states), stacking and content hashes. The ground floor: imports nothing
 
 from __future__ import annotations
 
-__all__ = ["Batch", "Episode", "content_sha256", "stack", "video_summary"]
+__all__ = ["Batch", "Episode", "EpisodeSet", "content_sha256", "episode_digests", "episodes_sha256", "stack", "video_summary"]
 
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -140,3 +140,50 @@ def content_sha256(*tensors: Tensor | None) -> str:
         h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def episode_digests(batch: Batch) -> list[str]:
+    """``content_sha256`` of each episode of a batch (its frames, actions and states as stacked)."""
+    st = batch.states
+    return [content_sha256(batch.frames[i], batch.actions[i], None if st is None else st[i])
+            for i in range(batch.frames.shape[0])]
+
+
+def episodes_sha256(digests: Sequence[str]) -> str:
+    """The data set's sha256 (a report's ``data.sha256`` from schema 4): sha256 over the episodes'
+    ``content_sha256`` digests in episode order. Each process of a sharded run hashes its own episodes;
+    the result depends neither on the batch size nor on the number of processes."""
+    h = hashlib.sha256(f"wmcore.episodes|{len(digests)}".encode())
+    for d in digests:
+        h.update(bytes.fromhex(d))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """Episodes known by id and length, read on demand a range at a time, so that an evaluation can
+    stream a data set far larger than memory. ``read(lo, hi)`` returns episodes ``lo..hi-1`` in order.
+    ``EpisodeSet.of`` wraps episodes already in memory."""
+
+    ids: tuple[str, ...]
+    steps: tuple[int, ...]  # recorded transitions of each episode (from an index, without reading frames)
+    reader: Callable[[int, int], list[Episode]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, r: range) -> list[Episode]:
+        """The episodes of ``r`` (a range of indices), checked against the ids and lengths known before."""
+        eps = list(self.reader(r.start, r.stop))
+        got = [(e.id, e.steps) for e in eps]
+        want = [(self.ids[i], self.steps[i]) for i in r]
+        if got != want:
+            raise WMError(f"episodes {r.start}..{r.stop - 1}: read {got[:3]}..., but the index lists {want[:3]}...; "
+                          "the data changed while it was evaluated: evaluate it again")
+        return eps
+
+    @staticmethod
+    def of(episodes: Sequence[Episode]) -> "EpisodeSet":
+        eps = list(episodes)
+        return EpisodeSet(ids=tuple(e.id for e in eps), steps=tuple(e.steps for e in eps),
+                          reader=lambda lo, hi: eps[lo:hi])

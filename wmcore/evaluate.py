@@ -3,30 +3,50 @@ landscape) -> DriftReport.
 
 This is the glue that the pytest plugin, the CLI and the bench share; a user's script can call it
 directly. ``EvalConfig`` and ``Thresholds`` (``wmcore.settings``) are re-exported here because every
-call of ``evaluate`` takes them.
+call of ``evaluate`` takes them, and so are the pieces of ``wmcore.drift`` (``prepare``,
+``rollouts``, ``build_report``: one batch held in memory).
+
+``evaluate`` streams. The episodes are cut into whole chunks of ``batch_size`` and each chunk is
+read, encoded, rolled out and reduced to per-episode rows before the next is read; what is kept is
+per-episode (rows of curves, model-step actions and states, content digests) or bounded (a float64
+running sum for the mean latent, the seeded sample of frames the chance level pairs, latents of up
+to ``KEEP_LATENTS_BYTES`` between the two passes). Memory is flat in the number of episodes.
+
+Two passes, because the centred cosine needs the mean latent of every episode before any centred
+value: pass 1 encodes each chunk (running sum, chance-level frames, digests, actions); pass 2 rolls
+each chunk out (re-encoding those chunks whose latents were not kept) and reduces it. The energy
+landscape's candidates are drawn from every episode's actions between the passes and scored per
+chunk in pass 2.
+
+Under ``torchrun`` (a process group, ``wmcore.dist``) every rank takes the chunks ``c`` with
+``c % world == rank``, gathers the per-chunk results in chunk order after each pass and builds the
+same report; each chunk is computed exactly as by one process, so the report equals the
+one-process report (timings aside). Rank 0 alone writes (the caller's job).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
 
-from . import gates as G
+from . import dist
 from . import metrics as M
-from .control.energy import energy_landscape
-from .episode import Batch, Episode, content_sha256, stack, video_summary
+from .control.energy import candidate_energies, draw_candidates, summarise
+from .drift import (
+    Prepared, assemble, build_report, check_actions, check_episodes, chunk_rollouts, cut_start, data_section,
+    encode_chunk, energy, loop_rows, model_step_inputs, model_steps, prepare, rollouts,
+)
+from .episode import Batch, Episode, EpisodeSet, episode_digests, episodes_sha256, stack, video_summary
 from .errors import WMError
 from .protocol import WorldModel
-from .report import DriftReport, environment
-from .rollout import block_actions, closed_loop, make_actions, open_loop, subsample
+from .report import DriftReport
+from .rollout import make_actions
 from .settings import EvalConfig, Thresholds
 
 __all__ = [
+    "KEEP_LATENTS_BYTES",
     "EvalConfig",
     "Prepared",
     "Thresholds",
@@ -39,231 +59,142 @@ __all__ = [
     "rollouts",
 ]
 
-
-def check_actions(model: WorldModel, width: int) -> None:
-    """WMError unless recorded actions ``width`` wide make the model's action: one model step is
-    ``frameskip`` recorded actions, concatenated, so ``width * frameskip`` must be ``action_dim``."""
-    if width * model.frameskip != model.action_dim:
-        raise WMError(
-            f"the episodes' actions are {width} wide; model {model.name!r} takes {model.action_dim // model.frameskip}-wide "
-            f"recorded actions (action_dim {model.action_dim} = {model.frameskip} recorded steps x "
-            f"{model.action_dim // model.frameskip}); use data recorded for this model, or a model trained on this data"
-        )
-
-
-def check_episodes(model: WorldModel, episodes: Sequence[Episode]) -> None:
-    """``check_actions`` for every distinct action width among ``episodes``."""
-    for width in sorted({e.actions.shape[-1] for e in episodes}):
-        check_actions(model, width)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Episodes seen at the model's step: latents ``[B, S+1, N, D]``, actions ``[B, S, A]`` (from the
-    chosen source), states ``[B, S+1, St]`` or None, and what identifies the data; video: how the
-    frames were decoded (``wmcore.data.video_summary``; None for frames that were no video file)."""
-
-    latents: Tensor
-    actions: Tensor
-    states: Tensor | None
-    ids: list[str]
-    data_sha256: str
-    fps: float
-    video: dict | None = None
-
-
-def prepare(model: WorldModel, episodes: Sequence[Episode] | Batch, cfg: EvalConfig) -> Prepared:
-    """Subsample frames by the model's frameskip, block the actions, encode, pick the action source.
-
-    ``episodes``: frames uint8 ``[B, T+1, H, W, 3]`` and recorded actions ``[B, T, a]`` (and states);
-    the result holds latents ``[B, S+1, N, D]`` and model-step actions ``[B, S, a * frameskip]``, S
-    model steps after ``cfg.start`` recorded steps are skipped."""
-    batch = episodes if isinstance(episodes, Batch) else stack(episodes)
-    if cfg.start:
-        if cfg.start < 0 or cfg.start >= batch.actions.shape[1]:
-            raise WMError(f"start {cfg.start}: expected 0 <= start < {batch.actions.shape[1]} (the episodes' recorded steps)")
-        s0 = cfg.start
-        batch = dataclasses.replace(
-            batch, frames=batch.frames[:, s0:], actions=batch.actions[:, s0:],
-            states=None if batch.states is None else batch.states[:, s0:],
-        )
-    check_actions(model, batch.actions.shape[-1])
-    k = model.frameskip
-    actions = block_actions(batch.actions, k)
-    s = actions.shape[1]
-    need = cfg.context + cfg.horizon
-    if s + 1 < need:
-        raise WMError(
-            f"episodes have {batch.actions.shape[1]} recorded steps = {s} model steps at frameskip {k}; "
-            f"horizon {cfg.horizon} after {cfg.context} context frame(s) needs {need - 1} model steps. "
-            f"Use a horizon <= {s + 1 - cfg.context} (pytest --wm-horizon, wmcore evaluate --horizon) or longer episodes"
-            + (f" (or a smaller start than {cfg.start})" if cfg.start else "")
-        )
-    frames = subsample(batch.frames, k)[:, : s + 1]
-    states = subsample(batch.states, k)[:, : s + 1] if batch.states is not None else None
-    dtype = getattr(torch, cfg.dtype)
-    with torch.inference_mode():
-        chunks = [
-            model.encode(frames[i : i + cfg.batch_size].to(cfg.device)).to(dtype)
-            for i in range(0, frames.shape[0], cfg.batch_size)
-        ]
-    latents = torch.cat(chunks)
-    if not torch.isfinite(latents).all():
-        raise WMError(f"model {model.name!r}: the encoder produced NaN or inf latents for this data")
-    return Prepared(
-        latents=latents,
-        actions=make_actions(cfg.action_source, actions, cfg.seed).to(cfg.device, dtype),
-        states=states.to(cfg.device, dtype) if states is not None else None,
-        ids=batch.ids,
-        data_sha256=content_sha256(batch.frames, batch.actions, batch.states),
-        fps=batch.fps,
-        video=video_summary(batch.videos),
-    )
-
-
-def rollouts(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> tuple[Tensor, Tensor]:
-    """Open- and closed-loop predictions, each ``[B, H, N, D]`` for frames C..C+H-1."""
-    c, h, bs = cfg.context, cfg.horizon, cfg.batch_size
-    opened, closed = [], []
-    with torch.inference_mode():
-        for i in range(0, prep.latents.shape[0], bs):
-            z, a = prep.latents[i : i + bs], prep.actions[i : i + bs]
-            st = prep.states[i : i + bs] if prep.states is not None else None
-            # open loop gets states only when the model can propagate them
-            st_open = st if st is not None and hasattr(model, "propagate_state") else None
-            opened.append(open_loop(model, z[:, :c], a, h, window=cfg.window, states=st_open, use_cache=cfg.use_cache))
-            closed.append(closed_loop(model, z, a, h, context=c, window=cfg.window, states=st, use_cache=cfg.use_cache))
-    return torch.cat(opened), torch.cat(closed)
-
-
-def energy(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> dict | None:
-    """The energy landscape of ``model`` on the prepared episodes (``control.energy``), as the report's
-    ``energy`` section; None when ``cfg.energy`` is off or the actions are not the recorded ones (the
-    landscape ranks the recorded actions: a zeros/random report would repeat the recorded one's).
-
-    ``cfg.energy_k`` is clipped to the longest goal offset the episodes hold after the context (a
-    short clip still gets a landscape); ``k_requested`` and ``note`` say so."""
-    if not cfg.energy or cfg.action_source != "recorded":
-        return None
-    steps = int(prep.actions.shape[1])
-    k = min(cfg.energy_k, steps - cfg.context + 1)  # >= horizon >= 1: prepare checked the episodes hold it
-    land = energy_landscape(
-        model, prep.latents, prep.actions, states=prep.states, k=k, starts=cfg.energy_starts,
-        candidates=cfg.energy_candidates, scales=cfg.energy_scales, context=cfg.context, window=cfg.window,
-        seed=cfg.seed, batch_size=cfg.energy_batch, use_cache=cfg.use_cache,
-    )
-    note = None
-    if k < cfg.energy_k:
-        note = (f"k clipped from {cfg.energy_k} to {k}: the episodes hold {steps} model steps after "
-                f"{cfg.context} context frame(s)")
-    return {**land.to_dict(), "k_requested": cfg.energy_k, "note": note}
+# Latents kept from pass 1 for pass 2 (per process), so that a small evaluation encodes once; the
+# chunks beyond it are encoded again. The bound, not the number of episodes, sets the memory.
+KEEP_LATENTS_BYTES = 256 * 2**20
 
 
 def evaluate(
     model: WorldModel,
-    episodes: Sequence[Episode] | Batch | Prepared,
+    episodes: Sequence[Episode] | EpisodeSet | Batch | Prepared,
     cfg: EvalConfig = EvalConfig(),
     thresholds: Thresholds = Thresholds(),
     *,
     spec: str | None = None,
     data_id: str = "episodes",
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> DriftReport:
     """Run both loops and every metric and gate; return the DriftReport (nothing is written).
 
-    ``episodes``: as for ``prepare``, or its result (latents already encoded)."""
+    ``episodes``: a list of episodes or an ``EpisodeSet`` (``wmcore.data.open_set``): streamed a chunk
+    at a time, sharded over the ranks of a process group; a ``Batch`` or ``prepare``'s result: one
+    batch in memory (one process). ``progress(phase, done, total)``: called after each of this
+    process's chunks (phase ``"encode"`` then ``"rollout"``)."""
+    if isinstance(episodes, (Batch, Prepared)):
+        t0 = time.perf_counter()
+        prep = episodes if isinstance(episodes, Prepared) else prepare(model, episodes, cfg)
+        t1 = time.perf_counter()
+        pred_open, pred_closed = rollouts(model, prep, cfg)
+        t2 = time.perf_counter()
+        return build_report(model, prep, pred_open, pred_closed, cfg, thresholds, spec=spec, data_id=data_id,
+                            timings={"encode_s": t1 - t0, "rollout_s": t2 - t1})
+    src = episodes if isinstance(episodes, EpisodeSet) else EpisodeSet.of(episodes)
+    return _stream(model, src, cfg, thresholds, spec, data_id, progress or (lambda phase, done, total: None))
+
+
+def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thresholds, spec: str | None,
+            data_id: str, progress: Callable[[str, int, int], None]) -> DriftReport:
+    n = len(src)
+    if n == 0:
+        raise WMError("no episodes to evaluate: the data set is empty")
+    steps = min(src.steps)  # every episode is cut to the shortest one's length, as stack does
+    if cfg.start and not 0 <= cfg.start < steps:
+        raise WMError(f"start {cfg.start}: expected 0 <= start < {steps} (the episodes' recorded steps)")
+    s = model_steps(model, steps - cfg.start, cfg)
+    chunks = dist.chunks(n, cfg.batch_size)
+    mine = dist.my_chunks(n, cfg.batch_size)
+    world = dist.world()[1]
+    pairs = M.chance_pairs(n, s + 1, seed=thresholds.seed)
+    wanted = sorted({(int(e), int(t)) for e, t in zip(torch.cat(pairs[0::2]).tolist(), torch.cat(pairs[1::2]).tolist())})
+
+    def read(r: range) -> Batch:
+        batch = cut_start(stack(src.read(r), steps), cfg.start)
+        check_actions(model, batch.actions.shape[-1])
+        return batch
+
+    # pass 1: encode every chunk; keep sums, the chance level's frames, digests, actions and states
     t0 = time.perf_counter()
-    prep = episodes if isinstance(episodes, Prepared) else prepare(model, episodes, cfg)
+    kept: dict[int, torch.Tensor] = {}
+    kept_bytes, first = 0, []
+    with dist.together():  # an error on any rank stops every rank here
+        for i, r in enumerate(mine):
+            batch = read(r)
+            z = encode_chunk(model, batch.frames, s, cfg)
+            actions, states = model_step_inputs(model, batch, s)
+            zc = z.cpu()
+            first.append({
+                "sum": zc.double().sum((0, 1)), "count": zc.shape[0] * zc.shape[1],
+                "frames": {(e, t): zc[e - r.start, t].clone() for e, t in wanted if e in r},
+                "digests": episode_digests(batch), "actions": actions, "states": states, "videos": batch.videos,
+                "fps": batch.fps, "shape": (tuple(batch.frames.shape[2:]), batch.states is not None),
+            })
+            if kept_bytes + z.nbytes <= KEEP_LATENTS_BYTES:
+                kept[r.start], kept_bytes = z, kept_bytes + z.nbytes
+            progress("encode", i + 1, len(mine))
+    encoded = dist.gather_ordered(first, len(chunks))
     t1 = time.perf_counter()
-    pred_open, pred_closed = rollouts(model, prep, cfg)
-    t2 = time.perf_counter()
-    return build_report(
-        model, prep, pred_open, pred_closed, cfg, thresholds, spec=spec, data_id=data_id,
-        timings={"encode_s": t1 - t0, "rollout_s": t2 - t1},
-    )
+    _check_alike(encoded, chunks, src)
+    mean = sum((c["sum"] for c in encoded[1:]), encoded[0]["sum"].clone()) / sum(c["count"] for c in encoded)
+    frames = {k: v for c in encoded for k, v in c.pop("frames").items()}
+    a_chance, z_chance = (torch.stack([frames[(int(e), int(t))] for e, t in zip(pairs[i], pairs[i + 1])]) for i in (0, 2))
+    chance = (M.pair_cosine(a_chance, z_chance), M.pair_cosine(a_chance.double() - mean, z_chance.double() - mean))
+    del frames, a_chance, z_chance
+    dtype = getattr(torch, cfg.dtype)
+    recorded = torch.cat([c["actions"] for c in encoded])
+    actions = make_actions(cfg.action_source, recorded, cfg.seed).to(dtype)
+    states = torch.cat([c["states"] for c in encoded]).to(dtype) if encoded[0]["states"] is not None else None
+    draw, k_energy = None, min(cfg.energy_k, s - cfg.context + 1)
+    if cfg.energy and cfg.action_source == "recorded":
+        draw = draw_candidates(actions, k=k_energy, starts=cfg.energy_starts, candidates=cfg.energy_candidates,
+                               scales=cfg.energy_scales, context=cfg.context, seed=cfg.seed)
+
+    # pass 2: roll out every chunk and keep its per-episode rows (and its candidates' energies)
+    second, t_roll, t_energy = [], 0.0, 0.0
+    with dist.together():
+        for i, r in enumerate(mine):
+            z = kept.pop(r.start, None)
+            if z is None:
+                z = encode_chunk(model, read(r).frames, s, cfg)
+            a = actions[r.start : r.stop].to(cfg.device)
+            st = None if states is None else states[r.start : r.stop].to(cfg.device)
+            ta = time.perf_counter()
+            pred_open, pred_closed = chunk_rollouts(model, z, a, st, cfg)
+            tb = time.perf_counter()
+            out: dict[str, Any] = {"rows": loop_rows(z, pred_open, pred_closed, mean, cfg)}
+            if draw is not None:
+                out["energy"] = candidate_energies(model, z, a, st, draw.episodes(r), window=cfg.window,
+                                                   batch_size=cfg.energy_batch, use_cache=cfg.use_cache)
+            t_roll, t_energy = t_roll + tb - ta, t_energy + time.perf_counter() - tb
+            second.append(out)
+            del z, pred_open, pred_closed
+            progress("rollout", i + 1, len(mine))
+    reduced = dist.gather_ordered(second, len(chunks))
+    rows = {loop: {m: torch.cat([c["rows"][loop][m] for c in reduced]) for m in reduced[0]["rows"][loop]}
+            for loop in reduced[0]["rows"]}
+    landscape, timings = None, {"encode_s": t1 - t0, "rollout_s": t_roll, "processes": world}
+    if draw is not None:
+        note = None
+        if k_energy < cfg.energy_k:
+            note = (f"k clipped from {cfg.energy_k} to {k_energy}: the episodes hold {s} model steps after "
+                    f"{cfg.context} context frame(s)")
+        landscape = {**summarise(draw, torch.cat([c["energy"] for c in reduced])).to_dict(),
+                     "k_requested": cfg.energy_k, "note": note}
+        timings["energy_s"] = t_energy
+    timings["wall_s"] = time.perf_counter() - t0  # both passes and the gathers: what a sharded run waits
+    data = data_section(data_id, episodes_sha256([d for c in encoded for d in c["digests"]]), list(src.ids), s,
+                        encoded[0]["fps"], video_summary([v for c in encoded for v in (c["videos"] or [])]))
+    return assemble(model, rows, cfg, thresholds, chance=chance, data=data, spec=spec, timings=timings,
+                    landscape=landscape)
 
 
-def build_report(
-    model: WorldModel,
-    prep: Prepared,
-    pred_open: Tensor,
-    pred_closed: Tensor,
-    cfg: EvalConfig,
-    thresholds: Thresholds,
-    *,
-    spec: str | None = None,
-    data_id: str = "episodes",
-    timings: dict | None = None,
-) -> DriftReport:
-    """Metrics, baselines, chance level and gates from finished rollouts ``[B, H, N, D]``, and the energy
-    landscape (``energy``; its time is ``timings["energy_s"]``)."""
-    c, h = cfg.context, cfg.horizon
-    timings = dict(timings or {})
-    t0 = time.perf_counter()
-    landscape = energy(model, prep, cfg)
-    if landscape is not None:
-        timings["energy_s"] = time.perf_counter() - t0
-    # metrics on the CPU whatever device the model ran on: small tensors, one numerics for every run
-    z, pred_open, pred_closed = prep.latents.cpu(), pred_open.cpu(), pred_closed.cpu()
-    target = z[:, c : c + h]
-    last, first = M.copy_last(z, h, c), M.copy_first(z, h, c)
-    mean = M.latent_mean(z)
-    common = dict(mean=mean, threshold=thresholds.threshold, n_boot=thresholds.bootstrap, seed=thresholds.seed)
-    loops = {
-        "open_loop": M.loop_stats(pred_open, target, baselines={"copy_first": first, "copy_last": last}, **common),
-        "closed_loop": M.loop_stats(pred_closed, target, baselines={"copy_last": last}, **common),
-        "copy_last": M.loop_stats(last, target, **common),
-        "copy_first": M.loop_stats(first, target, **common),
-    }
-    cl, op = loops["closed_loop"], loops["open_loop"]
-    t = thresholds
-    # the gates resample the per-episode curves the report keeps (rows in episode order), so a reader
-    # can recompute every CI from the JSON alone
-    ep = {k: v.per_episode for k, v in loops.items()}
-    boot = dict(rule=t.gate_rule, n_resamples=t.bootstrap, seed=t.seed)
-    gates = [
-        G.gate_step1(cl.cosine, t.step1_min, per_episode=ep["closed_loop"]["cosine"], **boot),
-        G.gate_monotone(op.cosine, t.monotone_tol, per_episode=ep["open_loop"]["cosine"], **boot),
-        G.gate_closed_ge_open(cl.cosine, op.cosine, t.closed_open_tol, closed_episodes=ep["closed_loop"]["cosine"],
-                              open_episodes=ep["open_loop"]["cosine"], **boot),
-        G.gate_skill(cl.skill["copy_last"], t.skill_min, errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot),
-    ]
-    if t.skill_mean_min is not None:
-        gates.append(G.gate_mean_skill(cl.skill["copy_last"], t.skill_steps, t.skill_mean_min, "copy_last", "closed loop",
-                                       errors=(ep["closed_loop"]["mse"], ep["copy_last"]["mse"]), **boot))
-    if t.open_skill_mean_min is not None:
-        gates.append(G.gate_mean_skill(op.skill["copy_first"], t.skill_steps, t.open_skill_mean_min, "copy_first", "open loop",
-                                       errors=(ep["open_loop"]["mse"], ep["copy_first"]["mse"]), **boot))
-    if t.horizon_min is not None:
-        gates.append(G.gate_horizon(op.drift_horizon, t.horizon_min, h, t.threshold))
-    fp = model.fingerprint()
-    data = {
-        "id": data_id,
-        "sha256": prep.data_sha256,
-        "episodes": len(prep.ids),
-        "episode_ids": prep.ids,
-        "model_steps": int(prep.actions.shape[1]),
-        "fps": prep.fps,
-    }
-    if prep.video is not None:  # which reader decoded the frames, and their codec
-        data["video"] = prep.video
-    return DriftReport(
-        model={
-            "name": model.name,
-            "spec": spec or model.name,
-            "fingerprint": fp,
-            "frameskip": model.frameskip,
-            "action_dim": model.action_dim,
-            "tokens_per_frame": model.tokens_per_frame,
-            "max_context": model.max_context,
-        },
-        data=data,
-        config=cfg.to_dict(),
-        thresholds=thresholds.to_dict(),
-        loops=loops,
-        chance_level=M.chance_level(z, seed=thresholds.seed),
-        chance_level_centred=M.chance_level(z.double() - mean, seed=thresholds.seed),
-        gates=gates,
-        environment=environment(cfg.device, cfg.dtype),
-        timings=timings,
-        energy=landscape,
-    )
+def _check_alike(encoded: list[dict], chunks: list[range], src: EpisodeSet) -> None:
+    """WMError unless every chunk has the same frame size and the same presence of states (``stack``
+    checks it within a chunk; a streamed set is checked across chunks here)."""
+    shapes = {c["shape"][0] for c in encoded}
+    if len(shapes) > 1:
+        raise WMError(f"episodes have different frame sizes {sorted(shapes)}; resize them to one size")
+    with_states = [c["shape"][1] for c in encoded]
+    if len(set(with_states)) > 1:
+        without = [src.ids[r.start] for r, w in zip(chunks, with_states) if not w]
+        raise WMError(f"some episodes have states and others not (e.g. the chunk of {without[0]!r} has none); "
+                      "give states for every episode or for none")

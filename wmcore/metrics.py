@@ -20,6 +20,7 @@ __all__ = [
     "bootstrap_ci",
     "centred_cosine",
     "chance_level",
+    "chance_pairs",
     "copy_first",
     "copy_last",
     "cosine",
@@ -28,7 +29,10 @@ __all__ = [
     "horizon_steps",
     "l1",
     "latent_mean",
+    "loop_rows",
     "loop_stats",
+    "loop_stats_from_rows",
+    "pair_cosine",
     "max_rise",
     "mse",
     "skill",
@@ -130,24 +134,33 @@ def chance_level(latents: Tensor, n_pairs: int = 1000, seed: int = 0) -> float:
     Pairs are drawn (seeded) from different episodes. With a single episode, from frames at least
     T//2 apart. A model's cosine means something only well above this level.
     """
-    b, t = latents.shape[:2]
+    e1, t1, e2, t2 = chance_pairs(latents.shape[0], latents.shape[1], n_pairs, seed)
+    return pair_cosine(latents[e1, t1], latents[e2, t2])
+
+
+def chance_pairs(b: int, t: int, n_pairs: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The frames ``chance_level`` pairs for ``b`` episodes of ``t`` frames: ``(e1, t1, e2, t2)``, each
+    ``[n_pairs]``. Drawn from ``b`` and ``t`` alone, so a streaming evaluation knows before it reads a
+    frame which latents it must keep."""
     g = torch.Generator().manual_seed(seed)
     if b >= 2:
         e1 = torch.randint(0, b, (n_pairs,), generator=g)
         e2 = (e1 + torch.randint(1, b, (n_pairs,), generator=g)) % b
         t1 = torch.randint(0, t, (n_pairs,), generator=g)
         t2 = torch.randint(0, t, (n_pairs,), generator=g)
-    else:
-        gap = t // 2
-        if gap < 1:
-            raise ValueError(
-                f"latents: chance level needs >= 2 episodes or >= 2 frames, found shape {tuple(latents.shape)}"
-            )
-        e1 = e2 = torch.zeros(n_pairs, dtype=torch.long)
-        t1 = torch.randint(0, t - gap, (n_pairs,), generator=g)
-        room = t - gap - t1  # choices for t2 in [t1 + gap, t - 1], at least 1
-        t2 = t1 + gap + (torch.rand(n_pairs, generator=g, dtype=torch.float64) * room).long()
-    a, z = latents[e1, t1], latents[e2, t2]  # [P, N, D]
+        return e1, t1, e2, t2
+    gap = t // 2
+    if gap < 1:
+        raise ValueError(f"latents: chance level needs >= 2 episodes or >= 2 frames, found {b} episode(s) of {t} frame(s)")
+    e1 = e2 = torch.zeros(n_pairs, dtype=torch.long)
+    t1 = torch.randint(0, t - gap, (n_pairs,), generator=g)
+    room = t - gap - t1  # choices for t2 in [t1 + gap, t - 1], at least 1
+    t2 = t1 + gap + (torch.rand(n_pairs, generator=g, dtype=torch.float64) * room).long()
+    return e1, t1, e2, t2
+
+
+def pair_cosine(a: Tensor, z: Tensor) -> float:
+    """Mean cosine of paired frames ``[P, N, D] x2 -> float`` (over tokens, then pairs)."""
     return float(_token_cosine(a, z).mean())
 
 
@@ -214,7 +227,9 @@ def bootstrap_ci(
     b = x.shape[0]
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, b, (n_boot, b), generator=g)
-    means = x[idx].mean(1)  # [n_boot, H]
+    # resampled means a block of resamples at a time: memory stays flat in the number of episodes
+    block = max(1, 2**20 // max(1, b * x.shape[1]))
+    means = torch.cat([x[idx[i : i + block]].mean(1) for i in range(0, n_boot, block)])  # [n_boot, H]
     alpha = (1 - level) / 2
     q = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
     lo, hi = torch.quantile(means, q, dim=0)
@@ -264,21 +279,36 @@ def loop_stats(
     ``mean``: the data set's mean latent (``latent_mean``); ``baselines``: name -> baseline predictions
     ``[B, H, N, D]`` for MSE skill scores.
     """
-    cos = cosine(pred, target)
+    return loop_stats_from_rows(loop_rows(pred, target, mean), {k: mse(v, target) for k, v in (baselines or {}).items()},
+                                threshold=threshold, n_boot=n_boot, seed=seed)
+
+
+def loop_rows(pred: Tensor, target: Tensor, mean: Tensor) -> dict[str, Tensor]:
+    """The per-episode values ``loop_stats`` summarises: ``cosine``, ``centred_cosine``, ``l1``, ``mse``,
+    each float64 ``[B, H]`` on the CPU. Rows of separate chunks of episodes, concatenated in order, are
+    the rows of the whole batch: a streaming evaluation keeps only these."""
+    return {"cosine": cosine(pred, target).cpu(), "centred_cosine": centred_cosine(pred, target, mean).cpu(),
+            "l1": l1(pred, target).cpu(), "mse": mse(pred, target).cpu()}
+
+
+def loop_stats_from_rows(
+    rows: dict[str, Tensor], baselines: dict[str, Tensor] | None = None, *, threshold: float = 0.5,
+    n_boot: int = 1000, seed: int = 0,
+) -> LoopStats:
+    """``loop_stats`` from ``loop_rows`` (``[B, H]`` each) and the baselines' per-episode MSE ``[B, H]``."""
+    cos, cen, err = rows["cosine"], rows["centred_cosine"], rows["mse"]
     lo, hi = bootstrap_ci(cos, n_boot=n_boot, seed=seed)
-    err = mse(pred, target)
-    cen = centred_cosine(pred, target, mean)
     c = curve(cos)
     return LoopStats(
         cosine=c.tolist(),
         cosine_lo=lo.tolist(),
         cosine_hi=hi.tolist(),
         centred_cosine=curve(cen).tolist(),
-        l1=curve(l1(pred, target)).tolist(),
+        l1=curve(rows["l1"]).tolist(),
         mse=curve(err).tolist(),
         drift_horizon=drift_horizon(c, threshold),
         auc=auc(c),
-        skill={k: skill(err, mse(v, target)).tolist() for k, v in (baselines or {}).items()},
+        skill={k: skill(err, v).tolist() for k, v in (baselines or {}).items()},
         per_episode={"cosine": float32_rows(cos), "centred_cosine": float32_rows(cen), "mse": float32_rows(err)},
     )
 

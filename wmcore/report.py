@@ -40,11 +40,16 @@ __all__ = [
 ]
 
 SCHEMA = "wmcore.drift_report"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions ``load`` reads. 2 added each loop's per-episode curves (LoopStats.per_episode); a version-1
 # report reads with per_episode None (wmcore compare then falls back to its rule for means). 3 added
 # the energy landscape (``energy``, wmcore.control.energy); versions 1 and 2 read with energy None.
-READABLE_VERSIONS = (1, 2, 3)
+# 4 changed one definition: ``data.sha256`` is the sha256 of the episodes' own digests in order
+# (``episode.episodes_sha256``, marked ``data.sha256_of = "episodes"``) instead of one hash over the
+# whole stacked batch, which only a single process that reads every frame can compute; a sharded
+# (torchrun) evaluation hashes each episode where it is read. wmcore compare checks the data sha256
+# only between reports of the same definition (the episode ids still).
+READABLE_VERSIONS = (1, 2, 3, 4)
 STEP_INDEX = "curves[i] is rollout step i+1; step k predicts frame context-1+k (frame k for context 1)"
 LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")
 

@@ -53,6 +53,8 @@ class Entry:
     # paired comparison; None from a record or report written before they were kept (schema 1)
     episode_ids: tuple[str, ...] | None = None
     per_episode: dict[str, tuple[tuple[float, ...], ...]] | None = None
+    # what data_sha256 hashes: "episodes" (schema 4: the episodes' digests) or None (before: one batch)
+    data_sha256_of: str | None = None
 
     @property
     def horizon(self) -> int:
@@ -153,6 +155,7 @@ def _report_entry(r: DriftReport, f: Path) -> Entry:
         threshold=_threshold(r.thresholds, str(f)),
         data_id=r.data.get("id"),
         data_sha256=r.data.get("sha256"),
+        data_sha256_of=r.data.get("sha256_of"),
         frameskip=r.model.get("frameskip"),
         median_s=None,
         **_paired_input(r.data.get("episode_ids"), per, len(closed.cosine), str(f)),
@@ -203,6 +206,7 @@ def _benchmark_entry(b: dict, rec: Any, name: str, where: str) -> Entry:
             threshold=_threshold(rec.get("thresholds") or {}, where),
             data_id=data.get("id"),
             data_sha256=data.get("sha256"),
+            data_sha256_of=data.get("sha256_of"),
             frameskip=model.get("frameskip"),
             median_s=_positive(stats.get("median")) if isinstance(stats, dict) else None,
             **_paired_input(data.get("episode_ids"), rec.get("per_episode"), len(curves["open_loop"]), where),

@@ -200,8 +200,11 @@ def curve_ci(
         warnings.simplefilter("ignore")
         lo = hi = math.nan
         for how in (method, "percentile"):
+            # batch: resamples per vectorised call, so memory stays flat in the number of episodes
+            # (the same draws and interval as one call: scipy draws them from the one generator in order)
             res = bootstrap(columns, of_columns, paired=True, vectorized=True, confidence_level=level,
-                            n_resamples=n_resamples, method=how, rng=np.random.default_rng(seed))
+                            n_resamples=n_resamples, method=how, rng=np.random.default_rng(seed),
+                            batch=max(1, 2**21 // joined.size))
             lo, hi = (float(v) for v in res.confidence_interval)
             if math.isfinite(lo) and math.isfinite(hi):
                 break

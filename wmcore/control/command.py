@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import dist
 from ..errors import WMError
 from ..fsio import safe_name
 from .planners import ActionPrior, CEMConfig
@@ -115,13 +116,21 @@ def _run_and_save(ctrl, controller: dict, ts: TaskSet, chosen, out: Path, path: 
     """Run ``ctrl`` on ``chosen`` (progress unless ``quiet``; ``announce`` printed first), then write
     ``out/tasks.json`` (if new) and the control report at ``path``."""
     t0 = time.perf_counter()
-    if announce:
-        print(announce, file=sys.stderr, flush=True)
-    results = run_tasks(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    rank, world = dist.world()
+    quiet = quiet or rank != 0  # rank 0 alone reports progress (of its own tasks) and writes
+    if announce and not quiet:
+        print(announce + (f" over {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
+    # under torchrun each rank runs every world-th task (chunks of one task; each task's seeds come from
+    # the task, never from the rank) and the results are gathered back in task order
+    mine = [chosen[i] for r in dist.my_chunks(len(chosen), 1) for i in r]
+    with dist.together():
+        done = run_tasks(mine, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    results = dist.gather_ordered(done, len(chosen))
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
-    if not (out / "tasks.json").exists():
-        ts.save(out / "tasks.json")
-    report.save(path)
+    if rank == 0:
+        if not (out / "tasks.json").exists():
+            ts.save(out / "tasks.json")
+        report.save(path)
     return report
 
 

@@ -27,6 +27,7 @@ Pure: a model and tensors in, a frozen ``EnergyLandscape`` out.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -39,8 +40,8 @@ from ..protocol import StatePropagator, WorldModel
 from ..rollout import open_loop
 from ..stats import mean_ci
 
-__all__ = ["RANDOM", "TIE_RTOL", "EnergyLandscape", "EnergyRow", "energy_landscape",
-           "scale_name", "start_points"]
+__all__ = ["RANDOM", "TIE_RTOL", "Candidates", "EnergyLandscape", "EnergyRow", "candidate_energies", "draw_candidates",
+           "energy_landscape", "scale_name", "start_points", "summarise"]
 
 RANDOM = "random"  # the name of the group of real but unrelated action sequences
 # Two energies within this relative difference tie: float32 predictions of candidates that the model
@@ -146,8 +147,44 @@ def energy_landscape(
     (``EvalConfig`` holds the defaults: ``settings.ENERGY_SCALES``); ``batch_size``: rollouts per model
     call (memory, not results). Seeded: the same inputs give the same landscape whatever ``batch_size``.
 
+    The three steps are public for a streaming evaluation: ``draw_candidates`` from every episode's
+    actions (small), ``candidate_energies`` on one chunk of episodes at a time, ``summarise`` of the
+    energies of all chunks in episode order.
+
     WMError for bad input: wrong ranks or widths, NaN or inf, episodes too short for ``k``."""
     _check_inputs(model, latents, actions, states, k, starts, candidates, scales, context, batch_size)
+    draw = draw_candidates(actions, k=k, starts=starts, candidates=candidates, scales=scales, context=context, seed=seed)
+    e = candidate_energies(model, latents, actions, states, draw, window=window, batch_size=batch_size,
+                           use_cache=use_cache)
+    return summarise(draw, e)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate action sequences of every (episode, start): ``cand [B, P, M, k, A]`` float64 on the
+    CPU (candidate 0 the recorded one, then ``candidates`` per scale, then the random group if
+    ``random``); ``starts`` the start frames; ``std`` ``[A]`` the perturbations' scale."""
+
+    cand: Tensor
+    starts: list[int]
+    std: Tensor
+    k: int
+    context: int
+    candidates: int
+    scales: tuple[float, ...]
+    seed: int
+    random: bool
+
+    def episodes(self, r: range) -> "Candidates":
+        """The candidates of episodes ``r`` (a chunk)."""
+        return dataclasses.replace(self, cand=self.cand[r.start : r.stop])
+
+
+def draw_candidates(actions: Tensor, *, k: int, starts: int, candidates: int, scales: Sequence[float],
+                    context: int = 1, seed: int = 0) -> Candidates:
+    """Every episode's candidates (``energy_landscape``) from the recorded model-step actions
+    ``[B, S, A]`` of all episodes: the perturbation std and the unrelated blocks depend on all of them,
+    and the noise is drawn at once in one fixed order, so that chunking cannot change a candidate."""
     b, s = actions.shape[:2]
     ts = start_points(s, k, starts, context)
     if not ts:
@@ -166,18 +203,32 @@ def energy_landscape(
     t_idx = torch.tensor(ts)
     win = torch.arange(k)
     recorded = a64[:, t_idx[:, None] + win]  # [B, P, k, A]
-    # all noise drawn at once, in one fixed order, so chunking cannot change a single candidate
     noise = torch.randn(b, p, n_sc, c, k, a64.shape[-1], generator=gen, dtype=torch.float64)
     sc = torch.tensor([float(x) for x in scales], dtype=torch.float64)
     perturbed = recorded[:, :, None, None] + sc[:, None, None, None] * std * noise  # [B, P, n_sc, C, k, A]
+    del noise
     unrelated = _unrelated_blocks(a64, ts, k, c, gen)  # [B, P, C, k, A] or None
     groups = [recorded[:, :, None], perturbed.reshape(b, p, n_sc * c, k, -1)]
     if unrelated is not None:
         groups.append(unrelated)
-    cand = torch.cat(groups, 2)  # [B, P, M, k, A], candidate 0 = recorded
-    m = cand.shape[2]
-    energies = _energies(model, latents, actions, states, ts, cand, k, context, window, batch_size, use_cache)
-    e = energies.reshape(b, p, m)  # float64, CPU
+    return Candidates(cand=torch.cat(groups, 2), starts=ts, std=std, k=k, context=context, candidates=c,
+                      scales=tuple(float(x) for x in scales), seed=seed, random=unrelated is not None)
+
+
+def candidate_energies(model: WorldModel, latents: Tensor, actions: Tensor, states: Tensor | None, draw: Candidates, *,
+                       window: int | None = None, batch_size: int = 1024, use_cache: bool = True) -> Tensor:
+    """The energy of every candidate of ``draw`` (the candidates of these episodes: ``draw.episodes(r)``)
+    on episodes ``latents [b, S+1, N, D]``, recorded ``actions [b, S, A]``, ``states`` -> ``[b, P, M]``
+    float64 on the CPU."""
+    b, p, m = draw.cand.shape[:3]
+    return _energies(model, latents, actions, states, draw.starts, draw.cand, draw.k, draw.context, window,
+                     batch_size, use_cache).reshape(b, p, m)
+
+
+def summarise(draw: Candidates, e: Tensor) -> EnergyLandscape:
+    """The landscape from the energies ``[B, P, M]`` of all episodes' candidates (in episode order)."""
+    b = e.shape[0]
+    c, n_sc, scales = draw.candidates, len(draw.scales), draw.scales
     e_rec = e[:, :, :1]
 
     def rank(group: Tensor) -> Tensor:  # [B, P, G] -> [B, P]
@@ -188,7 +239,7 @@ def energy_landscape(
     rec_mean = float(e_rec.mean())
     rows = []
     spans = [(scale_name(float(x)), float(x), 1 + i * c) for i, x in enumerate(scales)]
-    if unrelated is not None:
+    if draw.random:
         spans.append((RANDOM, None, 1 + n_sc * c))
     for name, scale, lo in spans:
         group = e[:, :, lo : lo + c]
@@ -204,8 +255,8 @@ def energy_landscape(
         ))
     rows.sort(key=lambda r: (r.scale is None, r.scale or 0.0))
     return EnergyLandscape(
-        k=k, context=context, starts=ts, episodes=b, seed=seed, action_std=std.tolist(), energy_recorded=rec_mean,
-        per_episode_energy_recorded=e_rec.mean((1, 2)).tolist(), rows=rows,
+        k=draw.k, context=draw.context, starts=draw.starts, episodes=b, seed=draw.seed, action_std=draw.std.tolist(),
+        energy_recorded=rec_mean, per_episode_energy_recorded=e_rec.mean((1, 2)).tolist(), rows=rows,
     )
 
 

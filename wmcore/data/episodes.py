@@ -30,7 +30,7 @@ import torch
 
 from ..errors import WMError
 from ..fsio import write_new
-from ..episode import Episode
+from ..episode import Episode, EpisodeSet
 
 __all__ = [
     "CRF",
@@ -39,6 +39,7 @@ __all__ = [
     "PIX_FMT",
     "VERSION",
     "episode_name",
+    "episode_set",
     "iter_episodes",
     "load_episodes",
     "load_npz",
@@ -220,6 +221,24 @@ def iter_episodes(dir: str | os.PathLike, limit: int | None = None, verify: bool
     doc = read_index(dir)
     entries = doc["episodes"] if limit is None else doc["episodes"][: max(0, int(limit))]
     return _iter_entries(dir, entries, float(doc["fps"]), doc["height"], doc["width"], verify)
+
+
+def episode_set(dir: str | os.PathLike, limit: int | None = None, verify: bool = True) -> EpisodeSet:
+    """The episodes of a directory as an ``EpisodeSet``: the index is read and checked now, each range
+    of episodes when it is read (``iter_episodes``' checks, one range at a time)."""
+    dir = Path(dir)
+    doc = read_index(dir)
+    entries = doc["episodes"] if limit is None else doc["episodes"][: max(0, int(limit))]
+    for e in entries:
+        if isinstance(e.get("steps"), bool) or not isinstance(e.get("steps"), int) or e["steps"] < 1:
+            raise WMError(f"{dir / INDEX}: episode {e.get('name')!r} lists steps {e.get('steps')!r}; expected a "
+                          "positive integer: regenerate the set")
+    fps, height, width = float(doc["fps"]), doc["height"], doc["width"]
+    return EpisodeSet(
+        ids=tuple(f"{dir.name}/{e.get('name')}" for e in entries),
+        steps=tuple(int(e["steps"]) for e in entries),
+        reader=lambda lo, hi: list(_iter_entries(dir, entries[lo:hi], fps, height, width, verify)),
+    )
 
 
 def _iter_entries(dir: Path, entries: list, fps: float, height: int, width: int, verify: bool) -> Iterator[Episode]:
