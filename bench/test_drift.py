@@ -7,21 +7,33 @@ benchmark's ``extra_info``. With recorded actions the gates of ``[tool.wmcore]``
 table) must hold; other action sources are measured and recorded, and must do worse than recorded
 actions in closed loop: a model that ignores its actions has not learned action-conditioned dynamics.
 The cases share nothing but the plugin's session caches, so they pass in any order.
+
+Under torchrun (``torchrun --nproc-per-node=N -m pytest bench --benchmark-only``) each case times the
+whole streaming evaluation (``wmcore.evaluate.evaluate``), whose chunks of episodes are shared out
+over the ranks; every rank gets the same report, rank 0 writes it.
 """
 
 from __future__ import annotations
 
-from wmcore.evaluate import build_report, rollouts
+from wmcore.dist import world
+from wmcore.evaluate import build_report, evaluate, rollouts
 
 
 def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared, wm_thresholds, wm_record,
-               wm_settings, wm_reference):
-    cfg, prep = wm_prepared(wm_action_source)
+               wm_settings, wm_reference, wm_eval_config, wm_episodes):
     thresholds = wm_thresholds(wm_model.name)
-    pred_open, pred_closed = benchmark.pedantic(rollouts, args=(wm_model, prep, cfg), rounds=3, warmup_rounds=1)
-    report = build_report(wm_model, prep, pred_open, pred_closed, cfg, thresholds, spec=wm_model_spec,
-                          data_id=wm_settings.data_id)
-    benchmark.extra_info["rollout_steps_per_s"] = 2 * cfg.horizon * len(prep.ids) / benchmark.stats.stats.median
+    if world()[1] > 1:  # sharded: time the whole evaluation, each rank on its chunks
+        cfg = wm_eval_config(wm_model.name, wm_action_source)
+        report = benchmark.pedantic(evaluate, args=(wm_model, wm_episodes, cfg, thresholds), rounds=1, iterations=1,
+                                    kwargs={"spec": wm_model_spec, "data_id": wm_settings.data_id})
+        benchmark.extra_info["episodes_per_s"] = len(wm_episodes) / benchmark.stats.stats.median
+        benchmark.extra_info["processes"] = world()[1]
+    else:
+        cfg, prep = wm_prepared(wm_action_source)
+        pred_open, pred_closed = benchmark.pedantic(rollouts, args=(wm_model, prep, cfg), rounds=3, warmup_rounds=1)
+        report = build_report(wm_model, prep, pred_open, pred_closed, cfg, thresholds, spec=wm_model_spec,
+                              data_id=wm_settings.data_id)
+        benchmark.extra_info["rollout_steps_per_s"] = 2 * cfg.horizon * len(prep.ids) / benchmark.stats.stats.median
     wm_record(report, f"{wm_model.name}-{wm_action_source}", benchmark)
 
     if wm_action_source == "recorded":

@@ -23,6 +23,7 @@ from wmcore.control.report import replay_report
 from wmcore.control.tasks import TaskSpec
 from wmcore.data import load as load_data
 from wmcore.data.pusht import generate
+from wmcore.dist import is_main
 from wmcore.models import load as load_model
 
 EPISODES = int(os.environ.get("WMCORE_POLICY_EPISODES", "40"))
@@ -49,8 +50,9 @@ def test_policy(benchmark, train_data, spec, cfg, wm_run_dir, wm_thresholds):
 
     def train_and_run():
         t0 = time.perf_counter()
-        net, doc = policy_train(model=model, model_spec=spec, episodes=episodes, data_id=data_id, cfg=cfg, out=out,
-                                quiet=True)
+        # under torchrun every rank trains the same policy (seeded), rank 0 saves it; the tasks are sharded
+        net, doc = policy_train(model=model, model_spec=spec, episodes=episodes, data_id=data_id, cfg=cfg,
+                                out=out if is_main() else None, quiet=True)
         doc["source"] = str(out)
         trained = time.perf_counter() - t0
         t = wm_thresholds(f"policy-{cfg.label}")
@@ -68,8 +70,9 @@ def test_policy(benchmark, train_data, spec, cfg, wm_run_dir, wm_thresholds):
                                       "val_action_mse": doc["history"][-1]["val_action_mse"],
                                       "training_episodes": len(episodes)}
     benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
-    print("\n" + report.render_text() + f"\n  trained in {trained:.1f} s on {len(episodes)} episodes; held-out action "
-          f"error {doc['history'][-1]['val_action_mse']:.3f}")
+    if is_main():
+        print("\n" + report.render_text() + f"\n  trained in {trained:.1f} s on {len(episodes)} episodes; held-out action "
+              f"error {doc['history'][-1]['val_action_mse']:.3f}")
     # training lowered the held-out action error (standardised: predicting the mean offset scores about 1)
     assert doc["history"][-1]["val_action_mse"] < doc["history"][0]["val_action_mse"], doc["history"]
     assert not replay_report(report), "saved actions did not replay to the same outcome"

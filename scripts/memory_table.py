@@ -29,6 +29,7 @@ from wmcore.fsio import write_new
 def joined(dirs: list[Path], into: Path) -> Path:
     """One episode directory over several: links to every episode's files, renumbered, one index."""
     entries, meta = [], None
+    into.mkdir()
     for d in dirs:
         doc = read_index(d)
         meta = meta or {k: v for k, v in doc.items() if k != "episodes"}

@@ -134,3 +134,24 @@ def test_an_empty_set_and_a_bad_start_are_refused(world):
     with pytest.raises(WMError, match="start 20"):
         evaluate(model, episodes, EvalConfig(horizon=12, start=20), FAST)
     assert isinstance(episodes[0], Episode)
+
+
+def test_latents_kept_between_the_passes_do_not_hold_the_encoders_hidden_states(world):
+    """An encoder returning the CLS token as a view of all its tokens: the kept latents are a compact copy
+    (else every chunk's hidden states stay in memory until the second pass)."""
+    from wmcore.drift import encode_chunk
+
+    model, episodes = world
+
+    class ViewEncoder:
+        frameskip, name = 1, "view"
+
+        def encode(self, frames):
+            z = model.encode(frames)  # [b, T, N, D]
+            hidden = torch.cat([z, torch.zeros_like(z).repeat(1, 1, 8, 1)], 2)  # 9x the tokens
+            return hidden[:, :, : z.shape[2]]  # a view that keeps `hidden` alive
+
+    frames = stack(episodes[:2]).frames
+    z = encode_chunk(ViewEncoder(), frames, 10, EvalConfig(horizon=5))
+    assert z.untyped_storage().nbytes() == z.nbytes
+    assert torch.equal(z, model.encode(frames[:, :11]))

@@ -173,3 +173,42 @@ def test_a_rank_that_cannot_load_the_model_ends_every_rank(tmp_path):
 def test_a_command_that_does_not_shard_refuses_torchrun(tmp_path):
     r = _run(_torchrun("make-fixtures", "pusht", "--out", str(tmp_path / "x")), tmp_path)
     assert r.returncode != 0 and "runs in one process; run it without torchrun" in r.stderr
+
+
+def _pytest_torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pytest",
+            "-p", "no:randomly", "-p", "no:cacheprovider", *args]
+
+
+def test_ranks_that_collected_different_tests_stop_with_a_usage_error(tmp_path):
+    (tmp_path / "test_ranks.py").write_text(
+        "import os, pytest\n\n"
+        "@pytest.mark.parametrize('i', range(int(os.environ.get('RANK', '0')) + 1))\n"
+        "def test_one(i):\n    assert i >= 0\n")
+    t0 = time.monotonic()
+    r = _run(_pytest_torchrun(str(tmp_path / "test_ranks.py"), "-q"), tmp_path)
+    assert time.monotonic() - t0 < TIMEOUT
+    assert r.returncode != 0
+    assert "torchrun ranks collected different tests" in r.stdout + r.stderr
+    assert "exitcode  : 4" in r.stderr  # pytest's usage error, on the rank torchrun saw fail first
+
+
+def test_a_sharded_bench_run_writes_one_report_equal_to_the_evaluation(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    art = tmp_path / "art"
+    r = _run(_pytest_torchrun(str(repo / "bench" / "test_drift.py"), "--benchmark-only", "-q", "--wm-model", "pusht-wm",
+                              "--wm-episodes", "5", "--wm-actions", "recorded",
+                              "--wm-artifacts", str(art), f"--benchmark-json={tmp_path / 'b.json'}"), repo)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = list(art.iterdir())
+    assert len(runs) == 1  # one run directory: rank 0's
+    bench = json.loads((tmp_path / "b.json").read_text())
+    assert [b["extra_info"]["processes"] for b in bench["benchmarks"]] == [2]
+    got = json.loads((runs[0] / "pusht-wm-recorded.json").read_text())
+    one = _run([sys.executable, "-m", "wmcore", "evaluate", "--model", "pusht-wm", "--episodes", "5",
+                "--out", str(tmp_path / "one")], repo)  # the repo's pyproject: pusht-wm's thresholds and start
+    assert one.returncode == 0, one.stderr[-2000:]
+    want = json.loads((tmp_path / "one" / "pusht-wm-recorded.json").read_text())
+    for k in ("loops", "energy", "chance_level", "gates"):
+        assert got[k] == want[k], k
+    assert got["data"]["sha256"] == want["data"]["sha256"] and got["data"]["id"] == "pusht[:5]"

@@ -137,7 +137,9 @@ def encode_chunk(model: WorldModel, frames: Tensor, s: int, cfg: EvalConfig) -> 
         z = model.encode(subsample(frames, model.frameskip)[:, : s + 1].to(cfg.device)).to(getattr(torch, cfg.dtype))
     if not torch.isfinite(z).all():
         raise WMError(f"model {model.name!r}: the encoder produced NaN or inf latents for this data")
-    return z
+    # an encoder that returns a view (the CLS token of all its hidden states) would keep every token
+    # alive as long as the latents are kept: own a compact copy instead
+    return z.clone() if z.untyped_storage().nbytes() > z.nbytes else z
 
 
 def model_step_inputs(model: WorldModel, batch: Batch, s: int) -> tuple[Tensor, Tensor | None]:

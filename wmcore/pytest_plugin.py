@@ -20,6 +20,11 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-no-energy       skip the offline energy landscape (EvalConfig.energy; measured by default in every
                        report with recorded actions, plotted beside the drift plot as NAME-energy.png)
 
+Under ``torchrun --nproc-per-node=N -m pytest bench --benchmark-only`` every rank runs the same session
+(ranks that collected different tests stop with a usage error); the drift cases and the control
+cases shard their episodes and tasks (``wmcore.dist``), every rank gets the whole report, and rank 0
+alone writes the run directory, the benchmark records and the terminal summary.
+
 Tests take ``wm_model_spec`` / ``wm_action_source`` as arguments to be parametrized over the chosen
 models and action sources, and ``wm_model`` / ``wm_episodes`` / ``wm_prepared`` for the (session-cached)
 loaded model, episodes and encoded ground truth; ``wm_reference`` for a model's report with another
@@ -30,6 +35,7 @@ the command line; the terminal summary is ``wmcore.report.render_text``.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +126,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join the process group first
+        from . import dist
+
+        dist.init_from_env()
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
     config.stash[_CACHE] = {}
@@ -210,11 +220,31 @@ def _episodes(config: pytest.Config):
     return cache["episodes"]
 
 
+def _same_items_on_every_rank(session: pytest.Session) -> None:
+    """Under torchrun every rank must run the same tests in the same order (each takes part in the
+    same gathers): a usage error on every rank otherwise."""
+    from . import dist
+
+    rank, world = dist.world()
+    if world == 1:
+        return
+    ids = [item.nodeid for item in session.items]
+    every = dist.gather_ordered([ids], world)  # one "chunk" per rank: its list
+    for r, other in enumerate(every):
+        if other != ids:
+            extra = sorted(set(other) ^ set(ids))[:3]
+            raise pytest.UsageError(
+                f"torchrun ranks collected different tests: rank {rank} has {len(ids)}, rank {r} has {len(other)}"
+                + (f" (e.g. {', '.join(extra)} on one side only)" if extra else " in another order")
+                + "; give every rank the same arguments, files and environment")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Load the data and every model the collected tests need, before the first test: an unreadable
     ``--wm-data`` or a ``--wm-model`` that cannot be loaded is a usage error (exit 4) naming the
-    option, not an error in each test."""
+    option, not an error in each test. Under torchrun: the ranks must have collected the same tests."""
     config = session.config
+    _same_items_on_every_rank(session)
     if _SETTINGS not in config.stash or config.option.collectonly:
         return
     used = set().union(*(getattr(item, "fixturenames", ()) for item in session.items)) if session.items else set()
@@ -324,8 +354,11 @@ def wm_reference(wm_model, wm_model_spec: str, wm_prepared, wm_thresholds, wm_se
 
 @pytest.fixture(scope="session")
 def wm_run_dir(pytestconfig: pytest.Config) -> Path:
-    """This session's fresh artifact directory (created on first use; never reused)."""
-    return new_run_dir(Path(pytestconfig.getoption("wm_artifacts")))
+    """This session's fresh artifact directory (created on first use; never reused). Under torchrun,
+    rank 0's, which only rank 0 writes into."""
+    from . import dist
+
+    return dist.share(new_run_dir(Path(pytestconfig.getoption("wm_artifacts"))) if dist.is_main() else None)
 
 
 @pytest.fixture(scope="session")
@@ -349,11 +382,18 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
 
     from .runs import benchmark_record
 
+    from .dist import is_main
+
     def record(report: DriftReport, name: str, benchmark: Any = None) -> dict[str, Path]:
         safe = safe_name(name)
-        paths = {"json": report.save(wm_run_dir / f"{safe}.json"), "png": plot_drift(report, wm_run_dir / f"{safe}.png")}
+        paths = {"json": wm_run_dir / f"{safe}.json", "png": wm_run_dir / f"{safe}.png"}
         if report.energy:
-            paths["energy_png"] = plot_energy(report, wm_run_dir / f"{safe}-energy.png")
+            paths["energy_png"] = wm_run_dir / f"{safe}-energy.png"
+        if is_main():  # under torchrun every rank has the report; rank 0 alone writes it
+            report.save(paths["json"])
+            plot_drift(report, paths["png"])
+            if report.energy:
+                plot_energy(report, paths["energy_png"])
         request.config.stash[_WRITTEN].extend(paths.values())
         request.config.stash[_REPORTS].append((safe, report))
         if benchmark is not None:
@@ -378,6 +418,10 @@ def _overlay(reports: list, run_dir: Path) -> Path | None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    from .dist import is_main
+
+    if not is_main():  # rank 0 prints the summary of the whole (sharded) run
+        return
     written = config.stash.get(_WRITTEN, [])
     reports = config.stash.get(_REPORTS, [])
     if "episodes" in config.stash.get(_CACHE, {}):  # which decoder read --wm-data, when it was not decord
@@ -405,5 +449,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Make pytest-benchmark's own JSON writes atomic (after its ``pytest_configure`` made the session)."""
+    """Make pytest-benchmark's own JSON writes atomic (after its ``pytest_configure`` made the session);
+    under torchrun, only rank 0 saves benchmark records (every rank times its share; rank 0's are kept)."""
+    from .dist import is_main
+
     atomic_benchmark_writes(session.config)
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is not None and not is_main():
+        bs.handle_saving = lambda: None
+        bs.display = lambda tr: None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from .dist import close
+
+    close()

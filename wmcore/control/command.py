@@ -14,7 +14,7 @@ from .policy import (
     PolicyConfig, PolicyController, PolicyData, PolicyNet, embed_episodes, encode, progress_printer, save_policy, train_policy,
 )
 from .report import ControlReport, replay_report
-from .run import DriveToGoal, EncoderOracleCEM, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_tasks
+from .run import DriveToGoal, EncoderOracleCEM, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_sharded
 from .sim.pusht import ACTION_DIM
 from .tasks import TaskSet, TaskSpec, build, load as load_tasks
 
@@ -120,12 +120,7 @@ def _run_and_save(ctrl, controller: dict, ts: TaskSet, chosen, out: Path, path: 
     quiet = quiet or rank != 0  # rank 0 alone reports progress (of its own tasks) and writes
     if announce and not quiet:
         print(announce + (f" over {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
-    # under torchrun each rank runs every world-th task (chunks of one task; each task's seeds come from
-    # the task, never from the rank) and the results are gathered back in task order
-    mine = [chosen[i] for r in dist.my_chunks(len(chosen), 1) for i in r]
-    with dist.together():
-        done = run_tasks(mine, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
-    results = dist.gather_ordered(done, len(chosen))
+    results = run_sharded(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
     if rank == 0:
         if not (out / "tasks.json").exists():

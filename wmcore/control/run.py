@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from .. import dist
 from ..errors import WMError
 from .oracle import SimulatorCost, SimulatorLatentCost, distance
 from .planners import ActionPrior, CEMConfig, CEMPlanner, LatentGoalCost, coloured_noise
@@ -30,6 +31,7 @@ __all__ = [
     "TaskResult",
     "WorldModelCEM",
     "replay",
+    "run_sharded",
     "run_task",
     "run_tasks",
 ]
@@ -103,6 +105,18 @@ def run_tasks(tasks: Sequence[Task], controller: Controller, *, size: int = 96,
             if progress:
                 progress(i + 1, len(tasks), out[-1])
     return out
+
+
+def run_sharded(tasks: Sequence[Task], controller: Controller, *, size: int = 96,
+                progress: Callable[[int, int, TaskResult], None] | None = None) -> list[TaskResult]:
+    """``run_tasks`` shared out over the ranks of a torchrun (``wmcore.dist``): each rank runs every
+    world-th task (chunks of one task; a task's seeds come from the task, never from the rank), the
+    results come back to every rank in task order, and an error on any rank stops every rank. One
+    process: ``run_tasks``."""
+    mine = [tasks[i] for r in dist.my_chunks(len(tasks), 1) for i in r]
+    with dist.together():
+        done = run_tasks(mine, controller, size=size, progress=progress)
+    return dist.gather_ordered(done, len(tasks))
 
 
 def replay(start, goal, actions: Sequence[Sequence[float]], *, sim: PushTSim | None = None) -> tuple[bool, np.ndarray]:
