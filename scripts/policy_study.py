@@ -12,6 +12,11 @@ closed loop on the task set (``policy_evaluate``: a replayable control report be
 ``DIR/policy_study.md`` (the table: success per seed, pooled success with its Wilson 95% CI over
 seeds x tasks, the spread across seeds, the mean score with a bootstrap CI) and
 ``DIR/curves-MODEL.png`` (the training curves of seed 0 of every variant). Progress on stderr.
+
+Under ``torchrun --nproc-per-node=N scripts/policy_study.py ...`` the (variant, seed) jobs of each
+model are shared out whole over the ranks (job j to rank j % N; a job's seeds are its own, never the
+rank's); each rank writes its own jobs' directories, rank 0 gathers every run in job order and alone
+writes the table, the JSON and the curves.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main(argv: list[str]) -> int:
     import dataclasses
 
 
+    from wmcore import dist
     from wmcore.control.command import policy_evaluate, policy_train
     from wmcore.control.policy import embed_episodes, progress_printer
     from wmcore.control.tasks import TaskSpec
@@ -60,9 +66,12 @@ def main(argv: list[str]) -> int:
         print(summarise(saved["runs"], a.models, [parse_variant(v).label for v in a.variants])[1])
         return 0
     variants = [parse_variant(v) for v in a.variants]
+    dist.init_from_env()
+    rank, world = dist.world()
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    say = lambda s: print(s if world == 1 else f"[rank {rank}] {s}", file=sys.stderr, flush=True)  # noqa: E731
     say(f"loading {a.train_data} and {a.data} ...")
     train_eps, eval_eps = load_data(a.train_data), load_data(a.data)
     tasks = a.tasks
@@ -75,32 +84,40 @@ def main(argv: list[str]) -> int:
         data = embed_episodes(model, train_eps, progress=progress_printer("episodes"))
         embed_s = time.perf_counter() - t0
         train_seconds += embed_s
-        curves = []
-        for cfg in variants:
-            for seed in a.seeds:
+        jobs = [(cfg, seed) for cfg in variants for seed in a.seeds]
+        mine = []
+        with dist.together():  # a failed job stops every rank
+            for j in (j for r in dist.my_chunks(len(jobs), 1) for j in r):
+                cfg, seed = jobs[j]
                 c = dataclasses.replace(cfg, seed=seed, steps=a.steps)
                 d = out / spec / f"{c.label}-s{seed}"
                 say(f"[{spec}] {c.label} seed {seed}: training ({time.perf_counter() - t_all:.0f} s so far)")
                 net, doc = policy_train(model=model, model_spec=spec, episodes=None, data_id=a.train_data, cfg=c,
                                         out=d, quiet=True, data=data)
-                train_seconds += doc["seconds"]["train"]
+                # every job cuts the same tasks from the same episodes (or reads --tasks): no job waits on another
                 rep = policy_evaluate(model=model, model_spec=spec, net=net, policy={**doc, "source": str(d)},
                                       episodes=eval_eps, data_id=a.data, tasks=tasks, spec=TaskSpec(), limit=a.limit,
-                                      out=d, success_min=None, rule="ci", quiet=True)
-                tasks = tasks or str(d / "tasks.json")  # every run after the first: the same tasks
+                                      out=d, success_min=None, rule="ci", quiet=True, shard=False)
                 s = rep.summary
-                say(f"    success {s['successes']}/{s['tasks']}, score {s['score_mean']:.3f}, "
+                say(f"    {c.label} seed {seed}: success {s['successes']}/{s['tasks']}, score {s['score_mean']:.3f}, "
                     f"train {doc['seconds']['train']:.0f} s")
-                runs.append({"model": spec, "label": c.label, "seed": seed, "config": c.to_dict(),
+                mine.append({"model": spec, "label": c.label, "seed": seed, "config": c.to_dict(),
                              "success": [bool(r["success"]) for r in rep.results],
                              "score": [float(r["score"]) for r in rep.results], "train_s": doc["seconds"]["train"],
                              "embed_s": embed_s, "history": doc["history"], "report": str(d)})
-                if seed == a.seeds[0]:
-                    curves.append((c.label, doc["history"]))
+        done = dist.gather_ordered(mine, len(jobs))
+        runs += done
+        train_seconds += sum(r["train_s"] for r in done)
+        curves = [(r["label"], r["history"]) for r in done if r["seed"] == a.seeds[0]]
+        if rank != 0:
+            continue
         if not (out / f"curves-{spec}.png").exists():  # never overwritten: a rerun into the same --out keeps the first
             plot_policy_curves(curves, out / f"curves-{spec}.png",
                                title=f"policy training curves on {spec}'s latents (seed {a.seeds[0]})")
 
+    dist.close()
+    if rank != 0:
+        return 0
     rows, table = summarise(runs, a.models, [c.label for c in variants])
     total = time.perf_counter() - t_all
     table += (f"\n\nTraining (embedding included) {train_seconds / 60:.1f} min; whole study with evaluation "

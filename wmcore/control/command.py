@@ -14,7 +14,7 @@ from .policy import (
     PolicyConfig, PolicyController, PolicyData, PolicyNet, embed_episodes, encode, progress_printer, save_policy, train_policy,
 )
 from .report import ControlReport, replay_report
-from .run import DriveToGoal, EncoderOracleCEM, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_sharded
+from .run import DriveToGoal, EncoderOracleCEM, OracleCEM, RandomSmooth, Stay, TaskResult, WorldModelCEM, run_sharded, run_tasks
 from .sim.pusht import ACTION_DIM
 from .tasks import TaskSet, TaskSpec, build, load as load_tasks
 
@@ -91,8 +91,10 @@ def _progress(i: int, n: int, r: TaskResult, t0: float) -> None:
 
 def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, tasks: str | None, spec: TaskSpec,
          limit: int | None, cfg: CEMConfig, out: Path, success_min: float | None, rule: str, device: str = "cpu",
-         quiet: bool = False, fidelity: bool = True) -> ControlReport:
-    """Run one controller on a task set; write ``out/tasks.json`` (if new) and the control report."""
+         quiet: bool = False, fidelity: bool = True, shard: bool = True) -> ControlReport:
+    """Run one controller on a task set; write ``out/tasks.json`` (if new) and the control report.
+    ``shard``: under torchrun, share the tasks out over the ranks (rank 0 writes); False: this process
+    runs every task and writes (a rank busy with its own job of a sharded study)."""
     ts = task_set(episodes, tasks, spec, data_id)
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
@@ -100,7 +102,7 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     path = _new_report(out, {"cem": f"control-{model.name if model else ''}",
                              "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
     return _run_and_save(ctrl, controller_meta(ctrl, kind, cfg, model, model_spec, prior), ts, chosen, out, path,
-                         success_min, rule, quiet, f"planning with {ctrl.name} on {len(chosen)} tasks ...")
+                         success_min, rule, quiet, f"planning with {ctrl.name} on {len(chosen)} tasks ...", shard)
 
 
 def _new_report(out: Path, stem: str) -> Path:
@@ -112,15 +114,16 @@ def _new_report(out: Path, stem: str) -> Path:
 
 
 def _run_and_save(ctrl, controller: dict, ts: TaskSet, chosen, out: Path, path: Path, success_min: float | None,
-                  rule: str, quiet: bool, announce: str | None) -> ControlReport:
+                  rule: str, quiet: bool, announce: str | None, shard: bool = True) -> ControlReport:
     """Run ``ctrl`` on ``chosen`` (progress unless ``quiet``; ``announce`` printed first), then write
-    ``out/tasks.json`` (if new) and the control report at ``path``."""
+    ``out/tasks.json`` (if new) and the control report at ``path``. ``shard``: as for ``plan``."""
     t0 = time.perf_counter()
-    rank, world = dist.world()
+    rank, world = dist.world() if shard else (0, 1)
     quiet = quiet or rank != 0  # rank 0 alone reports progress (of its own tasks) and writes
     if announce and not quiet:
         print(announce + (f" over {world} processes" if world > 1 else ""), file=sys.stderr, flush=True)
-    results = run_sharded(chosen, ctrl, progress=None if quiet else (lambda i, n, r: _progress(i, n, r, t0)))
+    progress = None if quiet else (lambda i, n, r: _progress(i, n, r, t0))
+    results = run_sharded(chosen, ctrl, progress=progress) if shard else run_tasks(chosen, ctrl, progress=progress)
     report = ControlReport.build(controller, ts, chosen, results, success_min=success_min, rule=rule)
     if rank == 0:
         if not (out / "tasks.json").exists():
@@ -159,8 +162,9 @@ def policy_train(*, model, model_spec: str | None, episodes, data_id: str, cfg: 
 
 def policy_evaluate(*, model, model_spec: str | None, net: PolicyNet, policy: dict, episodes, data_id: str,
                     tasks: str | None, spec: TaskSpec, limit: int | None, out: Path, success_min: float | None,
-                    rule: str, quiet: bool = False) -> ControlReport:
-    """Run a trained policy closed loop on a task set (as ``plan`` runs a planner); write the control report."""
+                    rule: str, quiet: bool = False, shard: bool = True) -> ControlReport:
+    """Run a trained policy closed loop on a task set (as ``plan`` runs a planner); write the control report.
+    ``shard``: as for ``plan``."""
     fp = (policy.get("model") or {}).get("fingerprint")
     if fp is not None and fp != model.fingerprint():
         raise WMError(f"the policy was trained on the latents of model {policy['model'].get('name')!r} "
@@ -175,7 +179,7 @@ def policy_evaluate(*, model, model_spec: str | None, net: PolicyNet, policy: di
     controller = {"name": ctrl.name, "kind": "policy", "planner": None, "model": model_meta(model, model_spec),
                   "prior": prior.__dict__, "policy": policy}
     return _run_and_save(ctrl, controller, ts, chosen, out, path, success_min, rule, quiet,
-                         None if quiet else f"running {ctrl.name} on {len(chosen)} tasks ...")
+                         None if quiet else f"running {ctrl.name} on {len(chosen)} tasks ...", shard)
 
 
 def replay_command(path: str) -> int:
