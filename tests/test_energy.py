@@ -303,3 +303,19 @@ def test_eval_config_checks_the_energy_settings():
     with pytest.raises(WMError, match="EvalConfig.energy: expected True or False"):
         EvalConfig(energy="no")  # type: ignore[arg-type]
     assert EvalConfig(energy_scales=[1, 2]).energy_scales == (1.0, 2.0)  # hashable, whatever came in
+
+
+def test_an_episodes_candidates_do_not_depend_on_its_chunk():
+    """Seeded per episode: drawing a chunk gives the same candidates as drawing everything and slicing,
+    and another seed gives others (a streaming or sharded evaluation draws a chunk at a time)."""
+    from wmcore.control.energy import draw_candidates
+
+    g = torch.Generator().manual_seed(0)
+    actions = torch.randn(7, 12, 4, generator=g)
+    d = draw_candidates(actions, k=3, starts=3, candidates=5, scales=(0.5, 1.0), seed=11)
+    whole = d.draw(range(7))
+    assert whole.shape == (7, 3, 1 + 2 * 5 + 5, 3, 4)
+    assert torch.equal(d.draw(range(2, 5)), whole[2:5]) and torch.equal(d.draw(range(6, 7)), whole[6:])
+    assert torch.equal(whole[:, :, 0], actions.double()[:, torch.tensor(d.starts)[:, None] + torch.arange(3)])
+    other = draw_candidates(actions, k=3, starts=3, candidates=5, scales=(0.5, 1.0), seed=12).draw(range(7))
+    assert torch.equal(other[:, :, 0], whole[:, :, 0]) and not torch.equal(other, whole)

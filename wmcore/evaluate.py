@@ -162,7 +162,7 @@ def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thr
             tb = time.perf_counter()
             out: dict[str, Any] = {"rows": loop_rows(z, pred_open, pred_closed, mean, cfg)}
             if draw is not None:
-                out["energy"] = candidate_energies(model, z, a, st, draw.episodes(r), window=cfg.window,
+                out["energy"] = candidate_energies(model, z, a, st, draw.draw(r), draw, window=cfg.window,
                                                    batch_size=cfg.energy_batch, use_cache=cfg.use_cache)
             t_roll, t_energy = t_roll + tb - ta, t_energy + time.perf_counter() - tb
             second.append(out)
@@ -177,7 +177,7 @@ def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thr
         if k_energy < cfg.energy_k:
             note = (f"k clipped from {cfg.energy_k} to {k_energy}: the episodes hold {s} model steps after "
                     f"{cfg.context} context frame(s)")
-        landscape = {**summarise(draw, torch.cat([c["energy"] for c in reduced])).to_dict(),
+        landscape = {**summarise(draw, [c["energy"] for c in reduced]).to_dict(),
                      "k_requested": cfg.energy_k, "note": note}
         timings["energy_s"] = t_energy
     timings["wall_s"] = time.perf_counter() - t0  # both passes and the gathers: what a sharded run waits

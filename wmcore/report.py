@@ -48,7 +48,10 @@ SCHEMA_VERSION = 4
 # (``episode.episodes_sha256``, marked ``data.sha256_of = "episodes"``) instead of one hash over the
 # whole stacked batch, which only a single process that reads every frame can compute; a sharded
 # (torchrun) evaluation hashes each episode where it is read. wmcore compare checks the data sha256
-# only between reports of the same definition (the episode ids still).
+# only between reports of the same definition (the episode ids still). 4 also draws the energy
+# landscape's candidates per episode (seeded by the seed and the episode's index) instead of from one
+# generator over the batch: an episode's candidates no longer depend on the others or on the chunks,
+# so its energies differ from a version-3 report's (the drift curves do not).
 READABLE_VERSIONS = (1, 2, 3, 4)
 STEP_INDEX = "curves[i] is rollout step i+1; step k predicts frame context-1+k (frame k for context 1)"
 LOOPS = ("open_loop", "closed_loop", "copy_last", "copy_first")

@@ -12,7 +12,7 @@ the cost a latent planner minimises. Candidates per (episode, start):
 
 - the recorded actions (what really led to the goal);
 - per scale s: ``candidates`` perturbations, recorded + s * std * Gaussian noise (std: the recorded
-  actions' per-dimension std over the whole batch; seeded), so the curve shows how sharp the minimum is;
+  actions' per-dimension std over the whole batch), so the curve shows how sharp the minimum is;
 - ``candidates`` "random" sequences: recorded blocks of other episodes, or of other, non-overlapping
   times of the same one (none equal to the recorded block): real actions that did not lead to this goal.
 
@@ -21,6 +21,10 @@ energy, a tie counting half (0: recorded always best; 0.5: chance, e.g. a model 
 actions). Per group: the mean rank over (episode, start); its 95% t interval over the per-episode mean
 ranks (``stats.mean_ci``, clipped to [0, 1]: starts of one episode are not independent, episodes are);
 the mean energy and its ratio to the recorded sequence's mean energy; per-episode values are kept.
+
+The noise and the choice of unrelated blocks are seeded per episode (by ``seed`` and the episode's
+index): an episode's candidates do not depend on how the episodes are chunked or shared out over
+processes, and a streaming evaluation draws them a chunk at a time.
 
 Pure: a model and tensors in, a frozen ``EnergyLandscape`` out.
 """
@@ -32,6 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -154,18 +159,18 @@ def energy_landscape(
     WMError for bad input: wrong ranks or widths, NaN or inf, episodes too short for ``k``."""
     _check_inputs(model, latents, actions, states, k, starts, candidates, scales, context, batch_size)
     draw = draw_candidates(actions, k=k, starts=starts, candidates=candidates, scales=scales, context=context, seed=seed)
-    e = candidate_energies(model, latents, actions, states, draw, window=window, batch_size=batch_size,
-                           use_cache=use_cache)
-    return summarise(draw, e)
+    e = candidate_energies(model, latents, actions, states, draw.draw(range(actions.shape[0])), draw, window=window,
+                           batch_size=batch_size, use_cache=use_cache)
+    return summarise(draw, [e])
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """The candidate action sequences of every (episode, start): ``cand [B, P, M, k, A]`` float64 on the
-    CPU (candidate 0 the recorded one, then ``candidates`` per scale, then the random group if
-    ``random``); ``starts`` the start frames; ``std`` ``[A]`` the perturbations' scale."""
+    """How to draw the candidates of any episode (``draw(r)``): every episode's recorded model-step
+    actions ``actions [B, S, A]`` (float64, CPU: small), the start frames, ``std [A]`` the
+    perturbations' scale (over all episodes), and the settings."""
 
-    cand: Tensor
+    actions: Tensor
     starts: list[int]
     std: Tensor
     k: int
@@ -173,19 +178,21 @@ class Candidates:
     candidates: int
     scales: tuple[float, ...]
     seed: int
-    random: bool
 
-    def episodes(self, r: range) -> "Candidates":
-        """The candidates of episodes ``r`` (a chunk)."""
-        return dataclasses.replace(self, cand=self.cand[r.start : r.stop])
+    def draw(self, r: range) -> Tensor:
+        """The candidates of episodes ``r``: ``[b, P, M, k, A]`` float64 (candidate 0 the recorded
+        sequence, then ``candidates`` per scale, then ``candidates`` unrelated blocks; M stops before
+        the unrelated ones if some (episode, start) of ``r`` has none)."""
+        rows = [_episode_candidates(self, e) for e in r]
+        m = min(x.shape[1] for x in rows)
+        return torch.stack([x[:, :m] for x in rows])
 
 
 def draw_candidates(actions: Tensor, *, k: int, starts: int, candidates: int, scales: Sequence[float],
                     context: int = 1, seed: int = 0) -> Candidates:
-    """Every episode's candidates (``energy_landscape``) from the recorded model-step actions
-    ``[B, S, A]`` of all episodes: the perturbation std and the unrelated blocks depend on all of them,
-    and the noise is drawn at once in one fixed order, so that chunking cannot change a candidate."""
-    b, s = actions.shape[:2]
+    """The candidates' recipe (``energy_landscape``) from the recorded model-step actions ``[B, S, A]``
+    of all episodes: the perturbation std and the pool of unrelated blocks depend on all of them."""
+    s = actions.shape[1]
     ts = start_points(s, k, starts, context)
     if not ts:
         raise WMError(
@@ -193,42 +200,51 @@ def draw_candidates(actions: Tensor, *, k: int, starts: int, candidates: int, sc
             f"{context} context frame(s) need at least {k + context - 1}; use a smaller k (EvalConfig.energy_k) "
             "or longer episodes"
         )
-    gen = torch.Generator().manual_seed(seed)
     a64 = actions.detach().double().cpu()
     flat = a64.reshape(-1, a64.shape[-1])
     std = flat.std(0, correction=0) if flat.shape[0] > 1 else torch.ones(flat.shape[1], dtype=torch.float64)
     # a dimension that never varies gets unit noise, as rollout.make_actions' random source does
     std = torch.where(std > 0, std, torch.ones_like(std))
-    p, c, n_sc = len(ts), candidates, len(scales)
-    t_idx = torch.tensor(ts)
-    win = torch.arange(k)
-    recorded = a64[:, t_idx[:, None] + win]  # [B, P, k, A]
-    noise = torch.randn(b, p, n_sc, c, k, a64.shape[-1], generator=gen, dtype=torch.float64)
-    sc = torch.tensor([float(x) for x in scales], dtype=torch.float64)
-    perturbed = recorded[:, :, None, None] + sc[:, None, None, None] * std * noise  # [B, P, n_sc, C, k, A]
-    del noise
-    unrelated = _unrelated_blocks(a64, ts, k, c, gen)  # [B, P, C, k, A] or None
-    groups = [recorded[:, :, None], perturbed.reshape(b, p, n_sc * c, k, -1)]
+    return Candidates(actions=a64, starts=ts, std=std, k=k, context=context, candidates=candidates,
+                      scales=tuple(float(x) for x in scales), seed=seed)
+
+
+def _episode_candidates(d: Candidates, e: int) -> Tensor:
+    """Episode ``e``'s candidates ``[P, M, k, A]`` from its own generator (seeded by ``d.seed`` and ``e``)."""
+    a64, k, c = d.actions, d.k, d.candidates
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([d.seed, e]).generate_state(1)[0]))
+    t_idx = torch.tensor(d.starts)
+    recorded = a64[e, t_idx[:, None] + torch.arange(k)]  # [P, k, A]
+    p, n_sc = len(d.starts), len(d.scales)
+    noise = torch.randn(p, n_sc, c, k, a64.shape[-1], generator=gen, dtype=torch.float64)
+    sc = torch.tensor(d.scales, dtype=torch.float64)
+    perturbed = recorded[:, None, None] + sc[:, None, None, None] * d.std * noise  # [P, n_sc, C, k, A]
+    groups = [recorded[:, None], perturbed.reshape(p, n_sc * c, k, -1)]
+    unrelated = _unrelated_blocks(a64, e, d.starts, k, c, gen)
     if unrelated is not None:
         groups.append(unrelated)
-    return Candidates(cand=torch.cat(groups, 2), starts=ts, std=std, k=k, context=context, candidates=c,
-                      scales=tuple(float(x) for x in scales), seed=seed, random=unrelated is not None)
+    return torch.cat(groups, 1)
 
 
-def candidate_energies(model: WorldModel, latents: Tensor, actions: Tensor, states: Tensor | None, draw: Candidates, *,
-                       window: int | None = None, batch_size: int = 1024, use_cache: bool = True) -> Tensor:
-    """The energy of every candidate of ``draw`` (the candidates of these episodes: ``draw.episodes(r)``)
-    on episodes ``latents [b, S+1, N, D]``, recorded ``actions [b, S, A]``, ``states`` -> ``[b, P, M]``
+def candidate_energies(model: WorldModel, latents: Tensor, actions: Tensor, states: Tensor | None, cand: Tensor,
+                       draw: Candidates, *, window: int | None = None, batch_size: int = 1024,
+                       use_cache: bool = True) -> Tensor:
+    """The energy of the candidates ``cand [b, P, M, k, A]`` (``draw.draw(r)`` for these episodes) on
+    episodes ``latents [b, S+1, N, D]``, recorded ``actions [b, S, A]``, ``states`` -> ``[b, P, M]``
     float64 on the CPU."""
-    b, p, m = draw.cand.shape[:3]
-    return _energies(model, latents, actions, states, draw.starts, draw.cand, draw.k, draw.context, window,
+    b, p, m = cand.shape[:3]
+    return _energies(model, latents, actions, states, draw.starts, cand, draw.k, draw.context, window,
                      batch_size, use_cache).reshape(b, p, m)
 
 
-def summarise(draw: Candidates, e: Tensor) -> EnergyLandscape:
-    """The landscape from the energies ``[B, P, M]`` of all episodes' candidates (in episode order)."""
+def summarise(draw: Candidates, energies: Sequence[Tensor]) -> EnergyLandscape:
+    """The landscape from the energies ``[b, P, M]`` of every chunk's candidates (in episode order). The
+    random group is reported only when every (episode, start) had unrelated blocks."""
+    m = min(x.shape[2] for x in energies)
+    e = torch.cat([x[:, :, :m] for x in energies])
     b = e.shape[0]
     c, n_sc, scales = draw.candidates, len(draw.scales), draw.scales
+    random = m > 1 + n_sc * c
     e_rec = e[:, :, :1]
 
     def rank(group: Tensor) -> Tensor:  # [B, P, G] -> [B, P]
@@ -239,7 +255,7 @@ def summarise(draw: Candidates, e: Tensor) -> EnergyLandscape:
     rec_mean = float(e_rec.mean())
     rows = []
     spans = [(scale_name(float(x)), float(x), 1 + i * c) for i, x in enumerate(scales)]
-    if draw.random:
+    if random:
         spans.append((RANDOM, None, 1 + n_sc * c))
     for name, scale, lo in spans:
         group = e[:, :, lo : lo + c]
@@ -266,27 +282,23 @@ def _ratio(x: float, ref: float) -> float:
     return math.inf if x > 0 else 1.0
 
 
-def _unrelated_blocks(a64: Tensor, ts: list[int], k: int, c: int, gen: torch.Generator) -> Tensor | None:
-    """``c`` recorded k-blocks per (episode, start), drawn with replacement from the blocks of other
-    episodes and of other, non-overlapping times of the same episode, leaving out any block equal to the
-    recorded one (saturated actions repeat exactly; such a block is no alternative): ``[B, P, C, k, A]``
-    (None if no such block exists for some start)."""
+def _unrelated_blocks(a64: Tensor, e: int, ts: list[int], k: int, c: int, gen: torch.Generator) -> Tensor | None:
+    """``c`` recorded k-blocks for each start of episode ``e``, drawn with replacement from the blocks of
+    other episodes and of other, non-overlapping times of the same episode, leaving out any block equal
+    to the recorded one (saturated actions repeat exactly; such a block is no alternative):
+    ``[P, C, k, A]`` (None if no such block exists for some start)."""
     b, s, _ = a64.shape
-    pool_t = torch.arange(s - k + 1)  # every block start in an episode
-    pe = torch.arange(b).repeat_interleave(len(pool_t))  # [Q]: the pool's episodes and starts
-    pt = pool_t.repeat(b)
-    blocks = a64[pe[:, None], pt[:, None] + torch.arange(k)]  # [Q, k, A]
+    windows = a64.unfold(1, k, 1)  # [B, W, A, k]: every block start, a view (no copy)
+    w = windows.shape[1]
+    pe, pt = torch.arange(b)[:, None], torch.arange(w)[None]
     out = []
-    for e in range(b):
-        row = []
-        for t in ts:
-            same = (blocks == a64[e, t : t + k]).flatten(1).all(1)
-            ok = ((pe != e) | ((pt - t).abs() >= k)) & ~same
-            if not ok.any():
-                return None
-            pick = torch.multinomial(ok.double(), c, replacement=True, generator=gen)
-            row.append(blocks[pick])  # [C, k, A]
-        out.append(torch.stack(row))
+    for t in ts:
+        same = (windows == a64[e, t : t + k].T).flatten(2).all(2)  # [B, W]
+        ok = ((pe != e) | ((pt - t).abs() >= k)) & ~same
+        if not ok.any():
+            return None
+        pick = torch.multinomial(ok.flatten().double(), c, replacement=True, generator=gen)
+        out.append(a64[(pick // w)[:, None], (pick % w)[:, None] + torch.arange(k)])  # [C, k, A]
     return torch.stack(out)
 
 
