@@ -26,6 +26,7 @@ one-process report (timings aside). Rank 0 alone writes (the caller's job).
 
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any, Callable, Sequence
 
@@ -130,6 +131,8 @@ def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thr
             })
             if kept_bytes + z.nbytes <= KEEP_LATENTS_BYTES:
                 kept[r.start], kept_bytes = z, kept_bytes + z.nbytes
+            del batch, z, zc
+            _release()
             progress("encode", i + 1, len(mine))
     encoded = dist.gather_ordered(first, len(chunks))
     t1 = time.perf_counter()
@@ -167,6 +170,7 @@ def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thr
             t_roll, t_energy = t_roll + tb - ta, t_energy + time.perf_counter() - tb
             second.append(out)
             del z, pred_open, pred_closed
+            _release()
             progress("rollout", i + 1, len(mine))
     reduced = dist.gather_ordered(second, len(chunks))
     rows = {loop: {m: torch.cat([c["rows"][loop][m] for c in reduced]) for m in reduced[0]["rows"][loop]}
@@ -185,6 +189,25 @@ def _stream(model: WorldModel, src: EpisodeSet, cfg: EvalConfig, thresholds: Thr
                         encoded[0]["fps"], video_summary([v for c in encoded for v in (c["videos"] or [])]))
     return assemble(model, rows, cfg, thresholds, chance=chance, data=data, spec=spec, timings=timings,
                     landscape=landscape)
+
+
+def _release() -> None:
+    """Give the freed pages of a finished chunk back to the system (glibc's ``malloc_trim``). A chunk's
+    frames are large, short-lived buffers; between them live small per-episode results, and glibc
+    (whose mmap threshold rises to the size of freed buffers) then serves later chunks from a heap
+    whose freed holes it keeps: resident memory grew by ~0.4 MB per episode without this. Elsewhere
+    than glibc: nothing."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def _check_alike(encoded: list[dict], chunks: list[range], src: EpisodeSet) -> None:
