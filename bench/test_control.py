@@ -52,7 +52,7 @@ def held_out():
 
 
 @pytest.mark.parametrize("kind, spec", CASES, ids=[s or k for k, s in CASES])
-def test_control(benchmark, held_out, kind, spec, wm_run_dir, wm_thresholds):
+def test_control(benchmark, held_out, kind, spec, wm_record_control, wm_thresholds):
     episodes, taskset, prior = held_out
     model = load_model(spec) if spec else None
     t = wm_thresholds(model.name if model else kind)
@@ -63,12 +63,7 @@ def test_control(benchmark, held_out, kind, spec, wm_run_dir, wm_thresholds):
     results = benchmark.pedantic(run_sharded, args=(tasks, ctrl), rounds=1, iterations=1)
     controller = controller_meta(ctrl, kind, cfg, model, spec, prior)
     report = ControlReport.build(controller, taskset, tasks, results, success_min=t.success_min, rule=t.gate_rule)
-    if is_main():
-        report.save(wm_run_dir / f"control-{spec or kind}.json")
-    s = report.summary
-    benchmark.extra_info["wmcore_control"] = {"controller": controller, "summary": s,
-                                              "gates": [g.__dict__ for g in report.gates], "tasks": s["tasks"]}
-    benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
+    wm_record_control(report, f"control-{spec or kind}", benchmark)
     if is_main():
         print("\n" + report.render_text())
     assert not replay_report(report), "saved actions did not replay to the same outcome"

@@ -24,6 +24,7 @@ from wmcore.control.tasks import TaskSpec
 from wmcore.data import load as load_data
 from wmcore.data.pusht import generate
 from wmcore.dist import is_main
+from wmcore.fsio import safe_name
 from wmcore.models import load as load_model
 
 EPISODES = int(os.environ.get("WMCORE_POLICY_EPISODES", "40"))
@@ -42,7 +43,7 @@ def train_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("spec, cfg", CASES, ids=[f"{s}-{c.label}" for s, c in CASES])
-def test_policy(benchmark, train_data, spec, cfg, wm_run_dir, wm_thresholds):
+def test_policy(benchmark, train_data, spec, cfg, wm_run_dir, wm_thresholds, wm_record_control):
     episodes, data_id = train_data
     model = load_model(spec)
     held_out = load_data("pusht")
@@ -62,14 +63,11 @@ def test_policy(benchmark, train_data, spec, cfg, wm_run_dir, wm_thresholds):
         return rep, doc, trained
 
     report, doc, trained = benchmark.pedantic(train_and_run, rounds=1, iterations=1)
-    s = report.summary
-    benchmark.extra_info["wmcore_control"] = {"controller": {k: v for k, v in report.controller.items() if k != "policy"},
-                                              "summary": s, "gates": [g.__dict__ for g in report.gates],
-                                              "tasks": s["tasks"]}
+    wm_record_control(report, f"policy-{cfg.label}-{spec}", benchmark,
+                      saved=out / f"{safe_name(f'control-policy-{cfg.label}-{model.name}')}.json")
     benchmark.extra_info["policy"] = {"config": cfg.to_dict(), "train_seconds": trained,
                                       "val_action_mse": doc["history"][-1]["val_action_mse"],
                                       "training_episodes": len(episodes)}
-    benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
     if is_main():
         print("\n" + report.render_text() + f"\n  trained in {trained:.1f} s on {len(episodes)} episodes; held-out action "
               f"error {doc['history'][-1]['val_action_mse']:.3f}")

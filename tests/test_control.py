@@ -400,3 +400,27 @@ def test_plan_refuses_bad_planner_options_and_writes_nothing(tmp_path, capsys, a
     assert main(["plan", *args, "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_show_reads_a_control_report_and_its_table_knows_small_samples(tmp_path, capsys):
+    from wmcore.cli import main
+    from wmcore.control.report import ControlReport, control_table
+
+    for n in (1, 2):
+        out = tmp_path / f"n{n}"
+        assert main(["plan", "--planner", "drive", "--limit", str(n), "--out", str(out), "--success-min", "0.0"]) == 0
+        capsys.readouterr()
+        assert main(["show", str(out / "control-drive.json")]) == 0
+        text = capsys.readouterr().out
+        r = ControlReport.load(out / "control-drive.json")
+        k = r.summary["successes"]
+        assert f"{k}/{n}" in text and "drive" in text and "pass" in text
+        table = control_table([("control-drive", r)])
+        if n == 1:  # one task: no interval, and it says why
+            assert "n/a: 1 task" in table
+        else:
+            assert f"[{r.summary['success_lo']:.0%}, {r.summary['success_hi']:.0%}]" in table
+    assert main(["plan", "--planner", "stay", "--limit", "1", "--out", str(tmp_path / "g"), "--success-min", "1.0"]) == 1
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "g" / "control-stay.json")]) == 1
+    assert "FAIL success_rate" in capsys.readouterr().out

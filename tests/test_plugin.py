@@ -163,3 +163,38 @@ def test_the_action_check_passes_in_either_order(bench, analytic_set, tmp_path):
              "-p", "no:randomly")
     r.assert_outcomes(passed=1, failed=1)
     assert "the model ignores its actions" in r.stdout.str()
+
+
+CONTROL_CASE = '''
+from wmcore.control.command import controller_meta, make_controller
+from wmcore.control.planners import ActionPrior, CEMConfig
+from wmcore.control.report import ControlReport
+from wmcore.control.run import run_sharded
+from wmcore.control.tasks import build
+from wmcore.data import load
+
+
+def test_control(benchmark, wm_record_control):
+    episodes = load("pusht", limit=4)
+    ts = build(episodes, data_id="pusht")
+    prior = ActionPrior.from_actions([e.actions for e in episodes])
+    ctrl = make_controller("drive", prior, CEMConfig())
+    tasks = ts.tasks[:3]
+    results = benchmark.pedantic(run_sharded, args=(tasks, ctrl), rounds=1, iterations=1)
+    report = ControlReport.build(controller_meta(ctrl, "drive", CEMConfig()), ts, tasks, results, success_min=0.0)
+    wm_record_control(report, "control-drive", benchmark)
+'''
+
+
+def test_the_summary_shows_control_runs_and_lists_their_reports(pytester, tmp_path):
+    pytester.makepyfile(test_control=CONTROL_CASE)
+    art = tmp_path / "art"
+    r = pytester.runpytest("--benchmark-only", "-p", "no:cacheprovider", "--wm-artifacts", str(art),
+                           f"--benchmark-json={tmp_path / 'b.json'}")
+    assert r.ret == 0, r.stdout.str()[-3000:]
+    out = r.stdout.str()
+    assert "wmcore control summary" in out and "drive" in out and "/3" in out
+    run = next(art.iterdir())
+    assert str(run / "control-drive.json") in out and (run / "control-drive.json").is_file()
+    info = json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]["extra_info"]
+    assert info["wmcore_control"]["tasks"] == 3 and "seconds_per_action" in info

@@ -44,8 +44,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from .fsio import read_json
     from .report import DriftReport, markdown_table, render_text
 
+    doc = read_json(Path(args.report), hint="was the report truncated?") if Path(args.report).is_file() else None
+    if isinstance(doc, dict) and doc.get("format") == "wmcore.control":  # a control report (wmcore plan, the bench)
+        from .control.report import ControlReport, control_table
+
+        c = ControlReport.load(args.report)
+        print(control_table([(Path(args.report).stem, c)]) + "\n\n" + c.render_text())
+        return 0 if c.passed else 1
     r = DriftReport.load(args.report)
     print(markdown_table(r) if args.markdown else render_text([r]))
     return 0 if r.passed else 1
@@ -247,7 +255,7 @@ def _add_report_commands(sub) -> None:
     sp.add_argument("report", help="a DriftReport JSON written by a run")
     sp.add_argument("--out", help="PNG to write (default: the report's name with .png; never overwritten)")
     sp.set_defaults(func=_cmd_plot)
-    ss = sub.add_parser("show", help="print a saved DriftReport's summary and gates (exit 1 if a gate failed)")
+    ss = sub.add_parser("show", help="print a saved DriftReport's or control report's summary and gates (exit 1 if a gate failed)")
     ss.add_argument("report")
     ss.add_argument("--markdown", action="store_true", help="print the curves as a Markdown table instead")
     ss.set_defaults(func=_cmd_show)

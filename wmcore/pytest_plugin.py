@@ -54,6 +54,7 @@ __all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest 
 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
+_CONTROL = pytest.StashKey[list]()  # (name, ControlReport) recorded this session
 _SETTINGS = pytest.StashKey["WMOptions"]()
 _CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents of this session
 # the fixtures that need the models / the episodes loaded: collected tests that use them make the
@@ -132,6 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
         dist.init_from_env()
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
+    config.stash[_CONTROL] = []
     config.stash[_CACHE] = {}
     from .models import EMBEDDED, FAMILIES
     from .paths import DEFAULT_DATA
@@ -403,6 +405,32 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
     return record
 
 
+@pytest.fixture
+def wm_record_control(request: pytest.FixtureRequest, wm_run_dir: Path):
+    """``wm_record_control(report, name, benchmark=None, saved=None)``: write the control report
+    ``name.json`` into the run directory (rank 0; or take ``saved``, where it was written already), list
+    it among the artifacts, put it in the session's control table and its summary, gates and controller
+    into the benchmark's ``extra_info["wmcore_control"]``."""
+    from .dist import is_main
+
+    def record(report, name: str, benchmark: Any = None, saved: Path | None = None) -> Path:
+        safe = safe_name(name)
+        path = saved if saved is not None else wm_run_dir / f"{safe}.json"
+        if saved is None and is_main():
+            report.save(path)
+        request.config.stash[_WRITTEN].append(path)
+        request.config.stash[_CONTROL].append((safe, report))
+        if benchmark is not None:
+            s = report.summary
+            benchmark.extra_info["wmcore_control"] = {
+                "controller": {k: v for k, v in report.controller.items() if k != "policy"}, "summary": s,
+                "gates": [g.__dict__ for g in report.gates], "tasks": s["tasks"]}
+            benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
+        return path
+
+    return record
+
+
 def _overlay(reports: list, run_dir: Path) -> Path | None:
     """One overlay PNG of every recorded model: a panel per data set and action source."""
     from .plot import plot_overlay
@@ -424,6 +452,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         return
     written = config.stash.get(_WRITTEN, [])
     reports = config.stash.get(_REPORTS, [])
+    control = config.stash.get(_CONTROL, [])
     if "episodes" in config.stash.get(_CACHE, {}):  # which decoder read --wm-data, when it was not decord
         video = sys.modules.get("wmcore.video")
         for line in video.notices() if video else []:
@@ -437,6 +466,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             written.append(_overlay(reports, Path(written[0]).parent))
         except (ValueError, OSError) as e:  # a summary must not turn a finished run into a crash
             terminalreporter.write_line(f"overlay plot not written: {e}")
+    if control:
+        from .control.report import control_table
+
+        terminalreporter.section("wmcore control summary")
+        for line in control_table(control).splitlines():
+            terminalreporter.write_line(line)
     if written:
         terminalreporter.section("wmcore artifacts")
         terminalreporter.write_line(f"run directory: {Path(written[0]).parent}")

@@ -26,7 +26,7 @@ from .run import TaskResult, replay
 from .sim.pusht import PushTSim
 from .tasks import Task, TaskSet
 
-__all__ = ["FORMAT", "VERSION", "ControlReport", "gate_success", "replay_report", "summarise"]
+__all__ = ["FORMAT", "VERSION", "ControlReport", "control_table", "gate_success", "replay_report", "summarise"]
 
 FORMAT = "wmcore.control"
 VERSION = 1
@@ -117,6 +117,24 @@ class ControlReport:
                              f"{top['mean']:.2f} [{top['lo']:.2f}, {top['hi']:.2f}] (chance {f['topk_chance']:.2f})")
         lines += [f"  [{'PASS' if g.passed else 'FAIL'}] {g.name}: {g.message}" for g in self.gates]
         return "\n".join(lines)
+
+
+def control_table(reports: Sequence[tuple[str, ControlReport]]) -> str:
+    """One line per control report (name, report): controller, model, success k/n with its Wilson 95%
+    CI, mean score, median time per planned action, gate verdict. Fewer than 2 tasks: no interval."""
+    head = f"{'run':<28} {'controller':<24} {'success':>7} {'95% CI':>15} {'score':>6} {'ms/action':>9}  verdict"
+    lines = [head, "-" * len(head)]
+    for name, r in reports:
+        s = r.summary
+        n = s["tasks"]
+        ci = f"[{s['success_lo']:.0%}, {s['success_hi']:.0%}]" if n >= 2 else f"n/a: {n} task"
+        failed = [g.name for g in r.gates if not g.passed]
+        verdict = ("FAIL " + ", ".join(failed)) if failed else ("pass" if r.gates else "(no gate)")
+        lines.append(f"{name[:28]:<28} {str(r.controller.get('name'))[:24]:<24} {s['successes']:>3}/{n:<3} {ci:>15} "
+                     f"{s['score_mean']:>6.3f} {s['seconds_per_action_median'] * 1e3:>9.1f}  {verdict}")
+    lines.append("(success: tasks whose block reached the goal pose, Wilson 95% CI over tasks; score: final / start "
+                 "distance to the goal, 0 = at the goal)")
+    return "\n".join(lines)
 
 
 def replay_report(report: ControlReport, *, atol: float = 1e-9) -> list[str]:
