@@ -647,12 +647,13 @@ def _noisy(delta: float, noise: float, seed: int, name: str = "analytic") -> Dri
                     spec=f"analytic:delta={delta}", data_id="analytic-12ep")
 
 
-def test_identical_runs_give_zero_deltas_and_zero_width_intervals(base, tmp_path, capsys):
+def test_identical_runs_give_zero_deltas_and_no_interval_without_spread(base, tmp_path, capsys):
     code, out, _ = compare(capsys, base, base, "--out", tmp_path / "o.png")
     assert code == 0
     for metric in ("closed loop, step-1 cosine", "open loop, AUC (mean cosine)"):
         cells = row(out, metric)
-        assert cells[2] == "+0.0000" and cells[3:5] == ["[+0.0000,", "+0.0000]"], cells
+        # every episode changed by 0: a zero-width "[+0.0000, +0.0000]" would say nothing more
+        assert cells[2] == "+0.0000" and cells[3:6] == ["n/a:", "no", "spread"], cells
         assert out.split(metric)[1].splitlines()[0].rstrip().endswith("no significant change")
 
 

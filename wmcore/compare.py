@@ -235,6 +235,10 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
         old = [side for side, e in (("BASE", o), ("NEW", n)) if e.per_episode is None]
         notes.append(f"{' and '.join(old)} {'has' if len(old) == 1 else 'have'} no per-episode curves (written "
                      "before DriftReport schema 2): compared by the rule on means, without confidence intervals")
+    episodes = len(next(iter(o.per_episode.values()))) if paired and o.per_episode else None
+    if paired and episodes < 2:  # nothing to resample: no interval, no claim of confidence
+        paired = False
+        notes.append(f"n/a: {episodes} episode, no confidence interval; compared on the values alone (the rule on means)")
     thr = o.threshold  # both horizons at BASE's threshold, so they measure the same crossing
 
     def gated(metric: str, what: str, a: float, b: float, tolerance: float, stat, loop: str, fmt: str, gate: str,
@@ -251,7 +255,8 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
                 r = paired_delta(rows_o, rows_n, tolerance, statistic=stat, level=LEVEL, n_resamples=RESAMPLES, seed=0)
             else:  # a mean over episodes of each episode's value: the paired t interval
                 r = paired_delta(stat(rows_o), stat(rows_n), tolerance, level=LEVEL)
-            ci = f"[{r.lo:+.4f}, {r.hi:+.4f}]"
+            # every episode changed by the same amount: an interval without width says nothing more
+            ci = f"[{r.lo:+.4f}, {r.hi:+.4f}]" if r.hi > r.lo else "n/a: no spread"
             reg = (f"{what} {reason} by {a - b:{fmt}}{unit} ({old} -> {new}; 95% CI of the change {ci} excludes 0; "
                    f"{tol_text})") if r.verdict == "regressed" else None
             word = r.verdict + (f" (about {r.needed} episodes would settle it)" if r.needed else "")

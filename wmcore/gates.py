@@ -9,7 +9,9 @@ Two rules (``Thresholds.gate_rule``, ``--gate-rule``, ``--wm-gate-rule``):
 - ``mean``: a gate fails when the value of the mean curve is beyond the limit at all (the rule before
   gate_rule existed). The CI is still shown.
 
-Every CI resamples whole episodes (``stats.curve_ci``, ``stats.skill_ci``), seeded.
+Every CI resamples whole episodes (``stats.curve_ci``, ``stats.skill_ci``), seeded. With fewer than
+2 episodes there is nothing to resample: no interval is computed or printed ("n/a: 1 episode") and
+the gate is judged on the value alone (rule ``mean``), which its message says.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ def _rule(rule: str | None, have_episodes: bool) -> str:
     return rule
 
 
+def _sample(rows: np.ndarray | None, rule: str | None) -> tuple[np.ndarray | None, str | None, str]:
+    """Per-episode rows that can carry an interval (2 or more episodes), the rule to apply, and the note
+    for a gate judged without one: ``(None, "mean", "n/a: 1 episode, ...")`` below 2 episodes."""
+    if rows is None or rows.shape[0] >= 2:
+        return rows, rule, ""
+    n = rows.shape[0]
+    return None, "mean", f" (n/a: {n} episode{'' if n == 1 else 's'}, no interval; judged on the value alone)"
+
+
 def _rows(x) -> np.ndarray:
     a = np.asarray(x.double().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
     if a.ndim != 2:
@@ -86,15 +97,15 @@ def _rows(x) -> np.ndarray:
 
 def gate_at_least(
     name: str, what: str, v: float, minimum: float, ci: tuple[float, float] | None, rule: str | None, tail: str,
-    sign: str = "+",
+    sign: str = "+", note: str = "",
 ) -> Gate:
     """A threshold gate ``v >= minimum`` (``ci``: its ``GATE_LEVEL`` interval, or None). Rule ``ci``:
     fails only when the CI's upper end, the one-sided 95% upper bound, is below ``minimum``; rule
-    ``mean``: when ``v`` is. ``sign``: "+" to
-    print the sign of values (skills), "" not to (cosines)."""
+    ``mean``: when ``v`` is. ``sign``: "+" to print the sign of values (skills), "" not to (cosines).
+    ``note``: why there is no interval (too few episodes or tasks), printed in its place."""
     rule = _rule(rule, ci is not None)
     lo, hi = ci if ci is not None else (None, None)
-    ci_text = f" ({_ci_text(lo, hi, sign)})" if ci is not None else ""
+    ci_text = f" ({_ci_text(lo, hi, sign)})" if ci is not None else note
     head, limit = f"{what} {v:{sign}.4f}{ci_text}", f"min {minimum:{sign}.4f}"
     if rule == "ci":
         ok = hi >= minimum
@@ -117,11 +128,10 @@ def gate_step1(
     """Step-1 cosine (of the mean curve ``curve_``) must be at least ``minimum``. ``per_episode``
     ``[B, H]``: the cosines whose mean is ``curve_``, for the 90% CI (the t interval of a mean, as
     ``wmcore compare`` uses: ``stats.mean_ci``) and the ``ci`` rule."""
-    ci = None
-    if per_episode is not None:
-        ci = mean_ci(_rows(per_episode)[:, 0], GATE_LEVEL)
+    rows, rule, note = _sample(None if per_episode is None else _rows(per_episode), rule)
+    ci = None if rows is None else mean_ci(rows[:, 0], GATE_LEVEL)
     return gate_at_least("step1_cosine", f"{label} step-1 cosine", float(curve_[0]), minimum, ci, rule,
-                     f"curve {_fmt(curve_[:10])}", sign="")
+                         f"curve {_fmt(curve_[:10])}", sign="", note=note)
 
 
 def gate_skill(
@@ -130,11 +140,10 @@ def gate_skill(
 ) -> Gate:
     """Step-1 MSE skill against a persistence baseline must be at least ``minimum``. ``errors``:
     ``(model [B, H], baseline [B, H])`` per-episode MSE, for the 90% CI and the ``ci`` rule."""
-    ci = None
-    if errors is not None:
-        ci = skill_ci(*(_rows(e) for e in errors), 1, GATE_LEVEL, n_resamples, seed)[1:]
+    rows, rule, note = _sample(None if errors is None else _rows(errors[0]), rule)
+    ci = None if rows is None else skill_ci(*(_rows(e) for e in errors), 1, GATE_LEVEL, n_resamples, seed)[1:]
     return gate_at_least(f"skill_vs_{baseline}", f"step-1 MSE skill vs {baseline}", float(skill_curve[0]), minimum, ci,
-                     rule, f"curve {_fmt(skill_curve[:10])}")
+                         rule, f"curve {_fmt(skill_curve[:10])}", note=note)
 
 
 def gate_mean_skill(
@@ -144,12 +153,11 @@ def gate_mean_skill(
     """The MSE skill against ``baseline`` averaged over steps 1..``steps`` must be at least ``minimum``.
     ``errors``: ``(model [B, H], baseline [B, H])`` per-episode MSE, for the 90% CI and the ``ci`` rule."""
     n = min(steps, len(skill_curve))
-    ci = None
-    if errors is not None:
-        ci = skill_ci(*(_rows(e) for e in errors), n, GATE_LEVEL, n_resamples, seed)[1:]
+    rows, rule, note = _sample(None if errors is None else _rows(errors[0]), rule)
+    ci = None if rows is None else skill_ci(*(_rows(e) for e in errors), n, GATE_LEVEL, n_resamples, seed)[1:]
     return gate_at_least(f"mean_skill_{label.replace(' ', '_')}_vs_{baseline}",
-                     f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is", float(sum(skill_curve[:n]) / n),
-                     minimum, ci, rule, f"curve {_fmt(skill_curve[:n])}")
+                         f"{label} MSE skill vs {baseline} averaged over steps 1..{n} is", float(sum(skill_curve[:n]) / n),
+                         minimum, ci, rule, f"curve {_fmt(skill_curve[:n])}", note=note)
 
 
 def gate_monotone(
@@ -163,13 +171,14 @@ def gate_monotone(
     of the climb (episodes resampled, basic bootstrap: the climb is an extreme over steps) is then
     reported. Rule ``ci`` (the default with per-episode curves): fail only when the CI's lower end,
     the one-sided 95% lower bound, exceeds ``tol``. Rule ``mean``: fail when the climb exceeds ``tol``."""
-    rule = _rule(rule, per_episode is not None)
+    rows, rule, note = _sample(None if per_episode is None else _rows(per_episode), rule)
+    rule = _rule(rule, rows is not None)
     rise, step = max_rise(curve_)
     where = f" at step {step}" if step else ""
-    head = f"{label} climbs {rise:.4f}{where} above an earlier step"
+    head = f"{label} climbs {rise:.4f}{where} above an earlier step{note}"
     lo = hi = None
-    if per_episode is not None:
-        _, lo, hi = curve_ci([_rows(per_episode)], rise_statistic, GATE_LEVEL, n_resamples, seed, "basic")
+    if rows is not None:
+        _, lo, hi = curve_ci([rows], rise_statistic, GATE_LEVEL, n_resamples, seed, "basic")
         lo, hi = max(lo, 0.0), max(hi, 0.0)  # as max_rise: a curve that never climbs climbs 0
     if rule == "ci":
         ok = lo <= tol
@@ -195,12 +204,13 @@ def gate_closed_ge_open(
     bound, is below ``-tol``. Rule ``mean``: fail when the gap itself is below ``-tol``."""
     if (closed_episodes is None) != (open_episodes is None):
         raise ValueError("closed_episodes and open_episodes: give both loops' per-episode curves, or neither")
-    rule = _rule(rule, closed_episodes is not None)
+    rows, rule, note = _sample(None if closed_episodes is None else _rows(closed_episodes), rule)
+    rule = _rule(rule, rows is not None)
     gap, step = worst_gap(closed, open_)
-    head = f"closed - open cosine is {gap:+.4f} at step {step}"
+    head = f"closed - open cosine is {gap:+.4f} at step {step}{note}"
     lo = hi = None
-    if closed_episodes is not None:
-        _, lo, hi = curve_ci([_rows(closed_episodes), _rows(open_episodes)], lambda c, o: (c - o).min(-1),
+    if rows is not None:
+        _, lo, hi = curve_ci([rows, _rows(open_episodes)], lambda c, o: (c - o).min(-1),
                              GATE_LEVEL, n_resamples, seed, "basic")
     if rule == "ci":
         ok = hi >= -tol

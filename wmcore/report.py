@@ -375,10 +375,18 @@ def _energy_lines(r: DriftReport) -> list[str]:
            f"rank of the recorded actions (0 = always best, 0.5 = chance), 95% CI over episodes"]
     if e.get("note"):
         out.append(f"    ({e['note']})")
+    n = e.get("episodes", r.data.get("episodes"))
     for row in e["rows"]:
         what = "random (other recorded blocks)" if row.get("scale") is None else f"perturbed {row['scale']:g} x std"
         ratio = row.get("energy_ratio")
-        out.append(f"    {what:<31} rank {row['rank']:.3f} [{row['rank_lo']:.3f}, {row['rank_hi']:.3f}]  "
+        # one episode has no interval over episodes (the starts of one episode are not independent)
+        if isinstance(n, int) and n < 2:
+            ci = f"(n/a: {n} episode)"
+        elif f"{row['rank_lo']:.3f}" == f"{row['rank_hi']:.3f}":  # every episode ranked it alike
+            ci = "(no spread)"
+        else:
+            ci = f"[{row['rank_lo']:.3f}, {row['rank_hi']:.3f}]"
+        out.append(f"    {what:<31} rank {row['rank']:.3f} {ci}  "
                    f"energy {'-' if ratio is None else format(ratio, '.2f')} x recorded's")
     return out
 

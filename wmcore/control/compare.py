@@ -75,5 +75,9 @@ def render_comparison(name: str, base: ControlReport, new: ControlReport, res: d
         lo, hi = sorted((sign * d.lo, sign * d.hi))
         extra = f" (about {d.needed} tasks would settle it)" if d.needed else ""
         gated = "" if k == "success_rate" else " (not gated)"
-        lines.append(f"  {k:<14} {a:>8.3f} {b:>8.3f} {b - a:>+8.3f}  [{lo:+.3f}, {hi:+.3f}]{'':<4} {d.verdict}{extra}{gated}")
+        if d.episodes < 2:  # one task: no interval, and the verdict is the value's alone
+            ci, extra = f"n/a: {d.episodes} task", extra + " (judged on the value alone)"
+        else:
+            ci = f"[{lo:+.3f}, {hi:+.3f}]" if hi > lo else "n/a: no spread"
+        lines.append(f"  {k:<14} {a:>8.3f} {b:>8.3f} {b - a:>+8.3f}  {ci:<20}{'':<4}{d.verdict}{extra}{gated}")
     return lines

@@ -55,6 +55,10 @@ def gate_success(summary: dict, minimum: float, rule: str = "ci") -> Gate:
     """Success rate must be at least ``minimum``. Rule ``ci`` (as the drift gates): fail only when the
     one-sided 95% upper bound (the upper end of the two-sided 90% Wilson interval) is below it."""
     k, n = summary["successes"], summary["tasks"]
+    if n < 2:  # one task: no interval, judged on the value alone
+        return gate_at_least("success_rate", f"success {k}/{n} =", k / n, minimum, None, "mean",
+                             "one task gives no interval", sign="",
+                             note=f" (n/a: {n} task, no interval; judged on the value alone)")
     return gate_at_least("success_rate", f"success {k}/{n} =", k / n, minimum, wilson_ci(k, n, GATE_LEVEL), rule,
                          "the CI is Wilson's score interval over the tasks", sign="")
 
@@ -102,10 +106,13 @@ class ControlReport:
 
     def render_text(self) -> str:
         s = self.summary
+        few = s["tasks"] < 2  # one task: no interval over tasks
+        na = f"n/a: {s['tasks']} task"
+        success_ci = na if few else f"95% CI [{s['success_lo']:.1%}, {s['success_hi']:.1%}]"
+        score_ci = na if few else f"95% CI [{s['score_lo']:.3f}, {s['score_hi']:.3f}]"
         lines = [
             f"{self.controller.get('name')}: success {s['successes']}/{s['tasks']} = {s['success_rate']:.1%} "
-            f"(95% CI [{s['success_lo']:.1%}, {s['success_hi']:.1%}]); score {s['score_mean']:.3f} "
-            f"(95% CI [{s['score_lo']:.3f}, {s['score_hi']:.3f}], 0 = at the goal, 1 = no progress); "
+            f"({success_ci}); score {s['score_mean']:.3f} ({score_ci}, 0 = at the goal, 1 = no progress); "
             f"{s['seconds_per_action_median'] * 1e3:.1f} ms per action (median)",
         ]
         f = s.get("ranking_fidelity")
