@@ -198,3 +198,34 @@ def test_the_summary_shows_control_runs_and_lists_their_reports(pytester, tmp_pa
     assert str(run / "control-drive.json") in out and (run / "control-drive.json").is_file()
     info = json.loads((tmp_path / "b.json").read_text())["benchmarks"][0]["extra_info"]
     assert info["wmcore_control"]["tasks"] == 3 and "seconds_per_action" in info
+
+
+def test_wm_baseline_fails_a_regressed_model_and_passes_the_same_one(bench, analytic_set, tmp_path):
+    common = ["--wm-data", str(analytic_set), "--wm-actions", "recorded", "--wm-horizon", str(HORIZON),
+              "--wm-artifacts", str(tmp_path / "art"), "--wm-no-energy"]
+    base = tmp_path / "base.json"
+    r = _run(bench, "--wm-model", "analytic:delta=0.05", *common, f"--benchmark-json={base}")
+    assert r.ret == 0
+    same = _run(bench, "--wm-model", "analytic:delta=0.05", *common, "--wm-baseline", str(base))
+    assert same.ret == 0, same.stdout.str()[-3000:]
+    out = same.stdout.str()
+    assert "wmcore comparison with the baseline" in out and "no significant change" in out
+    # a model that drifts faster: its own gates pass, the comparison with the baseline fails the session
+    worse = _run(bench, "--wm-model", "analytic:delta=0.09", *common, "--wm-baseline", str(base))
+    assert worse.ret == 1, worse.stdout.str()[-3000:]
+    worse.assert_outcomes(passed=1)
+    assert "REGRESS" in worse.stdout.str()
+    # the baseline is a run directory as well (the bench's own, control reports and all)
+    run_dir = next((tmp_path / "art").glob("run-*"))
+    assert _run(bench, "--wm-model", "analytic:delta=0.09", *common, "--wm-baseline", str(run_dir)).ret == 1
+
+
+def test_wm_baseline_over_other_episodes_or_missing_is_a_usage_error(bench, analytic_set, tmp_path):
+    common = ["--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set), "--wm-actions", "recorded",
+              "--wm-horizon", str(HORIZON), "--wm-no-energy", "--wm-artifacts", str(tmp_path / "art")]
+    base = tmp_path / "base.json"
+    assert _run(bench, *common, "--wm-episodes", "2", f"--benchmark-json={base}").ret == 0
+    r = _run(bench, *common, "--wm-baseline", str(base))
+    assert r.ret == pytest.ExitCode.USAGE_ERROR and "ran over other episodes" in r.stderr.str()
+    r = _run(bench, *common, "--wm-baseline", str(tmp_path / "nope.json"))
+    assert r.ret == pytest.ExitCode.USAGE_ERROR and "--wm-baseline" in r.stderr.str()

@@ -17,6 +17,9 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-gate-rule R     ci or mean: how the gates decide (default:
                        [tool.wmcore] gate_rule, ci); the same as --wm-threshold gate_rule=R
   --wm-artifacts DIR   where each run's directory of drift plots and reports is created (default runs)
+  --wm-baseline PATH   a saved run (pytest-benchmark JSON or run directory) to compare this session with
+                       at its end (wmcore compare's paired statistics, [tool.wmcore.compare] tolerances):
+                       the verdict table in the summary, exit 1 on a regression
   --wm-no-energy       skip the offline energy landscape (EvalConfig.energy; measured by default in every
                        report with recorded actions, plotted beside the drift plot as NAME-energy.png)
 
@@ -55,6 +58,8 @@ __all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
 _CONTROL = pytest.StashKey[list]()  # (name, ControlReport) recorded this session
+_BASELINE = pytest.StashKey[Any]()  # the --wm-baseline Run, loaded at configure
+_VERDICT = pytest.StashKey[list]()  # the lines of the baseline comparison, for the summary
 _SETTINGS = pytest.StashKey["WMOptions"]()
 _CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents of this session
 # the fixtures that need the models / the episodes loaded: collected tests that use them make the
@@ -121,6 +126,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--wm-artifacts", default="runs", metavar="DIR",
                 help="directory under which each run creates a fresh run-YYYYmmdd-HHMMSS/ with drift PNGs "
                 "and DriftReport JSONs (default: runs)")
+    g.addoption("--wm-baseline", default=None, metavar="PATH",
+                help="compare this session with a saved run (a pytest-benchmark JSON or a run directory) at its end, "
+                "with wmcore compare's paired statistics and the tolerances of [tool.wmcore.compare]: the verdict "
+                "in the summary, exit 1 on a regression; a baseline over other episodes is a usage error")
     g.addoption("--wm-no-energy", action="store_true", default=False,
                 help="skip the offline energy landscape (rank of the recorded actions by latent goal energy), "
                 "measured by default in every report with recorded actions")
@@ -177,6 +186,13 @@ def pytest_configure(config: pytest.Config) -> None:
         load_thresholds(None, overrides=overrides)  # unknown keys and bad values fail here, once
     except WMError as e:
         raise pytest.UsageError(f"--wm-threshold: {e}") from None
+    if o("wm_baseline") is not None:
+        from .runs import load_run
+
+        try:
+            config.stash[_BASELINE] = load_run(o("wm_baseline"))
+        except WMError as e:
+            raise pytest.UsageError(f"--wm-baseline: {e}") from None
     config.stash[_SETTINGS] = WMOptions(
         models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"),
         start=o("wm_start"), episodes=o("wm_episodes"), actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
@@ -256,6 +272,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             _episodes(config)
         except WMError as e:
             raise pytest.UsageError(f"--wm-data {s.data!r}: {e}") from None
+    base = config.stash.get(_BASELINE, None)
+    if base is not None and used & _NEEDS_DATA:
+        ids = [e.id for e in _episodes(config)]
+        for e in base.entries:
+            if e.episode_ids is not None and list(e.episode_ids) != ids:
+                raise pytest.UsageError(
+                    f"--wm-baseline {base.path}: {e.name} ran over other episodes ({len(e.episode_ids)}, e.g. "
+                    f"{e.episode_ids[0]!r}) than this session's --wm-data {s.data!r} ({len(ids)}, e.g. {ids[0]!r}); "
+                    "a paired comparison needs the same episodes: run both with the same --wm-data and --wm-episodes")
     if used & _NEEDS_MODEL:
         from .evaluate import check_episodes
 
@@ -445,6 +470,56 @@ def _overlay(reports: list, run_dir: Path) -> Path | None:
     return plot_overlay(drawn, run_dir / "overlay.png", title="all models, open (solid) and closed (dashed) loop")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``--wm-baseline``: compare this session's reports with the baseline (``wmcore compare``), keep
+    the verdict for the summary, and fail the session (exit 1) on a regression; pairs that cannot be
+    compared (other episodes, horizons, data) are a usage error (exit 4)."""
+    config = session.config
+    base = config.stash.get(_BASELINE, None)
+    if base is None:
+        return
+    from .compare import compare_runs, summary_lines, verdict_lines
+    from .runs import run_of_reports
+    from .settings import load_tolerances
+
+    reports, control = config.stash.get(_REPORTS, []), config.stash.get(_CONTROL, [])
+    lines, regressed = [], False
+    try:
+        if reports:
+            tol, pyproject = load_tolerances()
+            c = compare_runs(base, run_of_reports(reports), tol)
+            lines += summary_lines(c, "", pyproject) + verdict_lines(c)
+            regressed |= bool(c.regressed)
+        regressed |= _compare_control(base.path, control, lines)
+    except WMError as e:
+        config.stash[_VERDICT] = lines + [f"--wm-baseline {base.path}: {e}"]
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        return
+    config.stash[_VERDICT] = lines or [f"--wm-baseline {base.path}: this session recorded nothing to compare"]
+    if regressed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _compare_control(base_dir: Path, control: list, lines: list[str]) -> bool:
+    """This session's control reports against the baseline run directory's of the same name (paired over
+    the same tasks, ``wmcore compare``'s rule); appends the tables to ``lines``; True on a regression."""
+    if not base_dir.is_dir():
+        return False
+    from .control.compare import compare_control, render_comparison
+    from .control.report import ControlReport
+
+    regressed = False
+    for name, report in control:
+        old = base_dir / f"{name}.json"
+        if old.is_file():
+            before = ControlReport.load(old)
+            res = compare_control(before, report)
+            lines += [""] + render_comparison(name, before, report, res)
+            regressed |= res["success_rate"].verdict == "regressed"
+    return regressed
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     from .dist import is_main
 
@@ -471,6 +546,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
         terminalreporter.section("wmcore control summary")
         for line in control_table(control).splitlines():
+            terminalreporter.write_line(line)
+    verdict = config.stash.get(_VERDICT, None)
+    if verdict:
+        terminalreporter.section(f"wmcore comparison with the baseline {config.getoption('wm_baseline')}")
+        for line in verdict:
             terminalreporter.write_line(line)
     if written:
         terminalreporter.section("wmcore artifacts")

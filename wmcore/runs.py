@@ -14,13 +14,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import WMError
 from .fsio import read_json
 from .report import SCHEMA, DriftReport
 
-__all__ = ["ACTION_PARAM", "MODEL_PARAM", "PAIRED_LOOPS", "Entry", "Run", "benchmark_record", "load_run"]
+__all__ = ["ACTION_PARAM", "MODEL_PARAM", "OTHER_FORMATS", "PAIRED_LOOPS", "Entry", "Run", "benchmark_record", "load_run",
+           "run_of_reports"]
 
 PAIRED_LOOPS = ("open_loop", "closed_loop")  # whose per-episode cosine curves the comparison pairs
 MODEL_PARAM = "wm_model_spec"  # the bench's model parameter: what changes between the two runs
@@ -136,8 +137,22 @@ def _load_run_dir(d: Path) -> Run:
             raise WMError(
                 f"{d}: holds pytest-benchmark files, not DriftReports; pass one of them as a file, e.g. {f}"
             )
+        if isinstance(doc, dict) and doc.get("format") in OTHER_FORMATS:  # control reports, task sets
+            continue
         entries.append(_report_entry(DriftReport.from_dict(doc, source=str(f)), f))
+    if not entries:
+        raise WMError(f"{d}: holds no DriftReport (only control reports or task sets); compare control reports "
+                      "by passing them as files")
     return Run(d, "run directory", tuple(entries))
+
+
+def run_of_reports(reports: Sequence[tuple[str, DriftReport]], where: str = "this session") -> Run:
+    """A Run of reports in memory, ``(name, report)`` each (as a run directory of ``name.json`` files)."""
+    return Run(Path(where), "run directory", tuple(_report_entry(r, Path(f"{name}.json")) for name, r in reports))
+
+
+# JSON files of a run directory that are not DriftReports: wmcore's control reports and task sets
+OTHER_FORMATS = ("wmcore.control", "wmcore.tasks", "wmcore.policy")
 
 
 def _report_entry(r: DriftReport, f: Path) -> Entry:
