@@ -484,7 +484,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from .control.command import replay_command
 
-    return replay_command(args.report)
+    if (args.out or args.tasks != 4) and not args.video:
+        raise WMError("--out and --tasks are options of --video (filming the replay); add --video")
+    return replay_command(args.report, video=args.video, tasks=args.tasks,
+                          out=_out_dir(args.out) if args.out else None)
 
 
 def _add_control(sub) -> None:
@@ -537,6 +540,13 @@ def _add_control(sub) -> None:
     r = sub.add_parser("replay", help="re-run a control report's saved actions in the simulator and check that "
                        "every success and final state reproduces (exit 1 if not)")
     r.add_argument("report", help="a control report JSON written by wmcore plan")
+    r.add_argument("--video", action="store_true", help="also film the replay: an MP4 per task (the goal drawn as a "
+                   "green ghost, each action's target as a red cross, task id, step and success written on it) and "
+                   "one contact sheet PNG (per task: start, goal, final frame, success)")
+    r.add_argument("--tasks", type=_count(1), default=4, help="with --video: film the first N tasks (the contact "
+                   "sheet shows every task; default 4)")
+    r.add_argument("--out", help="with --video: directory for the videos and the sheet (default: the report's own "
+                   "directory); nothing is overwritten")
     r.set_defaults(func=_cmd_replay)
 
 

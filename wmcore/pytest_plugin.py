@@ -66,6 +66,8 @@ _CACHE = pytest.StashKey[dict]()  # loaded models, episodes and prepared latents
 # plugin load both before any test runs, so that data or a model that cannot be loaded is a usage error
 _NEEDS_MODEL = {"wm_model", "wm_prepared"}
 _NEEDS_DATA = {"wm_episodes", "wm_prepared"}
+# control reports recorded by the bench get this many of their tasks filmed (and a contact sheet of all)
+FILMED_TASKS = int(os.environ.get("WMCORE_FILMED_TASKS", "2"))
 # measured by default: recorded actions (the gates) and random ones (a model must do worse with them)
 DEFAULT_ACTIONS = ("recorded", "random")
 
@@ -432,18 +434,23 @@ def wm_record(request: pytest.FixtureRequest, wm_run_dir: Path):
 
 @pytest.fixture
 def wm_record_control(request: pytest.FixtureRequest, wm_run_dir: Path):
-    """``wm_record_control(report, name, benchmark=None, saved=None)``: write the control report
-    ``name.json`` into the run directory (rank 0; or take ``saved``, where it was written already), list
-    it among the artifacts, put it in the session's control table and its summary, gates and controller
-    into the benchmark's ``extra_info["wmcore_control"]``."""
+    """``wm_record_control(report, name, benchmark=None, saved=None, videos=FILMED_TASKS)``: write the
+    control report ``name.json`` into the run directory (rank 0; or take ``saved``, where it was written
+    already), film its first ``videos`` tasks and draw its contact sheet there (``control.film``), list
+    them among the artifacts, put the report in the session's control table and its summary, gates and
+    controller into the benchmark's ``extra_info["wmcore_control"]``."""
     from .dist import is_main
 
-    def record(report, name: str, benchmark: Any = None, saved: Path | None = None) -> Path:
+    def record(report, name: str, benchmark: Any = None, saved: Path | None = None, videos: int = FILMED_TASKS) -> Path:
         safe = safe_name(name)
         path = saved if saved is not None else wm_run_dir / f"{safe}.json"
         if saved is None and is_main():
             report.save(path)
         request.config.stash[_WRITTEN].append(path)
+        if is_main():  # what the plans look like: the first tasks filmed, a contact sheet of all of them
+            from .control.film import film_report
+
+            request.config.stash[_WRITTEN].extend(film_report(report.results, wm_run_dir, safe, videos=videos))
         request.config.stash[_CONTROL].append((safe, report))
         if benchmark is not None:
             s = report.summary

@@ -182,14 +182,22 @@ def policy_evaluate(*, model, model_spec: str | None, net: PolicyNet, policy: di
                          None if quiet else f"running {ctrl.name} on {len(chosen)} tasks ...", shard)
 
 
-def replay_command(path: str) -> int:
-    """Replay every task of a saved control report; 0 when all reproduce, 1 otherwise."""
+def replay_command(path: str, *, video: bool = False, tasks: int = 4, out: Path | None = None) -> int:
+    """Replay every task of a saved control report; 0 when all reproduce, 1 otherwise. ``video``: also
+    film the first ``tasks`` tasks and draw the contact sheet of all (``control.film``) into ``out``
+    (default: the report's directory)."""
     report = ControlReport.load(path)
     bad = replay_report(report)
     n = len(report.results)
     if bad:
         print(f"{len(bad)} of {n} tasks did not reproduce:\n  " + "\n  ".join(bad))
-        return 1
-    k = sum(r["success"] for r in report.results)
-    print(f"all {n} tasks reproduced: {k} successes, final states equal to 1e-9")
-    return 0
+    else:
+        k = sum(r["success"] for r in report.results)
+        print(f"all {n} tasks reproduced: {k} successes, final states equal to 1e-9")
+    if video:
+        from .film import film_report
+
+        for p in film_report(report.results, out if out is not None else Path(path).parent, Path(path).stem,
+                             videos=tasks):
+            print(p)
+    return 1 if bad else 0
