@@ -3,7 +3,8 @@ the episodes of ``--wm-data`` (default the held-out PushT set in fixtures/pusht)
 
 Each case times the open- plus closed-loop rollout with pytest-benchmark, writes the drift plot and
 the DriftReport into the run directory, and records the curves, gates and metadata in the
-benchmark's ``extra_info``. With recorded actions the gates of ``[tool.wmcore]`` (and the model's own
+benchmark's ``extra_info``; with recorded actions also the filmstrip of what the model imagines
+(``MODEL-filmstrip.png``, ``--wm-no-filmstrip`` to skip it). With recorded actions the gates of ``[tool.wmcore]`` (and the model's own
 table) must hold; other action sources are measured and recorded, and must do worse than recorded
 actions in closed loop: a model that ignores its actions has not learned action-conditioned dynamics.
 The cases share nothing but the plugin's session caches, so they pass in any order.
@@ -20,7 +21,7 @@ from wmcore.evaluate import build_report, evaluate, rollouts
 
 
 def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared, wm_thresholds, wm_record,
-               wm_settings, wm_reference, wm_eval_config, wm_episodes):
+               wm_settings, wm_reference, wm_eval_config, wm_episodes, wm_filmstrip):
     thresholds = wm_thresholds(wm_model.name)
     if world()[1] > 1:  # sharded: time the whole evaluation, each rank on its chunks
         cfg = wm_eval_config(wm_model.name, wm_action_source)
@@ -35,6 +36,8 @@ def test_drift(benchmark, wm_model, wm_model_spec, wm_action_source, wm_prepared
                               data_id=wm_settings.data_id)
         benchmark.extra_info["rollout_steps_per_s"] = 2 * cfg.horizon * len(prep.ids) / benchmark.stats.stats.median
     wm_record(report, f"{wm_model.name}-{wm_action_source}", benchmark)
+    if wm_action_source == "recorded":  # what the model imagines: its open loop, shown as real frames
+        wm_filmstrip()
 
     if wm_action_source == "recorded":
         failed = [f"{g.name}: {g.message}" for g in report.gates if not g.passed]

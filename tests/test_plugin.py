@@ -78,8 +78,9 @@ def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path
     names = sorted(p.name for p in runs[0].iterdir())
     assert len([n for n in names if n.endswith(".json")]) == 2
     # the energy landscape is measured with recorded actions only: one energy plot, beside their drift plot
+    # and, with recorded actions, the filmstrip of what the model imagines
     assert sorted(n for n in names if n.endswith(".png")) == [
-        "analytic_delta_0.05_-random.png", "analytic_delta_0.05_-recorded-energy.png",
+        "analytic_delta_0.05_-filmstrip.png", "analytic_delta_0.05_-random.png", "analytic_delta_0.05_-recorded-energy.png",
         "analytic_delta_0.05_-recorded.png", "overlay.png"]
     out = r.stdout.str()
     assert "wmcore artifacts" in out and "wmcore drift summary" in out
@@ -90,7 +91,8 @@ def test_suite_on_a_known_model_records_everything(bench, analytic_set, tmp_path
 
 def test_no_energy_switches_the_energy_landscape_off(bench, analytic_set, tmp_path):
     r = _run(bench, "--wm-model", "analytic:delta=0.05", "--wm-data", str(analytic_set), "--wm-actions", "recorded",
-             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-no-energy")
+             "--wm-horizon", str(HORIZON), "--wm-artifacts", str(tmp_path / "art"), "--wm-no-energy",
+             "--wm-no-filmstrip")
     r.assert_outcomes(passed=1)
     (run,) = (tmp_path / "art").glob("run-*")
     assert sorted(p.name for p in run.glob("*.png")) == ["analytic_delta_0.05_-recorded.png", "overlay.png"]

@@ -37,9 +37,41 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     report = DriftReport.load(args.report)
     out = Path(args.out or Path(args.report).with_suffix(".png"))
+    if args.filmstrip:
+        return _filmstrip(report, out.with_name(out.stem + "-filmstrip.png"), args)
     print(plot_drift(report, out))
     if report.energy is not None:  # beside the drift plot
         print(plot_energy(report, out.with_name(out.stem + "-energy.png")))
+    return 0
+
+
+def _filmstrip(report, out: Path, args: argparse.Namespace) -> int:
+    """``wmcore plot REPORT --filmstrip``: the report's model and data loaded again, its first episodes
+    rolled out open loop, and what the model imagines drawn (``wmcore.imagine``)."""
+    import re
+
+    from .data import load as load_data
+    from .imagine import filmstrip_of_episodes
+    from .models import load
+    from .settings import EvalConfig
+
+    if out.exists():
+        raise WMError(f"{out}: exists already; give another --out (nothing is overwritten)")
+    spec, data = report.model.get("spec"), args.data or report.data.get("id")
+    m = re.fullmatch(r"(.*)\[:(\d+)\]", str(data))  # the pytest plugin's "DATA[:N]" for --wm-episodes N
+    path = m.group(1) if m else str(data)
+    limit = len(report.data.get("episode_ids") or []) or None  # the first N, as the report's run read them
+    cfg = EvalConfig(**{k: v for k, v in report.config.items() if k in EvalConfig.__dataclass_fields__})
+    if cfg.action_source != "recorded":
+        raise WMError(f"{args.report}: a filmstrip rolls out the recorded actions; this report's are {cfg.action_source}")
+    print(f"loading {spec} and {path} ...", file=sys.stderr, flush=True)
+    try:
+        model, episodes = load(spec), load_data(path, limit=limit)
+    except WMError as e:
+        raise WMError(f"{args.report}: cannot load its model or data again ({e}); give the data with --data") from None
+    if [e.id for e in episodes] != report.data.get("episode_ids"):
+        raise WMError(f"{args.report}: the episodes of {path} are not the report's; give its data with --data")
+    print(filmstrip_of_episodes(model, episodes, cfg, out))
     return 0
 
 
@@ -254,6 +286,10 @@ def _add_report_commands(sub) -> None:
     sp = sub.add_parser("plot", help="draw the drift plot of a saved DriftReport JSON")
     sp.add_argument("report", help="a DriftReport JSON written by a run")
     sp.add_argument("--out", help="PNG to write (default: the report's name with .png; never overwritten)")
+    sp.add_argument("--filmstrip", action="store_true", help="instead: what the model imagines, REPORT-filmstrip.png "
+                    "(the report's model and data loaded again; per episode the true frames and, under each, the real "
+                    "frame nearest to the imagined latent)")
+    sp.add_argument("--data", help="with --filmstrip: where the report's data is now (default: its data id)")
     sp.set_defaults(func=_cmd_plot)
     ss = sub.add_parser("show", help="print a saved DriftReport's or control report's summary and gates (exit 1 if a gate failed)")
     ss.add_argument("report")

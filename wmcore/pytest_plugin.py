@@ -20,6 +20,7 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-baseline PATH   a saved run (pytest-benchmark JSON or run directory) to compare this session with
                        at its end (wmcore compare's paired statistics, [tool.wmcore.compare] tolerances):
                        the verdict table in the summary, exit 1 on a regression
+  --wm-no-filmstrip    skip the filmstrip of what each model imagines (MODEL-filmstrip.png)
   --wm-no-energy       skip the offline energy landscape (EvalConfig.energy; measured by default in every
                        report with recorded actions, plotted beside the drift plot as NAME-energy.png)
 
@@ -132,6 +133,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="compare this session with a saved run (a pytest-benchmark JSON or a run directory) at its end, "
                 "with wmcore compare's paired statistics and the tolerances of [tool.wmcore.compare]: the verdict "
                 "in the summary, exit 1 on a regression; a baseline over other episodes is a usage error")
+    g.addoption("--wm-no-filmstrip", action="store_true", default=False,
+                help="skip the filmstrip of what each model imagines (MODEL-filmstrip.png in the run directory)")
     g.addoption("--wm-no-energy", action="store_true", default=False,
                 help="skip the offline energy landscape (rank of the recorded actions by latent goal energy), "
                 "measured by default in every report with recorded actions")
@@ -461,6 +464,29 @@ def wm_record_control(request: pytest.FixtureRequest, wm_run_dir: Path):
         return path
 
     return record
+
+
+@pytest.fixture
+def wm_filmstrip(request: pytest.FixtureRequest, wm_model, wm_model_spec: str, wm_prepared, wm_episodes,
+                 wm_run_dir: Path):
+    """``wm_filmstrip()``: draw what this model imagines (``wmcore.imagine``: per episode the true frames
+    and the real frame nearest to each imagined latent) as ``MODEL-filmstrip.png`` in the run directory,
+    from the session's encoded episodes, and list it; None with ``--wm-no-filmstrip``, under fewer than
+    2 episodes, or on a rank other than 0."""
+    from .dist import is_main
+
+    def draw() -> Path | None:
+        if request.config.getoption("wm_no_filmstrip") or len(wm_episodes) < 2 or not is_main():
+            return None
+        from .imagine import filmstrip_of_episodes
+
+        cfg, prep = wm_prepared("recorded")
+        path = filmstrip_of_episodes(wm_model, wm_episodes, cfg, wm_run_dir / f"{safe_name(wm_model.name)}-filmstrip.png",
+                                     prep=prep)
+        request.config.stash[_WRITTEN].append(path)
+        return path
+
+    return draw
 
 
 def _overlay(reports: list, run_dir: Path) -> Path | None:
