@@ -36,7 +36,8 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 # ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
-.PHONY: bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm drift-vs-control pusht-data pusht-wm-data
+PHONY_DOCS := docs docs-check
+.PHONY: $(PHONY_DOCS) bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm drift-vs-control pusht-data pusht-wm-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -57,8 +58,19 @@ POLICY_OUT ?= runs/policy-study
 policy-study: setup pusht-data
 	$(BIN)/python scripts/policy_study.py --train-data $(PUSHT_TRAIN) --out $(POLICY_OUT)
 
-test: setup lint-imports
+test: setup lint-imports docs-check
 	$(PYTEST) tests $(TEST_ARGS)
+
+# The docs site (MkDocs Material, mkdocs.yml): docs/index.md from the README, then the site in site/.
+docs: setup
+	$(BIN)/python scripts/docs_index.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# What make test checks of the docs: the home page is the current README, and the site builds with
+# no warning (a broken link, a page left out of the nav), into a throwaway directory.
+docs-check: setup
+	$(BIN)/python scripts/docs_index.py --check
+	@set -e; d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$d"
 
 # The import contracts of shared/DESIGN.md (pyproject.toml [tool.importlinter]): layers, a pure core,
 # data apart from models, models apart from the harness, no cycles.
