@@ -189,7 +189,7 @@ def test_control(benchmark, wm_record_control):
 
 
 def test_the_summary_shows_control_runs_and_lists_their_reports(pytester, tmp_path):
-    pytester.makepyfile(test_control=CONTROL_CASE)
+    pytester.makepyfile(test_wm_control_summary=CONTROL_CASE)  # a name no module of tests/ has
     art = tmp_path / "art"
     r = pytester.runpytest("--benchmark-only", "-p", "no:cacheprovider", "--wm-artifacts", str(art),
                            f"--benchmark-json={tmp_path / 'b.json'}")
