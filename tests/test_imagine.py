@@ -53,3 +53,14 @@ def test_plot_filmstrip_loads_the_reports_model_and_data_again(tmp_path, capsys)
     assert main(["plot", str(report), "--filmstrip", "--out", str(other / "x.png"), "--data", "/no/such/set"]) == 2
     assert "cannot load its model or data again" in capsys.readouterr().err
     assert load("pusht", limit=1)
+
+
+def test_a_model_that_reads_states_gets_them_in_its_filmstrip(tmp_path):
+    """pusht-ac-tiny reads the agent's position of every context frame: the filmstrip's open loop is the
+    evaluation's own, states and all."""
+    from wmcore.models import load as load_model
+
+    model = load_model("pusht-ac-tiny")
+    path = filmstrip_of_episodes(model, load("pusht", limit=3), EvalConfig(horizon=5), tmp_path / "f.png",
+                                 episodes=1, columns=2)
+    assert path.is_file()

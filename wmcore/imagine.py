@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .drift import Prepared
+from .drift import Prepared, chunk_rollouts
 from .metrics import _token_cosine
 from .plot import plt, save_png
 from .protocol import WorldModel
-from .rollout import open_loop
 from .settings import EvalConfig
 
 __all__ = ["filmstrip", "filmstrip_of_episodes", "model_step_frames", "nearest_frames"]
@@ -81,9 +80,9 @@ def filmstrip(model: WorldModel, prep: Prepared, frames: Tensor, cfg: EvalConfig
     bank = z.reshape(-1, *z.shape[2:])  # [B * (S+1), N, D]
     owner = torch.arange(b).repeat_interleave(z.shape[1])
     shown = list(range(min(episodes, b)))
-    with torch.inference_mode():
-        pred = open_loop(model, prep.latents[shown, :c], prep.actions[shown], h, window=cfg.window,
-                         use_cache=cfg.use_cache).cpu().float()  # [E, H, N, D]
+    states = None if prep.states is None else prep.states[shown]
+    # the evaluation's own open loop (states for a model that reads them, as in the drift curves)
+    pred = chunk_rollouts(model, prep.latents[shown], prep.actions[shown], states, cfg)[0].cpu().float()  # [E, H, N, D]
     fig, axes = plt.subplots(2 * len(shown), len(steps), figsize=(1.6 * len(steps), 3.5 * len(shown)), squeeze=False)
     for row, e in enumerate(shown):
         k = torch.tensor(steps) - 1
