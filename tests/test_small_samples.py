@@ -86,7 +86,7 @@ def test_compare_knows_its_number_of_episodes(reports, n, tmp_path, capsys):
                      EvalConfig(horizon=10), T, data_id=f"n{n}")
     reports[n].save(tmp_path / "old.json")
     worse.save(tmp_path / "new.json")
-    code = main(["compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    code = main(["compare", str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--out", str(tmp_path / "o.png")])
     out = capsys.readouterr().out
     assert code == 1, out  # the open-loop AUC drops by 0.07, past the tolerance of 0.02
     assert not DEGENERATE.search(out), DEGENERATE.search(out).group(0)
