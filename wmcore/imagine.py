@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .drift import Prepared, chunk_rollouts
+from .errors import WMError
 from .metrics import _token_cosine
 from .plot import plt, save_png
 from .protocol import WorldModel
@@ -43,12 +44,10 @@ def filmstrip_of_episodes(model: WorldModel, data, cfg: EvalConfig, path: str | 
     """``filmstrip`` from a list of episodes ``data`` (encoded here unless ``prep``, their ``prepare``, is
     given); ``kw``: ``filmstrip``'s (``episodes``, ``columns``, ``threshold``)."""
     from .drift import prepare
-    from .errors import WMError
 
     if Path(path).exists():  # before the encoding, not after
         raise WMError(f"{path}: exists already; choose another name (nothing is overwritten)")
-    if len(data) < 2:
-        raise WMError("a filmstrip needs 2 or more episodes: the nearest frames come from the other episodes")
+    _check_episodes(len(data))  # before the encoding, too
     prep = prep if prep is not None else prepare(model, data, cfg)
     return filmstrip(model, prep, model_step_frames(model, data, cfg, prep.latents.shape[1] - 1), cfg, path, **kw)
 
@@ -63,6 +62,11 @@ def nearest_frames(pred: Tensor, bank: Tensor, exclude: Tensor) -> tuple[Tensor,
     return idx, best
 
 
+def _check_episodes(n: int) -> None:
+    if n < 2:
+        raise WMError("a filmstrip needs 2 or more episodes: the nearest frames come from the other episodes")
+
+
 def filmstrip(model: WorldModel, prep: Prepared, frames: Tensor, cfg: EvalConfig, path: str | os.PathLike, *,
               episodes: int = EPISODES, columns: int = COLUMNS, threshold: float = 0.5) -> Path:
     """Draw the filmstrip (module docstring) of the first ``episodes`` episodes of ``prep`` (latents
@@ -70,10 +74,7 @@ def filmstrip(model: WorldModel, prep: Prepared, frames: Tensor, cfg: EvalConfig
     ``columns`` rollout steps spread over the horizon. Needs 2 or more episodes (a bank without the
     episode itself). A new PNG at ``path``."""
     b = prep.latents.shape[0]
-    if b < 2:
-        from .errors import WMError
-
-        raise WMError("a filmstrip needs 2 or more episodes: the nearest frames come from the other episodes")
+    _check_episodes(b)
     c, h = cfg.context, cfg.horizon
     steps = sorted({max(1, round(i * h / columns)) for i in range(1, columns + 1)})
     z = prep.latents.cpu().float()
