@@ -218,7 +218,8 @@ def test_wm_baseline_fails_a_regressed_model_and_passes_the_same_one(bench, anal
     worse.assert_outcomes(passed=1)
     assert "REGRESS" in worse.stdout.str()
     # the baseline is a run directory as well (the bench's own, control reports and all)
-    run_dir = next((tmp_path / "art").glob("run-*"))
+    # (one of delta=0.05's own run directories; glob order is the file system's, so pick by content)
+    run_dir = next((tmp_path / "art").glob("run-*/analytic_delta_0.05_-recorded.json")).parent
     assert _run(bench, "--wm-model", "analytic:delta=0.09", *common, "--wm-baseline", str(run_dir)).ret == 1
 
 
