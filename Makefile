@@ -30,10 +30,10 @@ PYTEST := $(if $(filter 0,$(LOCK)),WMCORE_UNLOCKED=1 )$(BIN)/python -m pytest
 PIP_TOOLS := pip==26.3 pip-tools==7.7.0
 BENCH_ARGS ?=
 TEST_ARGS ?=
-# The recipe of the embedded default model (fixtures/models/pusht-lewm, see its MODEL_CARD.md).
+# The recipe of the embedded default model (wmcore/fixtures/models/pusht-lewm, see its MODEL_CARD.md).
 PUSHT_TRAIN ?= data/pusht-train
 TRAIN_OUT ?= runs/train-pusht-lewm
-# ... and of the second embedded model (fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
+# ... and of the second embedded model (wmcore/fixtures/models/pusht-ac-tiny): two stages, see its MODEL_CARD.md.
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
 PHONY_DOCS := docs docs-check
@@ -41,15 +41,16 @@ PHONY_DOCS := docs docs-check
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
+# wmcore bench: the suites installed with the package (wmcore/suites), with --benchmark-only,
+# --benchmark-autosave and --benchmark-storage=runs/benchmarks; the same command as outside a checkout.
 bench: setup
-	$(PYTEST) bench --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
+	$(BIN)/wmcore bench $(BENCH_ARGS)
 
 # The control suite on the whole task set (64 tasks; make bench runs the first 8): planning with
 # both embedded models, the baselines, and the oracle on ORACLE_TASKS of them (about 10 s a task).
 ORACLE_TASKS ?= 16
 bench-control: setup
-	WMCORE_CONTROL_TASKS=64 WMCORE_ORACLE_TASKS=$(ORACLE_TASKS) $(PYTEST) bench/test_control.py --benchmark-only -s \
-		--benchmark-autosave --benchmark-storage=runs/benchmarks $(BENCH_ARGS)
+	WMCORE_CONTROL_TASKS=64 WMCORE_ORACLE_TASKS=$(ORACLE_TASKS) $(BIN)/wmcore bench --suite control -s $(BENCH_ARGS)
 
 # World-model-conditioned policies: every variant (GCBC, imagined next latent, auxiliary loss at
 # lambda 0.1/0.25/0.5) x 3 seeds x both embedded models, each run closed loop on the 64 planning tasks
@@ -119,7 +120,7 @@ lock:
 	sed -i -E 's/^(torch==[^+ ;]+)\+[^ ;]*/\1/' $(LOCK_FILE); \
 	echo "wmcore: wrote $(LOCK_FILE); the next make setup installs it"
 
-# Training episodes (seeds 0..149; the committed evaluation set fixtures/pusht uses 10000..10031).
+# Training episodes (seeds 0..149; the committed evaluation set wmcore/fixtures/pusht uses 10000..10031).
 pusht-data: setup
 	@[ -f $(PUSHT_TRAIN)/index.json ] || $(BIN)/wmcore make-fixtures pusht --out $(PUSHT_TRAIN) --episodes 150 --steps 300 --seed 0
 
@@ -135,7 +136,7 @@ train-ac-tiny: pusht-data
 	$(BIN)/wmcore train --arch ac-tiny --data $(PUSHT_TRAIN) --out $(AC_TRAIN_OUT)/stage2 --name pusht-ac-tiny \
 		--model-config recipes/pusht-ac-tiny-stage2.json --encoder-from $(AC_TRAIN_OUT)/stage1/model --steps 5000 --seed 0
 
-# The third embedded model (fixtures/models/pusht-wm, the one that plans; see its MODEL_CARD.md): 1 000
+# The third embedded model (wmcore/fixtures/models/pusht-wm, the one that plans; see its MODEL_CARD.md): 1 000
 # generated episodes (seeds 0..999, two sets of 500, ~7 min each on one core; the second starts where
 # the first ends), then both stages of recipes/pusht-wm.json (resumable: rerun to continue).
 WM_DATA_A ?= data/pusht-wm-0
@@ -153,7 +154,7 @@ train-wm: pusht-wm-data
 # encoder, checkpoints, degraded copies, pusht-lewm; all planned with the lewm preset on the 64 tasks.
 STUDY_OUT ?= runs/drift-vs-control
 WM_VARIANT = $(BIN)/wmcore train-keypoint --data $(WM_DATA_A) $(WM_DATA_B) --recipe recipes/pusht-wm.json \
-	--encoder-from fixtures/models/pusht-wm
+	--encoder-from wmcore/fixtures/models/pusht-wm
 drift-vs-control: pusht-wm-data
 	@[ -f runs/wm-p250/model/model.safetensors ] || $(WM_VARIANT) --out runs/wm-p250 --predictor-steps 250
 	@[ -f runs/wm-p1000/model/model.safetensors ] || $(WM_VARIANT) --out runs/wm-p1000 --predictor-steps 1000

@@ -7,10 +7,10 @@ and planning, all on the same held-out episodes and the same tasks.
 
 A version is a model spec (``pusht-wm``, ``keypoint:runs/train-pusht-wm/snapshots/step-002000``,
 ``pusht-lewm``, ...) or a degraded one (``SPEC@X``: Gaussian noise of X x each predictor weight
-matrix's own std, seeded). For each: the DriftReport on fixtures/pusht (open-loop AUC, drift horizon,
+matrix's own std, seeded). For each: the DriftReport on wmcore/fixtures/pusht (open-loop AUC, drift horizon,
 closed-loop step-1 MSE skill vs copy-last, the energy ranks) saved as ``DIR/LABEL/drift.json``, and
 CEM planning on the first ``--tasks`` tasks of the seeded task set (one ``--planner-preset`` for every
-version, or each model's own bench settings: ``bench/test_control.py``'s ``planner_config``) with
+version, or each model's own bench settings: ``wmcore/suites/test_control.py``'s ``planner_config``) with
 ranking fidelity, saved as
 ``DIR/LABEL/control.json``. The table is computed from those saved reports only, so ``--from-reports``
 reproduces it. Spearman's rho of each drift/energy/fidelity measure with the success rate and with the
@@ -155,8 +155,7 @@ def plot(rows: list[dict], corr: dict, path: Path) -> Path:
 
 def measure(label: str, spec: str, noise: float, out: Path, tasks: int, planner_preset: str = "") -> None:
     """Write ``out/LABEL/drift.json`` and ``control.json`` for one version (skipped where both exist)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from test_control import planner_config  # the bench's per-model CEM budgets
+    from wmcore.suites.test_control import planner_config  # the bench's per-model CEM budgets
 
     from wmcore.control.command import controller_meta
     from wmcore.control.planners import ActionPrior

@@ -1,5 +1,5 @@
 """Does a model's latent distance track the task distance? Pairs of frames of the held-out fixture
-episodes (``fixtures/pusht``), 5..50 env steps apart (60 pairs per episode, seeded): the Spearman
+episodes (``wmcore/fixtures/pusht``), 5..50 env steps apart (60 pairs per episode, seeded): the Spearman
 correlation of the latent distance (mean squared difference over tokens and dims) with the success
 distance (position error / 20 + angle error / (pi/9)), with the agent's displacement, the block's and
 the block's rotation; overall and among near pairs (task distance in [0, 2), [0, 4), [2, 6)), where a
@@ -17,7 +17,7 @@ from wmcore.control.oracle import distance
 from wmcore.control.sim.pusht import angle_error
 spec = sys.argv[1]
 m = load(spec)
-eps = load_episodes("fixtures/pusht")
+eps = load_episodes("wmcore/fixtures/pusht")
 rng = np.random.default_rng(0)
 L, D, A, B, ANG = [], [], [], [], []
 with torch.inference_mode():

@@ -29,8 +29,8 @@ from wmcore.models.analytic import AnalyticConfig, AnalyticModel, make_episodes
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench" / "test_drift.py"
-FIXTURES = ROOT / "fixtures"
+BENCH = ROOT / "wmcore" / "suites" / "test_drift.py"
+FIXTURES = ROOT / "wmcore" / "fixtures"
 # a CUDA device this machine lacks: any on a CPU-only torch, else the one past the last GPU
 MISSING_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 

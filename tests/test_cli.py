@@ -121,11 +121,6 @@ def test_corrupt_report_exits_2(command, passing, capsys):
     assert not passing.with_suffix(".png").exists()
 
 
-def test_version(capsys):
-    assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"wmcore {wmcore.__version__}"
-
-
 def test_no_command_is_a_usage_error(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().err

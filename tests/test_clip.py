@@ -24,7 +24,7 @@ from wmcore.video import write_video
 
 pytest_plugins = ["pytester"]
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+BENCH = Path(__file__).resolve().parents[1] / "wmcore" / "suites" / "test_drift.py"
 CFG = AnalyticConfig(delta=0.05)
 STEPS = 14  # transitions in the clip: 15 frames
 FPS = 12.0

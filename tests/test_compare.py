@@ -28,7 +28,7 @@ from wmcore.runs import benchmark_record  # noqa: E402
 
 pytest_plugins = ["pytester"]
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+BENCH = Path(__file__).resolve().parents[1] / "wmcore" / "suites" / "test_drift.py"
 H = 12
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GOOD, BAD = 0.05, 0.25  # cos(0.25) = 0.969: step 1 drops 0.03 > 0.02; cos(0.25 k) < 0.5 from k = 5

@@ -163,7 +163,7 @@ def _evaluate_cmd(data: Path) -> list[str]:
 
 
 def _bench_cmd(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pytest", str(ROOT / "bench" / "test_drift.py"), "--benchmark-only",
+    return [sys.executable, "-m", "pytest", str(ROOT / "wmcore" / "suites" / "test_drift.py"), "--benchmark-only",
             "--benchmark-autosave", f"--benchmark-storage={out / 'benchmarks'}", f"--wm-artifacts={out}",
             "--wm-model", MODEL, "--wm-data", str(data), "--wm-horizon", HORIZON, "--wm-actions", "recorded",
             "-p", "no:cacheprovider", "-p", "no:randomly", "-q"]

@@ -1,4 +1,4 @@
-"""The embedded default (fixtures/models/pusht-lewm) on the committed held-out set (fixtures/pusht):
+"""The embedded default (wmcore/fixtures/models/pusht-lewm) on the committed held-out set (wmcore/fixtures/pusht):
 it loads offline as documented, passes its gates, and a degraded copy (noise on the predictor's
 weights) fails them with readable messages while ``wmcore compare`` flags the regression."""
 

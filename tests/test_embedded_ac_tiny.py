@@ -1,5 +1,5 @@
-"""The second embedded model (fixtures/models/pusht-ac-tiny, a small V-JEPA 2-AC) on the committed
-held-out set (fixtures/pusht): it loads offline by name, passes its own gates, depends on its actions
+"""The second embedded model (wmcore/fixtures/models/pusht-ac-tiny, a small V-JEPA 2-AC) on the committed
+held-out set (wmcore/fixtures/pusht): it loads offline by name, passes its own gates, depends on its actions
 (the failure of every earlier recipe, see wmcore.models.ac_tiny), and its exact KV-cached rollout
 gives the curves of full recompute on trained weights."""
 

@@ -1,5 +1,5 @@
-"""The third embedded model (fixtures/models/pusht-wm, the keypoint world model that plans) on the
-committed held-out set (fixtures/pusht): it loads offline by name, its encoder reads the held-out
+"""The third embedded model (wmcore/fixtures/models/pusht-wm, the keypoint world model that plans) on the
+committed held-out set (wmcore/fixtures/pusht): it loads offline by name, its encoder reads the held-out
 frames' state, it passes its own drift gates, it depends on its actions, and it ranks a planner's
 candidates as the simulator does (ranking fidelity)."""
 

@@ -24,7 +24,7 @@ from inputs import Valid, make_valid
 from wmcore.errors import WMError
 
 EXAMPLES = int(os.environ.get("WMCORE_FUZZ_EXAMPLES", "25"))
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "wmcore" / "fixtures"
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,7 @@ def test_the_rule_is_recorded_and_chosen_on_the_command_line(tmp_path, capsys):
 
 # --- the pytest plugin: --wm-gate-rule ---------------------------------------------------------------
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+BENCH = Path(__file__).resolve().parents[1] / "wmcore" / "suites" / "test_drift.py"
 
 
 @pytest.mark.parametrize("args, rule", [([], "ci"), (["--wm-gate-rule", "mean"], "mean"),

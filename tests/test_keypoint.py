@@ -151,7 +151,7 @@ def test_training_runs_resumes_bit_exactly_and_never_overwrites(tmp_path):
     from wmcore.train.keypoint import run_recipe
 
     recipe = _recipe(tmp_path, snapshot_every=3)
-    a = run_recipe(["fixtures/pusht"], str(tmp_path / "a"), recipe, episodes=16, log=lambda s: None)
+    a = run_recipe(["wmcore/fixtures/pusht"], str(tmp_path / "a"), recipe, episodes=16, log=lambda s: None)
     assert (tmp_path / "a" / "snapshots" / "step-000003" / "model.safetensors").is_file()
 
     lines = []
@@ -162,16 +162,16 @@ def test_training_runs_resumes_bit_exactly_and_never_overwrites(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(["fixtures/pusht"], str(tmp_path / "b"), recipe, episodes=16, log=stop_after_first_predictor_validation)
+        run_recipe(["wmcore/fixtures/pusht"], str(tmp_path / "b"), recipe, episodes=16, log=stop_after_first_predictor_validation)
     assert not (tmp_path / "b" / "model").exists()
-    b = run_recipe(["fixtures/pusht"], str(tmp_path / "b"), recipe, episodes=16, log=lines.append)
+    b = run_recipe(["wmcore/fixtures/pusht"], str(tmp_path / "b"), recipe, episodes=16, log=lines.append)
     assert any("predictor: resuming from step 3" in s for s in lines)
     wa, wb = (load_checkpoint(d).state_dict() for d in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(WMError, match="a finished model is already there"):
-        run_recipe(["fixtures/pusht"], str(tmp_path / "a"), recipe, episodes=16, log=lambda s: None)
+        run_recipe(["wmcore/fixtures/pusht"], str(tmp_path / "a"), recipe, episodes=16, log=lambda s: None)
     # a predictor-only run on the first one's encoder
-    c = run_recipe(["fixtures/pusht"], str(tmp_path / "c"), recipe, episodes=16, encoder_from=str(a), log=lambda s: None)
+    c = run_recipe(["wmcore/fixtures/pusht"], str(tmp_path / "c"), recipe, episodes=16, encoder_from=str(a), log=lambda s: None)
     wc = load_checkpoint(c).state_dict()
     assert all(torch.equal(wa[k], wc[k]) for k in wa if k.startswith("encoder."))
 
@@ -181,13 +181,13 @@ def test_training_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
 
     recipe = _recipe(tmp_path, min_episodes=100)
     out = tmp_path / "out"
-    assert main(["train-keypoint", "--data", "fixtures/pusht", "--out", str(out), "--recipe", recipe]) == 2
+    assert main(["train-keypoint", "--data", "wmcore/fixtures/pusht", "--out", str(out), "--recipe", recipe]) == 2
     assert "32 episodes; the keypoint recipe needs at least 100" in capsys.readouterr().err
     assert not out.exists()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"hidden": 8}, "train": {"epochs": 3}}))
-    assert main(["train-keypoint", "--data", "fixtures/pusht", "--out", str(out), "--recipe", str(bad)]) == 2
+    assert main(["train-keypoint", "--data", "wmcore/fixtures/pusht", "--out", str(out), "--recipe", str(bad)]) == 2
     assert "unknown: ['epochs']" in capsys.readouterr().err
-    assert main(["train-keypoint", "--data", "fixtures/pusht", "--out", str(out), "--recipe", str(tmp_path / "none.json")]) == 2
+    assert main(["train-keypoint", "--data", "wmcore/fixtures/pusht", "--out", str(out), "--recipe", str(tmp_path / "none.json")]) == 2
     assert "not a readable JSON file" in capsys.readouterr().err
     assert not out.exists()

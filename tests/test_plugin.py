@@ -13,7 +13,7 @@ from wmcore.models.analytic import AnalyticConfig, make_episodes
 
 pytest_plugins = ["pytester"]
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "test_drift.py"
+BENCH = Path(__file__).resolve().parents[1] / "wmcore" / "suites" / "test_drift.py"
 HORIZON = 12
 
 

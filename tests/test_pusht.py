@@ -23,7 +23,7 @@ from wmcore.data.pusht import (
 )
 from wmcore.errors import WMError
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pusht"
+FIXTURE = Path(__file__).resolve().parents[1] / "wmcore" / "fixtures" / "pusht"
 FRAMESKIP = 5
 
 
@@ -41,7 +41,7 @@ def test_fixture_count_lengths_and_size(fixture_set):
     assert all(e.steps >= 160 for e in eps), "need >= 160 environment steps (32 steps at frameskip 5)"
     assert all(e.steps // FRAMESKIP >= 32 for e in eps)
     total = sum(p.stat().st_size for p in FIXTURE.iterdir())
-    assert total <= 8 * 2**20, f"fixtures/pusht is {total / 2**20:.2f} MiB, the limit is 8 MiB"
+    assert total <= 8 * 2**20, f"wmcore/fixtures/pusht is {total / 2**20:.2f} MiB, the limit is 8 MiB"
     assert not [p.name for p in FIXTURE.iterdir() if p.name.startswith(".")], "temporary files committed"
 
 

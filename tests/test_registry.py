@@ -39,7 +39,7 @@ def test_fixtures_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("WMCORE_FIXTURES", str(tmp_path))
     assert fixtures_dir() == tmp_path
     monkeypatch.delenv("WMCORE_FIXTURES")
-    assert fixtures_dir() == REPO / "fixtures"
+    assert fixtures_dir() == REPO / "wmcore" / "fixtures"
 
 
 def test_embedded_model_missing(monkeypatch, tmp_path):
@@ -211,15 +211,15 @@ def _check_pusht(eps: list[Episode], d: Path) -> None:
 
 
 def test_shipped_pusht_set(monkeypatch):
-    d = REPO / "fixtures" / "pusht"
+    d = REPO / "wmcore" / "fixtures" / "pusht"
     if not (d / "index.json").is_file():
         pytest.fail(f"{d}: the shipped PushT evaluation set is missing")
     monkeypatch.delenv("WMCORE_FIXTURES", raising=False)
     monkeypatch.chdir(REPO)
-    _check_pusht(load_data("fixtures/pusht", limit=2), d)
+    _check_pusht(load_data("wmcore/fixtures/pusht", limit=2), d)
 
 
 def test_shipped_pusht_set_by_name(monkeypatch, tmp_path):
     monkeypatch.delenv("WMCORE_FIXTURES", raising=False)
-    monkeypatch.chdir(tmp_path)  # no 'pusht' here: the name resolves to the repository's fixtures/
-    _check_pusht(load_data("pusht", limit=2), REPO / "fixtures" / "pusht")
+    monkeypatch.chdir(tmp_path)  # no 'pusht' here: the name resolves to the repository's wmcore/fixtures/
+    _check_pusht(load_data("pusht", limit=2), REPO / "wmcore" / "fixtures" / "pusht")

@@ -187,7 +187,7 @@ def test_reproducibility_metadata(report, world):
 
 
 def test_the_video_reader_is_recorded_for_the_h264_fixtures(tmp_path):
-    """fixtures/pusht (lossless RGB H.264): decord reads it where installed; data["video"] says so and
+    """wmcore/fixtures/pusht (lossless RGB H.264): decord reads it where installed; data["video"] says so and
     survives save and load. Adding it is backward compatible: "data" was always a free mapping, so
     schema_version stays 1 (reports without it load, as the others in this file show)."""
     from wmcore.data import load as load_data

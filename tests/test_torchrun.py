@@ -44,8 +44,10 @@ def test_a_two_process_evaluate_writes_the_one_process_report(tmp_path):
     args = ["evaluate", "--model", "pusht-wm", "--episodes", "7", "--batch-size", "2", "--horizon", "10"]
     one = _run([sys.executable, "-m", "wmcore", *args, "--out", str(tmp_path / "one")], tmp_path)
     two = _run(_torchrun(*args, "--out", str(tmp_path / "two")), tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
-    assert two.returncode == 0, two.stderr[-2000:]
+    # 1: a gate failed, the same in both (at horizon 10 pusht-wm's drift_horizon gate, horizon_min 20
+    # from its shipped thresholds, cannot be shown to hold); a finished run either way
+    assert one.returncode in (0, 1), one.stderr[-2000:]
+    assert two.returncode == one.returncode, two.stderr[-2000:]
     a, b = (json.loads((tmp_path / d / "pusht-wm-recorded.json").read_text()) for d in ("one", "two"))
     assert a["timings"]["processes"] == 1 and b["timings"]["processes"] == 2
     assert a["energy"] is not None and len(a["data"]["episode_ids"]) == 7
@@ -196,7 +198,7 @@ def test_ranks_that_collected_different_tests_stop_with_a_usage_error(tmp_path):
 def test_a_sharded_bench_run_writes_one_report_equal_to_the_evaluation(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     art = tmp_path / "art"
-    r = _run(_pytest_torchrun(str(repo / "bench" / "test_drift.py"), "--benchmark-only", "-q", "--wm-model", "pusht-wm",
+    r = _run(_pytest_torchrun(str(repo / "wmcore" / "suites" / "test_drift.py"), "--benchmark-only", "-q", "--wm-model", "pusht-wm",
                               "--wm-episodes", "5", "--wm-actions", "recorded",
                               "--wm-artifacts", str(art), f"--benchmark-json={tmp_path / 'b.json'}"), repo)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

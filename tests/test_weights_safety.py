@@ -197,7 +197,7 @@ def test_vjepa2_ac_encoder_directory(tmp_path, marker):
 
 @pytest.mark.parametrize("name", ["pusht-lewm", "pusht-ac-tiny", "pusht-wm"])
 def test_embedded_names(tmp_path, marker, monkeypatch, name):
-    """The embedded names read fixtures/models/NAME (here a copy under WMCORE_FIXTURES)."""
+    """The embedded names read wmcore/fixtures/models/NAME (here a copy under WMCORE_FIXTURES)."""
     fx = tmp_path / "fixtures"
     d = fx / "models" / name
     d.mkdir(parents=True)

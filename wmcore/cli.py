@@ -2,7 +2,8 @@
 what was wrong; nothing is overwritten (exit codes: ``wmcore.errors``).
 
 evaluate, rollout, show, plot (DriftReports), compare (two saved runs), make-fixtures (episode sets),
-train (``wmcore.train``: the options are TrainConfig's fields).
+train (``wmcore.train``: the options are TrainConfig's fields), plan, replay, policy, and bench (the
+installed suites through pytest: its arguments are pytest's).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 import sys
 from pathlib import Path
 
-from . import __version__
 from .errors import WMError, run_command
 from .fsio import safe_name
 from .paths import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TRAIN_DATA
@@ -714,10 +714,113 @@ def _add_policy(sub) -> None:
     ev.set_defaults(func=_cmd_policy_evaluate)
 
 
+# --- bench: the installed suites through pytest --------------------------------------------------
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+BENCH_HELP = """usage: wmcore bench [--suite NAME ...] [PYTEST ARGS ...]
+
+Run wmcore's benchmark suites (installed with the package, wmcore/suites) through pytest, from any
+directory: the same run as `make bench` in a wmcore checkout, and as
+`pytest --pyargs wmcore.suites --benchmark-only`.
+
+  --suite NAME   run only this suite, repeatable; one of: {suites}; `none` runs only the paths
+                 you give (your own bench/, with the plugin's fixtures)
+  -h, --help     this text (pytest's own: pytest --help, the wmcore group lists the --wm-* options)
+
+Every other argument goes to pytest, after these defaults (a later option wins):
+  -p no:randomly --benchmark-only --benchmark-autosave --benchmark-storage=runs/benchmarks
+e.g. --wm-model SPEC, --wm-data PATH, --wm-episodes N, --wm-artifacts DIR (default runs/: each run
+writes runs/run-*/ under the current directory), --wm-baseline PATH, -k EXPR, paths of your own cases
+(wmcore bench bench/). Your project's conftest.py (in the current directory) is loaded first: register
+your model family there (wmcore.models.register_family).
+
+Exit codes are pytest's: 0 all passed, 1 a gate, a test or the --wm-baseline comparison failed,
+2 interrupted, 3 internal error, 4 usage error (bad --wm-* option, unreadable data or model), 5 no
+test collected."""
+
+
+def suite_names() -> list[str]:
+    """The installed suites: ``wmcore/suites/test_NAME.py`` -> NAME."""
+    return sorted(p.stem[len("test_"):] for p in SUITES_DIR.glob("test_*.py"))
+
+
+def bench_args(argv: list[str]) -> list[str] | None:
+    """pytest's arguments for ``wmcore bench ARGV`` (None: help was printed). ``--suite`` is taken out
+    wherever it stands; everything else is passed on in order."""
+    suites, rest, i = [], [], 0
+    known = suite_names()
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            print(BENCH_HELP.format(suites=", ".join(known)))
+            return None
+        if a == "--suite" or a.startswith("--suite="):
+            if a == "--suite":
+                if i + 1 >= len(argv):
+                    raise WMError("--suite needs a suite's name: " + ", ".join(known + ["none"]))
+                name, i = argv[i + 1], i + 2
+            else:
+                name, i = a.partition("=")[2], i + 1
+            if name not in known + ["none"]:
+                raise WMError(f"--suite {name!r}: no such suite; the installed ones: {', '.join(known)} (or none)")
+            suites.append(name)
+            continue
+        if a == "--":  # the rest is pytest's, verbatim
+            rest.extend(argv[i + 1:])
+            break
+        rest.append(a)
+        i += 1
+    chosen = [n for n in (suites or known) if n != "none"]
+    if suites and "none" in suites and len(set(suites)) > 1:
+        raise WMError("--suite none runs no installed suite; give either none or suite names, not both")
+    # the package, not its modules: node ids then read test_drift.py::test_drift[...] (a module given
+    # alone would be its own initial path, and its tests' ids lose the file's name); suites left out
+    # are --ignore'd
+    skipped = [f"--ignore={SUITES_DIR / f'test_{n}.py'}" for n in known if n not in chosen]
+    pkg = ["wmcore.suites"] if chosen else []
+    return ["-p", "no:randomly", "--benchmark-only", "--benchmark-autosave", "--benchmark-storage=runs/benchmarks",
+            *skipped, "--pyargs", *pkg, *rest]
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    """``wmcore bench``: ``python -m pytest`` over the installed suites, in a fresh interpreter of this
+    one (so that pytest, not this command, imports wmcore first and rewrites its asserts; under
+    torchrun the child inherits the rank's environment); pytest's exit code."""
+    import subprocess
+
+    args = bench_args(argv)
+    if args is None:
+        return 0
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args])
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # pytest got the same SIGINT: it ends its session, and its code is passed on
+            continue
+
+
+class _Version(argparse.Action):
+    """``--version``: the package version, and the commit where wmcore runs from a git checkout (asked
+    of git only when the option is given)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "print wmcore's version (and git commit, in a checkout) and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .paths import fixtures_dir
+        from .version import describe
+
+        print(f"wmcore {describe()}\npackage: {Path(__file__).resolve().parent}\nfixtures: {fixtures_dir()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wmcore", description="Latent-drift benchmarks for action-conditioned world models.")
-    p.add_argument("--version", action="version", version=f"wmcore {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("bench", add_help=False, help="run the installed benchmark suites through pytest, from any "
+                   "directory (wmcore bench --help; every other argument goes to pytest)")
     _add_report_commands(sub)
     _add_compare(sub)
     _add_make_fixtures(sub)
@@ -738,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # a command's errors name it, as argparse's own usage errors do (an unknown command is one of those)
     prog = f"wmcore {argv[0]}" if argv and not argv[0].startswith("-") else "wmcore"
+
+    if argv and argv[0] == "bench":  # pytest parses the rest; under torchrun the plugin joins the group
+        return run_command(prog, lambda: _cmd_bench(argv[1:]))
 
     def body() -> int:
         from . import dist

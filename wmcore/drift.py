@@ -3,7 +3,7 @@ encode, block the actions), the two loops, per-episode rows, the energy landscap
 of rows into a DriftReport (loop statistics, chance level, gates).
 
 ``wmcore.evaluate`` puts them together: streaming a chunk at a time (``evaluate``), or on a whole
-batch (``prepare`` -> ``rollouts`` -> ``build_report``, which the pytest bench times). Both give the
+batch (``prepare`` -> ``rollouts`` -> ``build_report``, which the bench times). Both give the
 same report.
 """
 

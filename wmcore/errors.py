@@ -8,7 +8,7 @@ Exit codes of every ``wmcore`` command (and of ``python -m wmcore.…`` entry po
 - 3: an internal error, a bug in wmcore: the traceback is shown, never disguised as bad input;
 - 130: interrupted (Ctrl-C).
 
-``pytest bench`` keeps pytest's own codes (0 passed, 1 a test or gate failed, 4 a bad ``--wm-*``
+``wmcore bench`` keeps pytest's own codes (0 passed, 1 a test or gate failed, 4 a bad ``--wm-*``
 option, including data or a model that cannot be loaded).
 """
 

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Union
 
+from . import __version__
 from .errors import WMError
 
 __all__ = [
@@ -213,7 +214,11 @@ def read_versioned(path: str | os.PathLike, fmt: str, version: int, what: str, h
     if found != fmt:
         raise WMError(f"{path}: not a wmcore {what} (format {found!r}, expected {fmt!r})")
     if d.get("version") != version:
-        raise WMError(f"{path}: {what} version {d.get('version')!r}; this wmcore reads version {version}")
+        env = d.get("environment")
+        by = env.get("wmcore") if isinstance(env, dict) else None
+        raise WMError(f"{path}: {what} version {d.get('version')!r}" + (f" (written by wmcore {by})" if by else "")
+                      + f"; this wmcore ({__version__}) reads version {version}"
+                      + ("; upgrade wmcore to read it" if isinstance(d.get("version"), int) and d["version"] > version else ""))
     return d
 
 

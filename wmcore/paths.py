@@ -8,15 +8,16 @@ from pathlib import Path
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "DEFAULT_TRAIN_DATA", "EMBEDDED", "fixtures_dir"]
 
-DEFAULT_DATA = "pusht"  # fixtures/pusht: the held-out PushT evaluation set
+DEFAULT_DATA = "pusht"  # wmcore/fixtures/pusht: the held-out PushT evaluation set
 DEFAULT_TRAIN_DATA = "data/pusht-train"  # what `make pusht-data` generates (the embedded models' training set)
-# Embedded models: NAME -> the family whose loader reads fixtures/models/NAME. The drift bench
+# Embedded models: NAME -> the family whose loader reads wmcore/fixtures/models/NAME. The drift bench
 # measures all of them by default; the command line's default model is DEFAULT_MODEL.
 EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny", "pusht-wm": "keypoint"}
 DEFAULT_MODEL = "pusht-lewm"
 
 
 def fixtures_dir() -> Path:
-    """The repository's ``fixtures/`` (or ``$WMCORE_FIXTURES``): embedded models and episode sets."""
+    """The package's ``fixtures/`` (``wmcore/fixtures``, installed with it as package data), or
+    ``$WMCORE_FIXTURES``: embedded models, their thresholds (``wmcore.toml``) and episode sets."""
     env = os.environ.get("WMCORE_FIXTURES")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "fixtures"
+    return Path(env) if env else Path(__file__).resolve().parent / "fixtures"

@@ -4,7 +4,7 @@ and the recording of reports.
 Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm
                        and pusht-ac-tiny)
-  --wm-data PATH       episode directory, LeRobot dataset, fixtures/ set name, or one video (default: pusht)
+  --wm-data PATH       episode directory, LeRobot dataset, wmcore/fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
   --wm-horizon H       rollout horizon in model steps (default: [tool.wmcore] horizon, 30)
@@ -24,7 +24,7 @@ Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-no-energy       skip the offline energy landscape (EvalConfig.energy; measured by default in every
                        report with recorded actions, plotted beside the drift plot as NAME-energy.png)
 
-Under ``torchrun --nproc-per-node=N -m pytest bench --benchmark-only`` every rank runs the same session
+Under ``torchrun --nproc-per-node=N -m wmcore bench`` every rank runs the same session
 (ranks that collected different tests stop with a usage error); the drift cases and the control
 cases shard their episodes and tasks (``wmcore.dist``), every rank gets the whole report, and rank 0
 alone writes the run directory, the benchmark records and the terminal summary.
@@ -105,7 +105,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "(today pusht-lewm and pusht-ac-tiny)")
     g.addoption("--wm-data", default=None, metavar="PATH",
                 help="episodes: a directory with index.json (wmcore make-fixtures), a LeRobot dataset root "
-                "(meta/info.json), a fixtures/ set name, or one video with its actions (--wm-actions-file); default "
+                "(meta/info.json), a wmcore/fixtures/ set name, or one video with its actions (--wm-actions-file); default "
                 "pusht (the held-out PushT set)")
     g.addoption("--wm-camera", default=None, metavar="KEY", help="camera key of a LeRobot dataset with several")
     g.addoption("--wm-actions-file", default=None, metavar="FILE",
@@ -567,7 +567,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             terminalreporter.write_line(line)
     if reports:
         terminalreporter.section("wmcore drift summary")
-        # the gates are asserted on recorded actions only (bench/test_drift.py): others are measured
+        # the gates are asserted on recorded actions only (wmcore/suites/test_drift.py): others are measured
         for line in render_text([r for _, r in reports], details=False, gated_sources=("recorded",)).splitlines():
             terminalreporter.write_line(line)
         try:
@@ -593,6 +593,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
 
 # --- crash-safe pytest-benchmark records ----------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which wmcore measures, and where its embedded models and data come from."""
+    from .paths import fixtures_dir
+    from .version import describe
+
+    return f"wmcore: {describe()}, fixtures {fixtures_dir()}"
 
 
 @pytest.hookimpl(trylast=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Collection, Sequence
 
 from . import __version__
+from .version import provenance
 from .errors import WMError
 from .fsio import read_json, write_new
 from .gates import Gate
@@ -141,9 +142,14 @@ class DriftReport:
         if d.get("schema") != SCHEMA:
             raise WMError(f"{source}: not a wmcore drift report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
         if d.get("schema_version") not in READABLE_VERSIONS:
+            env = d.get("environment")
+            by = env.get("wmcore") if isinstance(env, dict) else None
+            v = d.get("schema_version")
+            newer = isinstance(v, int) and not isinstance(v, bool) and v > max(READABLE_VERSIONS)
             raise WMError(
-                f"{source}: drift report schema_version {d.get('schema_version')!r}; this wmcore "
-                f"({__version__}) reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+                f"{source}: drift report schema_version {v!r}" + (f" (written by wmcore {by})" if by else "")
+                + f"; this wmcore ({__version__}) reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+                + ("; upgrade wmcore to read it" if newer else "")
             )
         try:
             if not isinstance(d["loops"], dict) or not all(isinstance(v, dict) for v in d["loops"].values()):
@@ -233,7 +239,7 @@ def environment(device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
-        "wmcore": __version__,
+        **provenance(),  # wmcore's version, and its commit where it runs from a git checkout
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

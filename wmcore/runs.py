@@ -193,7 +193,7 @@ def _load_benchmarks(p: Path, doc: dict) -> Run:
         have = f"its {len(skipped)} benchmark(s) ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})" if skipped else "it has no benchmarks"
         raise WMError(
             f"{p}: no benchmark carries wmcore's record (extra_info['wmcore']): {have}. Compare files "
-            "written by a wmcore bench (pytest bench/ --benchmark-json=FILE; its tests call wm_record(report, "
+            "written by a wmcore bench (wmcore bench --benchmark-json=FILE; its tests call wm_record(report, "
             "name, benchmark))"
         )
     return Run(p, "pytest-benchmark", tuple(entries), tuple(skipped))
@@ -251,7 +251,7 @@ def _paired_input(ids: Any, per: Any, h: int, where: str) -> dict[str, Any]:
 
 
 def _test_name(b: dict) -> str:
-    """``bench/test_drift.py::test_drift[pusht-lewm-recorded]`` -> ``test_drift.py::test_drift``: the
+    """``wmcore/suites/test_drift.py::test_drift[pusht-lewm-recorded]`` -> ``test_drift.py::test_drift``: the
     test without its parameters, and without the directory, so a moved file still pairs."""
     full = str(b.get("fullname") or b.get("name") or "")
     full = full.split("[", 1)[0]

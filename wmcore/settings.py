@@ -1,5 +1,6 @@
 """Every setting of a run, resolved in one place: dataclass defaults < ``pyproject.toml [tool.wmcore]``
-< the model's table ``[tool.wmcore.models.NAME]`` < command-line overrides.
+< the model's table ``[tool.wmcore.models.NAME]`` < command-line overrides; the embedded models'
+tables ship with the package (``fixtures/wmcore.toml``), under the user's own at each level.
 
 - ``Thresholds``: the limits of the drift gates (and the horizon/start they assume);
 - ``EvalConfig``: how one evaluation rolls out (horizon, start, action source, device, dtype, ...);
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import WMError
+from .paths import fixtures_dir
 from .gates import GATE_RULES
 from .rollout import ACTION_SOURCES
 
@@ -43,6 +45,7 @@ __all__ = [
     "place_model",
     "read_pyproject",
     "resolve",
+    "shipped_thresholds",
     "wmcore_table",
 ]
 
@@ -69,7 +72,7 @@ class Thresholds:
     skill_mean_min: float | None = None  # closed loop: mean MSE skill against copy-last
     open_skill_mean_min: float | None = None  # open loop: mean MSE skill against copy-first
     horizon_min: int | None = None  # open-loop drift horizon at `threshold` (never reached passes)
-    success_min: float | None = None  # planning success rate on the task set (wmcore plan, bench/test_control.py)
+    success_min: float | None = None  # planning success rate on the task set (wmcore plan, wmcore/suites/test_control.py)
     bootstrap: int = 1000  # resamples of every bootstrap CI (curve bands and gates)
     seed: int = 0
     # every gate with a CI (all but drift_horizon): "ci" fails only a violation shown with one-sided 95%
@@ -215,38 +218,47 @@ def load_thresholds(
     pyproject: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Thresholds:
-    """Resolve the thresholds for ``model`` (its name before any ``:`` or ``[``)."""
+    """Resolve the thresholds for ``model`` (its name before any ``:`` or ``[``): the dataclass
+    defaults < the shipped file's ``[tool.wmcore]`` < ``pyproject``'s < the shipped
+    ``[tool.wmcore.models.NAME]`` < ``pyproject``'s < ``overrides``. The shipped file is
+    ``shipped_thresholds()`` (the embedded models' own limits); ``pyproject`` defaults to the nearest
+    configured one (``find_pyproject``)."""
     path = Path(pyproject) if pyproject else find_pyproject()
-    table = (wmcore_table(path) or {}) if path else {}
-    merged: dict[str, Any] = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    unknown_tables = set(k for k, v in table.items() if isinstance(v, dict)) - {"models", "compare"}
-    if unknown_tables:
-        raise WMError(f"{path}: unknown tables [tool.wmcore.{sorted(unknown_tables)[0]}]; expected models or compare")
-    if not isinstance(table.get("models", {}), dict):
-        raise WMError(f"{path}: [tool.wmcore] models must be a table of per-model tables")
+    sources = [p for p in (shipped_thresholds(), path) if p is not None]
+    tables = [(p, _thresholds_table(p)) for p in sources]
+    merged: dict[str, Any] = {}
+    where: dict[str, Path] = {}  # the file each value came from, for the messages
+    for p, table in tables:
+        for k, v in table.items():
+            if not isinstance(v, dict):
+                merged[k], where[k] = v, p
     if model:
         key = model.split(":")[0].split("[")[0]
-        own = table.get("models", {}).get(key, {})
-        if not isinstance(own, dict):
-            raise WMError(f"{path}: [tool.wmcore.models] {key} must be a table of thresholds, found {own!r}")
-        merged.update(own)
+        for p, table in tables:
+            own = table.get("models", {}).get(key, {})
+            if not isinstance(own, dict):
+                raise WMError(f"{p}: [tool.wmcore.models] {key} must be a table of thresholds, found {own!r}")
+            for k, v in own.items():
+                merged[k], where[k] = v, p
     merged.update(overrides or {})
+    for k in overrides or {}:
+        where.pop(k, None)
     fields = {f.name: f.type for f in dataclasses.fields(Thresholds)}
     bad = sorted(set(merged) - set(fields))
     if bad:
         raise WMError(
-            f"{path or 'overrides'}: unknown threshold(s) {bad} for model {model!r}; known: {sorted(fields)}"
+            f"{where.get(bad[0]) or 'overrides'}: unknown threshold(s) {bad} for model {model!r}; known: {sorted(fields)}"
         )
     out: dict[str, Any] = {}
     for k, v in merged.items():
         if k == "gate_rule":  # the one threshold that is a word
             if v not in GATE_RULES:
-                raise WMError(f"{path or 'overrides'}: threshold gate_rule={v!r}: expected one of {', '.join(GATE_RULES)}")
+                raise WMError(f"{where.get(k) or 'overrides'}: threshold gate_rule={v!r}: expected one of {', '.join(GATE_RULES)}")
             out[k] = v
             continue
         if k == "planner":  # a preset's name, checked where presets live (control.planners)
             if not isinstance(v, str):
-                raise WMError(f"{path or 'overrides'}: planner={v!r}: expected a planner preset's name (a string)")
+                raise WMError(f"{where.get(k) or 'overrides'}: planner={v!r}: expected a planner preset's name (a string)")
             out[k] = v
             continue
         want_int = fields[k] in ("int", int, "int | None")
@@ -258,9 +270,27 @@ def load_thresholds(
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not want_int or float(v).is_integer())
         if not ok:
             kind = " (an integer)" if want_int else ""
-            raise WMError(f"{path or 'overrides'}: threshold {k}={v!r}: expected a number{kind}")
+            raise WMError(f"{where.get(k) or 'overrides'}: threshold {k}={v!r}: expected a number{kind}")
         out[k] = int(v) if want_int else float(v)
     return Thresholds(**out)
+
+
+def shipped_thresholds() -> Path | None:
+    """The thresholds shipped with the embedded models (``fixtures_dir()/wmcore.toml``, laid out as
+    a pyproject.toml's ``[tool.wmcore]``); None where the fixtures directory has none."""
+    p = fixtures_dir() / "wmcore.toml"
+    return p if p.is_file() else None
+
+
+def _thresholds_table(path: Path) -> dict:
+    """``[tool.wmcore]`` of ``path`` checked for its tables (``models``, ``compare``); {} if it has none."""
+    table = wmcore_table(path) or {}
+    unknown_tables = set(k for k, v in table.items() if isinstance(v, dict)) - {"models", "compare"}
+    if unknown_tables:
+        raise WMError(f"{path}: unknown tables [tool.wmcore.{sorted(unknown_tables)[0]}]; expected models or compare")
+    if not isinstance(table.get("models", {}), dict):
+        raise WMError(f"{path}: [tool.wmcore] models must be a table of per-model tables")
+    return table
 
 
 def load_tolerances(

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import WMError
 from ..fsio import read_versioned, write_new
+from ..version import provenance
 from ..gates import GATE_LEVEL, Gate, gate_at_least
 from ..stats import bootstrap_mean_ci, wilson_ci
 from .fidelity import summarise_fidelity
@@ -161,5 +162,5 @@ def _environment() -> dict:
 
     from ..data.pusht import simulator_versions
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            **simulator_versions()}
+    return {**provenance(), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), **simulator_versions()}

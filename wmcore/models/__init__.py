@@ -5,6 +5,6 @@ harness."""
 
 from __future__ import annotations
 
-from .registry import EMBEDDED, FAMILIES, load
+from .registry import EMBEDDED, FAMILIES, load, register_family
 
-__all__ = ["EMBEDDED", "FAMILIES", "load"]
+__all__ = ["EMBEDDED", "FAMILIES", "load", "register_family"]

@@ -1,6 +1,6 @@
 """Model registry: ``load(spec)`` turns a model spec string into a WorldModel.
 
-A spec is ``NAME`` (an embedded model shipped in ``fixtures/models/NAME``) or ``FAMILY:ARG`` (a
+A spec is ``NAME`` (an embedded model shipped in ``wmcore/fixtures/models/NAME``) or ``FAMILY:ARG`` (a
 family with a path or options), e.g. ``pusht-lewm``, ``pusht-ac-tiny``, ``lewm:path/to/dir``, ``analytic``,
 ``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``, ``ac-tiny:DIR`` (a
 small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``), ``keypoint:DIR`` (a keypoint world model
@@ -15,7 +15,7 @@ from ..errors import WMError
 from ..paths import EMBEDDED, fixtures_dir
 from ..protocol import WorldModel
 
-__all__ = ["EMBEDDED", "FAMILIES", "load"]
+__all__ = ["EMBEDDED", "FAMILIES", "load", "register_family"]
 
 
 def _load_analytic(arg: str, name: str | None = None) -> WorldModel:
@@ -58,22 +58,36 @@ def _load_keypoint(arg: str, name: str | None = None) -> WorldModel:
 
 
 # family -> loader(the argument after the colon). A user registers a family of their own from a
-# conftest: FAMILIES["mine"] = lambda arg: MyModel(arg). Ours also take the display name of an
+# conftest: register_family("mine", lambda arg: MyModel(arg)). Ours also take the display name of an
 # embedded model as a second argument.
 FAMILIES: dict[str, Callable[..., WorldModel]] = {
     "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
     "keypoint": _load_keypoint,
 }
+_OURS = frozenset(FAMILIES)
+
+
+def register_family(name: str, loader: Callable[[str], WorldModel]) -> None:
+    """Make ``--wm-model NAME:ARG`` (and ``NAME``) load with ``loader(ARG)``: how a project adds its
+    own model family, from its ``conftest.py`` (loaded before the plugin checks ``--wm-model``) or
+    before calling ``wmcore.cli.main``. A name of our own families or embedded models is refused."""
+    if not isinstance(name, str) or not name or any(c in name for c in ":[], ") or name != name.strip():
+        raise WMError(f"model family name {name!r}: expected a non-empty word without ':', '[', ']', ',' or spaces")
+    if name in EMBEDDED or name in _OURS:
+        raise WMError(f"model family {name!r} is wmcore's own; register yours under another name")
+    if not callable(loader):
+        raise WMError(f"model family {name!r}: the loader must be callable (spec argument -> WorldModel)")
+    FAMILIES[name] = loader
 
 
 def load(spec: str) -> WorldModel:
     """Load a model from its spec (see the module docstring). Unknown specs raise WMError."""
-    if spec in EMBEDDED:  # a directory in fixtures/models, read by its family's loader
+    if spec in EMBEDDED:  # a directory in wmcore/fixtures/models, read by its family's loader
         d = fixtures_dir() / "models" / spec
         if not d.is_dir():
             raise WMError(
-                f"embedded model {spec!r}: {d} is missing; run from a wmcore checkout (or set WMCORE_FIXTURES "
-                "to its fixtures/ directory), or retrain it (`make train`, `make train-ac-tiny`, `make train-wm`; see its MODEL_CARD.md)"
+                f"embedded model {spec!r}: {d} is missing; reinstall wmcore (its wheel carries the embedded "
+                "models), point WMCORE_FIXTURES at a directory holding models/NAME, or retrain it (`make train`, `make train-ac-tiny`, `make train-wm`; see its MODEL_CARD.md)"
             )
         return FAMILIES[EMBEDDED[spec]](str(d), spec)
     family, _, arg = spec.partition(":")

@@ -1,6 +1,6 @@
 """Control suite: plan to goals in the PushT simulator with each embedded world model (CEM on its
 latent goal cost), the oracle (the simulator as the model) and the baselines, on the first tasks of
-the seeded task set cut from the held-out episodes (fixtures/pusht).
+the seeded task set cut from the held-out episodes (wmcore/fixtures/pusht).
 
 Each case times the whole run with pytest-benchmark (one round: planning is seconds per task), writes
 the replayable control report into the run directory, checks that its actions replay to the same

@@ -1,5 +1,5 @@
 """Drift suite: each model (``--wm-model``, default every embedded model: pusht-lewm, pusht-ac-tiny) on
-the episodes of ``--wm-data`` (default the held-out PushT set in fixtures/pusht), per action source.
+the episodes of ``--wm-data`` (default the held-out PushT set in wmcore/fixtures/pusht), per action source.
 
 Each case times the open- plus closed-loop rollout with pytest-benchmark, writes the drift plot and
 the DriftReport into the run directory, and records the curves, gates and metadata in the
@@ -9,7 +9,7 @@ table) must hold; other action sources are measured and recorded, and must do wo
 actions in closed loop: a model that ignores its actions has not learned action-conditioned dynamics.
 The cases share nothing but the plugin's session caches, so they pass in any order.
 
-Under torchrun (``torchrun --nproc-per-node=N -m pytest bench --benchmark-only``) each case times the
+Under torchrun (``torchrun --nproc-per-node=N -m wmcore bench``) each case times the
 whole streaming evaluation (``wmcore.evaluate.evaluate``), whose chunks of episodes are shared out
 over the ranks; every rank gets the same report, rank 0 writes it.
 """

@@ -16,7 +16,7 @@ this leaves accumulates over 30 open-loop steps to ~1e-5 with this configuration
 - GPU (only with CUDA): the released configuration (ViT-g widths: 1408 -> 1024, 24 blocks, 16 heads,
   256 tokens per frame) in bfloat16, batch 1 and 32: ms per rollout step, tokens/s, FLOPs per step, MFU.
 
-    pytest bench/test_vjepa2_ac_cache.py --benchmark-only
+    wmcore bench --suite vjepa2_ac_cache
 """
 
 from __future__ import annotations

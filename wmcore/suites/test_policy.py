@@ -1,5 +1,5 @@
 """Policy suite: train one small world-model-conditioned policy on the default world model's latents
-and run it closed loop on the first tasks of the planning task set (fixtures/pusht).
+and run it closed loop on the first tasks of the planning task set (wmcore/fixtures/pusht).
 
 The training episodes are generated here (gym-pusht, seeds 0.., never the held-out 10000.. ones):
 ``WMCORE_POLICY_EPISODES`` (default 40, 8 of them held out) x 120 steps. The case times training (embedding included) and
