@@ -202,3 +202,50 @@ def test_a_bug_in_a_subcommand_exits_3_with_its_traceback(passing, monkeypatch, 
     assert main(["show", str(passing)]) == 3
     err = capsys.readouterr().err
     assert "Traceback" in err and "planted bug" in err and "internal error" in err
+
+
+def test_bench_arguments_put_wmcores_defaults_first_and_pass_the_rest_on(capsys):
+    from wmcore.cli import SUITES_DIR, bench_args, suite_names
+
+    assert set(suite_names()) >= {"drift", "control", "policy", "throughput", "scaling", "vjepa2_ac_cache"}
+    a = bench_args(["--wm-episodes", "4", "-k", "drift"])
+    assert a[:5] == ["-p", "no:randomly", "--benchmark-only", "--benchmark-autosave", "--benchmark-storage=runs/benchmarks"]
+    assert a[-4:] == ["--wm-episodes", "4", "-k", "drift"] and a[-5] == "wmcore.suites" and "--pyargs" in a
+    assert not [x for x in a if x.startswith("--ignore")]  # every suite
+    b = bench_args(["--suite", "drift", "bench/", "--suite=control"])
+    ignored = {x.partition("=")[2] for x in b if x.startswith("--ignore=")}
+    assert ignored == {str(SUITES_DIR / f"test_{n}.py") for n in suite_names() if n not in ("drift", "control")}
+    assert b[-2:] == ["wmcore.suites", "bench/"]
+    c = bench_args(["--suite", "none", "bench/", "--", "--suite", "x"])  # after --: pytest's, verbatim
+    assert "wmcore.suites" not in c and c[-3:] == ["bench/", "--suite", "x"]
+    assert bench_args(["-h"]) is None and "usage: wmcore bench" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "--suite", "nope"], ["--suite 'nope'", "drift"]),
+    (["bench", "--suite"], ["--suite needs"]),
+    (["bench", "--suite", "none", "--suite", "drift"], ["none", "not both"]),
+])
+def test_bench_bad_suite_is_exit_2(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wmcore bench: error:") and all(w in err for w in words), err
+
+
+def test_register_family_adds_a_users_model_and_refuses_ours():
+    from wmcore.models import FAMILIES, load, register_family
+    from wmcore.models.analytic import AnalyticConfig, AnalyticModel
+
+    register_family("mine-test", lambda arg: AnalyticModel(AnalyticConfig(delta=float(arg or 0.1)), name="mine"))
+    try:
+        assert load("mine-test:0.2").name == "mine"
+    finally:
+        FAMILIES.pop("mine-test")
+    for name in ("lewm", "pusht-lewm"):
+        with pytest.raises(WMError, match="wmcore's own"):
+            register_family(name, lambda arg: None)
+    for name in ("", "a:b", "a b", "x[1]"):
+        with pytest.raises(WMError, match="family name"):
+            register_family(name, lambda arg: None)
+    with pytest.raises(WMError, match="callable"):
+        register_family("mine-test", 3)

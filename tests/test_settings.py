@@ -253,3 +253,31 @@ def test_tolerances_from_the_table_and_overrides(tmp_path):
     assert tol == Tolerances(step1_drop=0.05, horizon_drop=4) and path == p
     with pytest.raises(WMError, match="--max-slowdown: slowdown=0.5"):
         load_tolerances(p, {"slowdown": 0.5}, {"slowdown": "--max-slowdown"})
+
+
+def test_the_shipped_thresholds_apply_anywhere_and_a_users_table_overrides_them_key_by_key(tmp_path, monkeypatch):
+    from wmcore.settings import read_pyproject, shipped_thresholds
+
+    shipped = read_pyproject(shipped_thresholds())["tool"]["wmcore"]["models"]
+    monkeypatch.chdir(tmp_path)  # no pyproject here: the embedded models still get their own limits
+    for name in ("pusht-lewm", "pusht-ac-tiny", "pusht-wm"):
+        t = load_thresholds(name)
+        assert all(getattr(t, k) == v for k, v in shipped[name].items()), name
+    assert load_thresholds("pusht-wm").planner == "lewm" and load_thresholds("pusht-lewm").start == 10
+    p = _write(tmp_path / "pyproject.toml",
+               "[tool.wmcore]\nstart = 3\nstep1_min = 0.5\n[tool.wmcore.models.pusht-wm]\nskill_min = 0.5\n")
+    t = load_thresholds("pusht-wm", pyproject=p)
+    assert t.skill_min == 0.5  # the user's model table wins
+    assert t.step1_min == shipped["pusht-wm"]["step1_min"] and t.start == 10  # a model's own table beats a global
+    assert t.horizon_min == shipped["pusht-wm"]["horizon_min"]  # keys the user left out keep the shipped value
+    assert load_thresholds("mymodel", pyproject=p).start == 3  # the user's globals for other models
+    monkeypatch.setenv("WMCORE_FIXTURES", str(tmp_path / "elsewhere"))  # fixtures without a wmcore.toml
+    assert shipped_thresholds() is None and load_thresholds("pusht-lewm") == load_thresholds("not-embedded")
+
+
+def test_a_bad_shipped_file_is_named(tmp_path, monkeypatch):
+    _write(tmp_path / "fx" / "wmcore.toml", "[tool.wmcore.models.pusht-lewm]\nstep_min = 1\n")
+    monkeypatch.setenv("WMCORE_FIXTURES", str(tmp_path / "fx"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WMError, match=r"fx/wmcore.toml: unknown threshold"):
+        load_thresholds("pusht-lewm")
