@@ -37,7 +37,7 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
 PHONY_DOCS := docs docs-check
-.PHONY: $(PHONY_DOCS) bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm drift-vs-control pusht-data pusht-wm-data
+.PHONY: $(PHONY_DOCS) bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm train-refine thinking-curve drift-vs-control pusht-data pusht-wm-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -148,6 +148,18 @@ pusht-wm-data: setup
 
 train-wm: pusht-wm-data
 	$(BIN)/wmcore train-keypoint --data $(WM_DATA_A) $(WM_DATA_B) --out $(WM_TRAIN_OUT) --recipe recipes/pusht-wm.json
+
+# The thinking model pusht-refine (wmcore/fixtures/models/pusht-refine, see its MODEL_CARD.md): a
+# refinement block over the frozen embedded pusht-wm, on pusht-wm's training episodes (resumable).
+REFINE_TRAIN_OUT ?= runs/train-pusht-refine
+train-refine: pusht-wm-data
+	$(BIN)/wmcore train-refine --data $(WM_DATA_A) $(WM_DATA_B) --out $(REFINE_TRAIN_OUT) --recipe recipes/pusht-refine.json --base pusht-wm
+
+# The thinking curve of pusht-refine (scripts/thinking_curve.py): K = 1, 2, 4, 8 on the 32 held-out
+# episodes and the 64 planning tasks; resumable (a K whose control report exists is not re-planned).
+THINK_OUT ?= runs/thinking-refine
+thinking-curve: setup
+	$(BIN)/python scripts/thinking_curve.py --model pusht-refine --think 1 2 4 8 --out $(THINK_OUT)
 
 # Drift vs control over versions of pusht-wm and the older models (scripts/drift_vs_control.py; needs
 # make train-wm for the run's snapshots): short-training and smaller-data predictors on pusht-wm's

@@ -195,14 +195,14 @@ def test_vjepa2_ac_encoder_directory(tmp_path, marker):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("name", ["pusht-lewm", "pusht-ac-tiny", "pusht-wm"])
+@pytest.mark.parametrize("name", ["pusht-lewm", "pusht-ac-tiny", "pusht-wm", "pusht-refine"])
 def test_embedded_names(tmp_path, marker, monkeypatch, name):
     """The embedded names read wmcore/fixtures/models/NAME (here a copy under WMCORE_FIXTURES)."""
     fx = tmp_path / "fixtures"
     d = fx / "models" / name
     d.mkdir(parents=True)
     shutil.copy(fixtures_dir() / "models" / name / "config.json", d / "config.json")
-    # pusht-lewm takes a release weights.pt when there is no model.safetensors; ac-tiny and pusht-wm read safetensors only
+    # pusht-lewm takes a release weights.pt when there is no model.safetensors; the others read safetensors only
     weights = d / ("weights.pt" if name == "pusht-lewm" else "model.safetensors")
     f = _torch_file(weights, {"state_dict": Payload(marker)})
     monkeypatch.setenv("WMCORE_FIXTURES", str(fx))

@@ -130,14 +130,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .models import load
     from .plot import plot_drift, plot_energy
     from .report import render_text
-    from .settings import check_placement, place_model, resolve
+    from .settings import apply_think, check_placement, place_model, resolve
 
     device = dist.device(args.device)
     with dist.together():  # a rank that cannot load the model or read the data stops every rank
         check_placement(device, args.dtype)  # before anything slow
         out = _out_dir(args.out)
-        model = place_model(load(args.model), device, args.dtype)
-        stem = safe_name(f"{model.name}-{args.actions}")
+        model = apply_think(place_model(load(args.model), device, args.dtype), args.think, "--think")
+        stem = safe_name(f"{model.name}-{args.actions}" + (f"-think{args.think}" if args.think != 1 else ""))
         if out is not None:
             for suffix in (".json", ".png", "-energy.png"):
                 if (out / f"{stem}{suffix}").exists():
@@ -146,6 +146,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg, thresholds = resolve(model.name, horizon=args.horizon, start=args.start, action_source=args.actions,
                                   device=device, dtype=args.dtype, energy=not args.no_energy,
                                   overrides={"gate_rule": args.gate_rule} if args.gate_rule else None)
+        cfg = dataclasses.replace(cfg, think=args.think)
         if args.batch_size is not None:
             cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
         data = args.data or DEFAULT_DATA
@@ -325,6 +326,9 @@ def _add_report_commands(sub) -> None:
                     "measured by default with recorded actions, see README 'Energy landscape')")
     se.add_argument("--batch-size", type=_count(1), help="episodes per chunk: read, encoded and rolled out together, "
                     "and the unit shared out over torchrun's processes (memory, not results; default 16)")
+    se.add_argument("--think", type=_count(1), default=1, help="thinking budget K a thinking model spends per "
+                    "prediction (refine:DIR, pusht-refine; recorded in the report's config; default 1, the base path; "
+                    "a model that cannot think runs at 1 only)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
 
@@ -456,6 +460,46 @@ def _add_train_keypoint(sub) -> None:
     p.set_defaults(func=_cmd_train_keypoint)
 
 
+def _cmd_train_refine(args: argparse.Namespace) -> int:
+    import dataclasses as dc
+
+    from .models import EMBEDDED
+    from .paths import fixtures_dir
+    from .train.refine import read_refine_recipe, train_refine
+
+    fields, cfg = read_refine_recipe(args.recipe)
+    over = {k: v for k, v in (("seed", args.seed), ("threads", args.threads), ("predictor_steps", args.steps)) if v is not None}
+    cfg = dc.replace(cfg, **over) if over else cfg
+    base = args.base
+    if base in EMBEDDED:
+        if EMBEDDED[base] != "keypoint":
+            raise WMError(f"--base {base}: the refinement block goes on a keypoint model (pusht-wm or a keypoint "
+                          f"directory), not a {EMBEDDED[base]} one")
+        base = str(fixtures_dir() / "models" / base)
+    if not Path(base).is_dir():
+        raise WMError(f"--base {args.base!r}: no such keypoint model directory (config.json + model.safetensors)")
+    train_refine(args.data, args.out, base, fields, cfg, log=lambda s: print(s, flush=True), limit=args.episodes)
+    return 0
+
+
+def _add_train_refine(sub) -> None:
+    p = sub.add_parser("train-refine", help="train the refinement thinking model over a frozen keypoint model "
+                       "(the embedded pusht-refine: make train-refine)",
+                       description="A weight-shared refinement block after a frozen keypoint world model's "
+                       "predictor, K - 1 gated residual passes at thinking budget K (wmcore.models.refine, "
+                       "wmcore.train.refine). Seeded and resumable: rerun the same command to continue.")
+    p.add_argument("--data", required=True, nargs="+", help="directories of PushT episodes (the base's training set)")
+    p.add_argument("--out", required=True, help="training directory: refine.pt, and model/ at the end")
+    p.add_argument("--recipe", required=True, help="JSON {\"model\": RefineConfig fields, \"train\": "
+                   "KeypointTrainConfig fields} (recipes/pusht-refine.json)")
+    p.add_argument("--base", default="pusht-wm", help="the frozen keypoint model: pusht-wm or a directory (default pusht-wm)")
+    p.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    p.add_argument("--threads", type=int, help="torch threads (0 = torch's default)")
+    p.add_argument("--steps", type=int, help="overrides the recipe's predictor_steps (the block's optimiser steps)")
+    p.add_argument("--episodes", type=int, help="train on the first N episodes only")
+    p.set_defaults(func=_cmd_train_refine)
+
+
 PRESET_FIELDS = ("samples", "elites", "iterations", "horizon", "execute")
 
 
@@ -488,7 +532,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .control.tasks import TaskSpec
     from .data import load as load_data
     from .models import load
-    from .settings import check_placement, load_thresholds, place_model
+    from .settings import apply_think, check_placement, load_thresholds, place_model
 
     if args.planner in NEEDS_MODEL and not args.model:
         raise WMError(f"wmcore plan --planner {args.planner} needs --model SPEC (e.g. pusht-lewm); the baselines "
@@ -498,6 +542,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         check_placement(device, "float32")
         cfg = _cem_config(args)  # bad planner options fail before anything is loaded or written
         model = place_model(load(args.model), device, "float32") if args.model and args.planner in NEEDS_MODEL else None
+        if args.think != 1 and model is None:
+            raise WMError(f"--think {args.think}: the {args.planner} planner has no world model to think with; "
+                          "--think goes with --planner cem and --model")
+        if model is not None:
+            apply_think(model, args.think, "--think")
         t = load_thresholds(model.name if args.planner == "cem" else args.planner,
                             overrides={"success_min": args.success_min} if args.success_min is not None else None)
         if model is not None:
@@ -570,6 +619,8 @@ def _add_control(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="task selection and planner seed (default 0)")
     p.add_argument("--success-min", type=float, help="gate: minimum success rate (default: success_min in "
                    "[tool.wmcore.models.NAME]; none: no gate)")
+    p.add_argument("--think", type=_count(1), default=1, help="thinking budget K of a thinking world model "
+                   "(recorded in the report's controller; default 1, the base path)")
     p.add_argument("--device", default="cpu", help="torch device of the world model (default cpu)")
     p.add_argument("--out", help="directory for tasks.json and the control report (default: a new runs/run-*/)")
     p.set_defaults(func=_cmd_plan)
@@ -826,6 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_fixtures(sub)
     _add_train(sub)
     _add_train_keypoint(sub)
+    _add_train_refine(sub)
     _add_control(sub)
     _add_policy(sub)
     return p

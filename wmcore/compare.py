@@ -309,6 +309,9 @@ def compare_pair(pair: Pair, tol: Tolerances, base_kind: str = "", new_kind: str
     if o.threshold != n.threshold:
         notes.append(f"thresholds differ (BASE {o.threshold:g}, NEW {n.threshold:g}): both drift horizons "
                      f"are taken at BASE's {o.threshold:g}")
+    if o.think != n.think:
+        notes.append(f"thinking budgets differ (BASE K={o.think}, NEW K={n.think}): the same model thinking "
+                     "more or less, if the specs agree")
     if o.frameskip != n.frameskip:
         notes.append(f"frameskips differ (BASE {o.frameskip}, NEW {n.frameskip}): a step is not the same "
                      "number of recorded frames")

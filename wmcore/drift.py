@@ -25,7 +25,7 @@ from .errors import WMError
 from .protocol import WorldModel
 from .report import DriftReport, environment
 from .rollout import block_actions, closed_loop, make_actions, open_loop, subsample
-from .settings import EvalConfig, Thresholds
+from .settings import EvalConfig, Thresholds, apply_think
 
 __all__ = [
     "Prepared",
@@ -164,6 +164,7 @@ def chunk_rollouts(model: WorldModel, z: Tensor, a: Tensor, st: Tensor | None, c
     """Open and closed loop of one chunk of episodes: latents ``[b, S+1, N, D]``, actions ``[b, S, A]``,
     states ``[b, S+1, St]`` or None -> two ``[b, H, N, D]``."""
     c, h = cfg.context, cfg.horizon
+    apply_think(model, cfg.think)  # the budget every prediction of this run spends
     # open loop gets states only when the model can propagate them
     st_open = st if st is not None and hasattr(model, "propagate_state") else None
     with torch.inference_mode():
@@ -192,6 +193,7 @@ def energy(model: WorldModel, prep: Prepared, cfg: EvalConfig) -> dict | None:
     short clip still gets a landscape); ``k_requested`` and ``note`` say so."""
     if not cfg.energy or cfg.action_source != "recorded":
         return None
+    apply_think(model, cfg.think)
     steps = int(prep.actions.shape[1])
     k = min(cfg.energy_k, steps - cfg.context + 1)  # >= horizon >= 1: prepare checked the episodes hold it
     land = energy_landscape(

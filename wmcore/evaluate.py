@@ -44,7 +44,7 @@ from .errors import WMError
 from .protocol import WorldModel
 from .report import DriftReport
 from .rollout import make_actions
-from .settings import EvalConfig, Thresholds
+from .settings import EvalConfig, Thresholds, apply_think
 
 __all__ = [
     "KEEP_LATENTS_BYTES",
@@ -80,7 +80,9 @@ def evaluate(
     ``episodes``: a list of episodes or an ``EpisodeSet`` (``wmcore.data.open_set``): streamed a chunk
     at a time, sharded over the ranks of a process group; a ``Batch`` or ``prepare``'s result: one
     batch in memory (one process). ``progress(phase, done, total)``: called after each of this
-    process's chunks (phase ``"encode"`` then ``"rollout"``)."""
+    process's chunks (phase ``"encode"`` then ``"rollout"``). ``cfg.think``: the thinking budget
+    the model spends (``settings.apply_think``: refused before any work if the model cannot)."""
+    apply_think(model, cfg.think)
     if isinstance(episodes, (Batch, Prepared)):
         t0 = time.perf_counter()
         prep = episodes if isinstance(episodes, Prepared) else prepare(model, episodes, cfg)

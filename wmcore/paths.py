@@ -6,13 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATA", "DEFAULT_MODEL", "DEFAULT_TRAIN_DATA", "EMBEDDED", "fixtures_dir"]
+__all__ = ["BENCHED", "DEFAULT_DATA", "DEFAULT_MODEL", "DEFAULT_TRAIN_DATA", "EMBEDDED", "fixtures_dir"]
 
 DEFAULT_DATA = "pusht"  # wmcore/fixtures/pusht: the held-out PushT evaluation set
 DEFAULT_TRAIN_DATA = "data/pusht-train"  # what `make pusht-data` generates (the embedded models' training set)
 # Embedded models: NAME -> the family whose loader reads wmcore/fixtures/models/NAME. The drift bench
 # measures all of them by default; the command line's default model is DEFAULT_MODEL.
-EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny", "pusht-wm": "keypoint"}
+EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny", "pusht-wm": "keypoint",
+                            "pusht-refine": "refine"}
+# What the drift and throughput suites measure without --wm-model: the embedded models but the thinking
+# one, whose budget K = 1 is pusht-wm bit for bit (the thinking suite measures it along K).
+BENCHED: tuple[str, ...] = ("pusht-lewm", "pusht-ac-tiny", "pusht-wm")
 DEFAULT_MODEL = "pusht-lewm"
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["IncrementalWorldModel", "StatePropagator", "WorldModel", "fingerprint"]
+__all__ = ["IncrementalWorldModel", "StatePropagator", "ThinkingWorldModel", "WorldModel", "fingerprint"]
 
 
 @runtime_checkable
@@ -69,6 +69,17 @@ class IncrementalWorldModel(WorldModel, Protocol):
     def step(
         self, cache: Any, latent: Tensor, action: Tensor, state: Tensor | None = None
     ) -> tuple[Tensor, Any]: ...
+
+
+@runtime_checkable
+class ThinkingWorldModel(WorldModel, Protocol):
+    """Optional: a model that can spend extra computation before it commits to a prediction (a
+    refinement block run K times, a thinker read at a budget). ``think`` is the budget K the next
+    ``predict`` spends (the harness sets it; 1 = the model's base path, which must then be unchanged);
+    ``max_think`` the largest K it supports (None: any). A model without these thinks at K = 1 only."""
+
+    think: int
+    max_think: int | None
 
 
 @runtime_checkable

@@ -2,8 +2,8 @@
 and the recording of reports.
 
 Options (all in the ``wmcore`` group of ``pytest --help``):
-  --wm-model SPEC      model to benchmark, repeatable (default: every embedded model, today pusht-lewm
-                       and pusht-ac-tiny)
+  --wm-model SPEC      model to benchmark, repeatable (default: the embedded pusht-lewm, pusht-ac-tiny
+                       and pusht-wm; the thinking pusht-refine has a suite of its own)
   --wm-data PATH       episode directory, LeRobot dataset, wmcore/fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
@@ -59,6 +59,7 @@ __all__ = ["DEFAULT_ACTIONS", "WMOptions"]  # and the hooks and fixtures pytest 
 _WRITTEN = pytest.StashKey[list]()
 _REPORTS = pytest.StashKey[list]()  # (name, DriftReport) recorded this session
 _CONTROL = pytest.StashKey[list]()  # (name, ControlReport) recorded this session
+_THINKING = pytest.StashKey[list]()  # rendered thinking-curve tables recorded this session
 _BASELINE = pytest.StashKey[Any]()  # the --wm-baseline Run, loaded at configure
 _VERDICT = pytest.StashKey[list]()  # the lines of the baseline comparison, for the summary
 _SETTINGS = pytest.StashKey["WMOptions"]()
@@ -90,6 +91,7 @@ class WMOptions:
     dtype: str
     thresholds: dict
     energy: bool = True
+    think: tuple[int, ...] | None = None  # --wm-think; None: K = 1 only, and no K in the test ids
 
     @property
     def data_id(self) -> str:
@@ -101,8 +103,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("wmcore", "world-model drift benchmarks")
     g.addoption("--wm-model", action="append", default=None, metavar="SPEC",
                 help="model to benchmark, repeatable: an embedded name (pusht-lewm) or FAMILY:PATH "
-                "(lewm:DIR, ac-tiny:DIR, vjepa2-ac:CKPT, analytic:...); default: every embedded model "
-                "(today pusht-lewm and pusht-ac-tiny)")
+                "(lewm:DIR, ac-tiny:DIR, keypoint:DIR, refine:DIR, vjepa2-ac:CKPT, analytic:...); default: the "
+                "embedded pusht-lewm, pusht-ac-tiny and pusht-wm")
     g.addoption("--wm-data", default=None, metavar="PATH",
                 help="episodes: a directory with index.json (wmcore make-fixtures), a LeRobot dataset root "
                 "(meta/info.json), a wmcore/fixtures/ set name, or one video with its actions (--wm-actions-file); default "
@@ -133,6 +135,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="compare this session with a saved run (a pytest-benchmark JSON or a run directory) at its end, "
                 "with wmcore compare's paired statistics and the tolerances of [tool.wmcore.compare]: the verdict "
                 "in the summary, exit 1 on a regression; a baseline over other episodes is a usage error")
+    g.addoption("--wm-think", action="append", default=None, metavar="K[,K...]",
+                help="thinking budgets: the drift, throughput and thinking cases run at each K (a thinking "
+                "model's extra computation per prediction; K = 1 is its base path); repeatable or comma-separated, "
+                "e.g. 1,2,4,8 (default: 1 only)")
     g.addoption("--wm-no-filmstrip", action="store_true", default=False,
                 help="skip the filmstrip of what each model imagines (MODEL-filmstrip.png in the run directory)")
     g.addoption("--wm-no-energy", action="store_true", default=False,
@@ -148,12 +154,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
     config.stash[_CONTROL] = []
+    config.stash[_THINKING] = []
     config.stash[_CACHE] = {}
     from .models import EMBEDDED, FAMILIES
-    from .paths import DEFAULT_DATA
+    from .paths import BENCHED, DEFAULT_DATA
 
     o = config.getoption
-    models = tuple(o("wm_model") or EMBEDDED)
+    models = tuple(o("wm_model") or BENCHED)
     for spec in models:
         if spec not in EMBEDDED and spec.partition(":")[0] not in FAMILIES:
             raise pytest.UsageError(
@@ -191,6 +198,14 @@ def pytest_configure(config: pytest.Config) -> None:
         load_thresholds(None, overrides=overrides)  # unknown keys and bad values fail here, once
     except WMError as e:
         raise pytest.UsageError(f"--wm-threshold: {e}") from None
+    think = None
+    if o("wm_think"):
+        try:
+            think = tuple(dict.fromkeys(int(x) for item in o("wm_think") for x in item.split(",") if x.strip()))
+        except ValueError:
+            raise pytest.UsageError(f"--wm-think {','.join(o('wm_think'))!r}: expected integers >= 1, e.g. 1,2,4,8") from None
+        if not think or min(think) < 1:
+            raise pytest.UsageError(f"--wm-think {','.join(o('wm_think'))!r}: expected integers >= 1, e.g. 1,2,4,8")
     if o("wm_baseline") is not None:
         from .runs import load_run
 
@@ -201,7 +216,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SETTINGS] = WMOptions(
         models=models, data=data, camera=o("wm_camera"), actions_file=o("wm_actions_file"), horizon=o("wm_horizon"),
         start=o("wm_start"), episodes=o("wm_episodes"), actions=actions, device=o("wm_device"), dtype=o("wm_dtype"),
-        thresholds=overrides, energy=not o("wm_no_energy"),
+        thresholds=overrides, energy=not o("wm_no_energy"), think=think,
     )
 
 
@@ -213,6 +228,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("wm_model_spec", list(s.models), ids=list(s.models), scope="session")
     if "wm_action_source" in metafunc.fixturenames:
         metafunc.parametrize("wm_action_source", list(s.actions), ids=list(s.actions), scope="session")
+    if "wm_think" in metafunc.fixturenames and s.think:
+        metafunc.parametrize("wm_think", list(s.think), ids=[f"think{k}" for k in s.think], scope="session")
+
+
+@pytest.fixture(scope="session")
+def wm_think() -> int:
+    """The thinking budget K of a case (``--wm-think`` parametrizes it; 1 without it)."""
+    return 1
 
 
 @pytest.fixture(scope="session")
@@ -294,6 +317,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 model = _model(config, spec)
             except WMError as e:
                 raise pytest.UsageError(f"--wm-model {spec!r}: {e}") from None
+            if s.think and "wm_think" in used:
+                from .settings import apply_think
+
+                try:
+                    for k in s.think:
+                        apply_think(model, k, "--wm-think")
+                except WMError as e:
+                    raise pytest.UsageError(f"--wm-model {spec!r}: {e}") from None
+                finally:
+                    if hasattr(model, "think"):
+                        model.think = 1
             if used & _NEEDS_DATA:
                 try:
                     check_episodes(model, _episodes(config))
@@ -362,14 +396,17 @@ def wm_prepared(wm_model, wm_model_spec: str, wm_episodes, wm_eval_config, _wm_c
 @pytest.fixture(scope="session")
 def wm_reference(wm_model, wm_model_spec: str, wm_prepared, wm_thresholds, wm_settings: WMOptions,
                  pytestconfig: pytest.Config, _wm_cache: dict):
-    """``wm_reference(action_source="recorded") -> DriftReport``: this model's report with that action
-    source. The one ``wm_record`` recorded this session for the same spec and config if there is one,
-    else evaluated now (untimed, not recorded) and kept for the session: the same numbers either way,
-    so a test that compares against it passes whatever ran before it."""
+    """``wm_reference(action_source="recorded", think=1) -> DriftReport``: this model's report with that
+    action source and thinking budget. The one ``wm_record`` recorded this session for the same spec
+    and config if there is one, else evaluated now (untimed, not recorded) and kept for the session:
+    the same numbers either way, so a test that compares against it passes whatever ran before it."""
+    import dataclasses
+
     from .evaluate import build_report, rollouts
 
-    def get(source: str = "recorded") -> DriftReport:
+    def get(source: str = "recorded", think: int = 1) -> DriftReport:
         cfg, prep = wm_prepared(source)
+        cfg = dataclasses.replace(cfg, think=think)
         config = cfg.to_dict()
         for _, r in pytestconfig.stash[_REPORTS]:
             if r.model.get("spec") == wm_model_spec and r.config == config:
@@ -461,6 +498,33 @@ def wm_record_control(request: pytest.FixtureRequest, wm_run_dir: Path):
                 "controller": {k: v for k, v in report.controller.items() if k != "policy"}, "summary": s,
                 "gates": [g.__dict__ for g in report.gates], "tasks": s["tasks"]}
             benchmark.extra_info["seconds_per_action"] = s["seconds_per_action_median"]
+        return path
+
+    return record
+
+
+@pytest.fixture
+def wm_record_thinking(request: pytest.FixtureRequest, wm_run_dir: Path):
+    """``wm_record_thinking(doc, name, benchmark=None)``: write a thinking curve (``wmcore.thinking.curve``'s
+    document) as ``name.json`` and its plot ``name.png`` into the run directory (rank 0), list them, put
+    its table into the terminal summary and its rows into the benchmark's ``extra_info["thinking"]``."""
+    import json
+
+    from .dist import is_main
+    from .fsio import write_new
+    from .thinking import plot, render
+
+    def record(doc: dict, name: str, benchmark: Any = None) -> Path:
+        safe = safe_name(name)
+        path = wm_run_dir / f"{safe}.json"
+        if is_main():
+            body = {k: v for k, v in doc.items() if k not in ("reports", "controls")}
+            write_new(path, (json.dumps(body, indent=2) + "\n").encode())
+            request.config.stash[_WRITTEN].extend([path, plot(doc, wm_run_dir / f"{safe}.png")])
+        request.config.stash[_THINKING].append(render(doc))
+        if benchmark is not None:
+            benchmark.extra_info["thinking"] = {"ks": doc["ks"], "rows": doc["rows"],
+                                                "think_no_worse": doc["think_no_worse"]}
         return path
 
     return record
@@ -579,6 +643,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 
         terminalreporter.section("wmcore control summary")
         for line in control_table(control).splitlines():
+            terminalreporter.write_line(line)
+    for table in config.stash.get(_THINKING, []):
+        terminalreporter.section("wmcore thinking curve")
+        for line in table.splitlines():
             terminalreporter.write_line(line)
     verdict = config.stash.get(_VERDICT, None)
     if verdict:

@@ -56,6 +56,8 @@ class Entry:
     per_episode: dict[str, tuple[tuple[float, ...], ...]] | None = None
     # what data_sha256 hashes: "episodes" (schema 4: the episodes' digests) or None (before: one batch)
     data_sha256_of: str | None = None
+    # the thinking budget K the run spent per prediction (config.think; 1 for a report written before it)
+    think: int = 1
 
     @property
     def horizon(self) -> int:
@@ -172,6 +174,7 @@ def _report_entry(r: DriftReport, f: Path) -> Entry:
         data_sha256=r.data.get("sha256"),
         data_sha256_of=r.data.get("sha256_of"),
         frameskip=r.model.get("frameskip"),
+        think=_think(r.config),
         median_s=None,
         **_paired_input(r.data.get("episode_ids"), per, len(closed.cosine), str(f)),
     )
@@ -223,6 +226,7 @@ def _benchmark_entry(b: dict, rec: Any, name: str, where: str) -> Entry:
             data_sha256=data.get("sha256"),
             data_sha256_of=data.get("sha256_of"),
             frameskip=model.get("frameskip"),
+            think=_think(rec.get("config")),
             median_s=_positive(stats.get("median")) if isinstance(stats, dict) else None,
             **_paired_input(data.get("episode_ids"), rec.get("per_episode"), len(curves["open_loop"]), where),
         )
@@ -248,6 +252,12 @@ def _paired_input(ids: Any, per: Any, h: int, where: str) -> dict[str, Any]:
             raise WMError(f"{where}: per-episode {loop} curves must be {len(ids)} episodes x {h} finite cosines; {_REREAD}")
         out[loop] = tuple(tuple(float(x) for x in r) for r in rows)
     return {"episode_ids": tuple(ids), "per_episode": out}
+
+
+def _think(config: Any) -> int:
+    """A record's thinking budget (``config.think``); 1 where it has none (written before budgets)."""
+    k = config.get("think", 1) if isinstance(config, dict) else 1
+    return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
 
 
 def _test_name(b: dict) -> str:

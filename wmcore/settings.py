@@ -37,7 +37,9 @@ __all__ = [
     "EvalConfig",
     "Thresholds",
     "Tolerances",
+    "apply_think",
     "check_placement",
+    "check_think",
     "find_pyproject",
     "load_thresholds",
     "load_tolerances",
@@ -81,6 +83,9 @@ class Thresholds:
     # how wmcore plan and the bench plan with this model by default: a planner preset's name
     # (wmcore.control.planners.PRESETS, checked there), "" = the default CEM settings
     planner: str = ""
+    # a thinking model (protocol.ThinkingWorldModel): fail when a larger budget K regressed against K = 1
+    # in open-loop AUC, paired over episodes, by wmcore compare's rule (wmcore.thinking; the thinking suite)
+    think_no_worse: bool = False
 
     def __post_init__(self) -> None:
         if self.gate_rule not in GATE_RULES:
@@ -101,6 +106,8 @@ class EvalConfig:
     action_source: str = "recorded"
     seed: int = 0
     use_cache: bool = True
+    # the thinking budget K the model spends per prediction (protocol.ThinkingWorldModel; 1 = its base path)
+    think: int = 1
     batch_size: int = 16
     device: str = "cpu"
     dtype: str = "float32"
@@ -126,7 +133,7 @@ class EvalConfig:
             raise WMError(f"EvalConfig.energy_scales: expected one or more finite numbers > 0 (multiples of the "
                           f"recorded actions' std), found {scales!r}")
         object.__setattr__(self, "energy_scales", tuple(float(x) for x in scales))  # hashable, as JSON reads it
-        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("batch_size", 1), ("window", 1),
+        for name, least in (("horizon", 1), ("start", 0), ("context", 1), ("think", 1), ("batch_size", 1), ("window", 1),
                             ("energy_k", 1), ("energy_starts", 1), ("energy_candidates", 1), ("energy_batch", 1)):
             v = getattr(self, name)
             if v is None and name == "window":
@@ -254,6 +261,13 @@ def load_thresholds(
         if k == "gate_rule":  # the one threshold that is a word
             if v not in GATE_RULES:
                 raise WMError(f"{where.get(k) or 'overrides'}: threshold gate_rule={v!r}: expected one of {', '.join(GATE_RULES)}")
+            out[k] = v
+            continue
+        if k == "think_no_worse":  # the one threshold that is a switch
+            if isinstance(v, str) and v.strip().lower() in ("true", "false"):  # from a command line
+                v = v.strip().lower() == "true"
+            if not isinstance(v, bool):
+                raise WMError(f"{where.get(k) or 'overrides'}: think_no_worse={v!r}: expected true or false")
             out[k] = v
             continue
         if k == "planner":  # a preset's name, checked where presets live (control.planners)
@@ -407,3 +421,32 @@ def place_model(model: Any, device: str, dtype: str) -> Any:
             "to() in the model"
         )
     return model.to(device, getattr(torch, dtype))
+
+
+# --- the thinking budget -----------------------------------------------------------------------
+
+
+def check_think(k: Any, option: str = "think") -> int:
+    """``k`` as a thinking budget (an int >= 1); WMError naming ``option`` otherwise."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise WMError(f"{option} {k!r}: the thinking budget K is an integer >= 1 (1 = the model's base path)")
+    return k
+
+
+def apply_think(model: Any, k: int, option: str = "think") -> Any:
+    """Set ``model``'s thinking budget to ``k`` (``protocol.ThinkingWorldModel``); returns the model.
+    A model without the capability runs at K = 1 only, and a K above the model's ``max_think`` is
+    refused: WMError saying what the model supports."""
+    k = check_think(k, option)
+    name = getattr(model, "name", model)
+    if not hasattr(model, "think"):
+        if k != 1:
+            raise WMError(f"{option} {k}: model {name!r} cannot think (it has no thinking budget: no 'think' "
+                          f"attribute); run it at K = 1, or use a thinking model (refine:DIR, pusht-refine)")
+        return model
+    most = getattr(model, "max_think", None)
+    if most is not None and k > most:
+        raise WMError(f"{option} {k}: model {name!r} supports thinking budgets 1..{most}")
+    model.think = k
+    return model
+

@@ -99,7 +99,9 @@ def plan(*, kind: str, model, model_spec: str | None, episodes, data_id: str, ta
     chosen = ts.subset(limit).tasks
     prior = ActionPrior.from_actions([e.actions for e in episodes])
     ctrl = make_controller(kind, prior, cfg, model, device, fidelity)
-    path = _new_report(out, {"cem": f"control-{model.name if model else ''}",
+    think = int(getattr(model, "think", 1)) if model is not None else 1
+    name = (model.name + (f"-think{think}" if think != 1 else "")) if model is not None else ""
+    path = _new_report(out, {"cem": f"control-{name}",
                              "encoder-oracle": f"control-encoder-oracle-{model.name if model else ''}"}.get(kind, f"control-{kind}"))
     return _run_and_save(ctrl, controller_meta(ctrl, kind, cfg, model, model_spec, prior), ts, chosen, out, path,
                          success_min, rule, quiet, f"planning with {ctrl.name} on {len(chosen)} tasks ...", shard)
@@ -133,7 +135,9 @@ def _run_and_save(ctrl, controller: dict, ts: TaskSet, chosen, out: Path, path: 
 
 
 def model_meta(model, spec: str | None) -> dict:
-    return {"spec": spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip}
+    """A controller's model: identity, and the thinking budget it planned with (1: the base path)."""
+    return {"spec": spec, "name": model.name, "fingerprint": model.fingerprint(), "frameskip": model.frameskip,
+            "think": int(getattr(model, "think", 1))}
 
 
 def policy_train(*, model, model_spec: str | None, episodes, data_id: str, cfg: PolicyConfig, out: Path | None,

@@ -57,12 +57,20 @@ def _load_keypoint(arg: str, name: str | None = None) -> WorldModel:
     return load_world_model(arg, name=name)
 
 
+def _load_refine(arg: str, name: str | None = None) -> WorldModel:
+    from .refine import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'refine' needs a model directory: refine:DIR (config.json + model.safetensors)")
+    return load_world_model(arg, name=name)
+
+
 # family -> loader(the argument after the colon). A user registers a family of their own from a
 # conftest: register_family("mine", lambda arg: MyModel(arg)). Ours also take the display name of an
 # embedded model as a second argument.
 FAMILIES: dict[str, Callable[..., WorldModel]] = {
     "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
-    "keypoint": _load_keypoint,
+    "keypoint": _load_keypoint, "refine": _load_refine,
 }
 _OURS = frozenset(FAMILIES)
 

@@ -7,7 +7,8 @@ pytest from any directory (also ``python -m wmcore bench`` and ``pytest --pyargs
 - ``test_vjepa2_ac_cache``: the V-JEPA 2-AC KV cache against recomputing (CPU; CUDA where present);
 - ``test_control``: planning in the PushT simulator (the embedded models, baselines, the oracle);
 - ``test_policy``: one world-model-conditioned imitation policy, trained and run closed loop;
-- ``test_scaling``: 2 torchrun processes against 1, recorded, with equal reports.
+- ``test_scaling``: 2 torchrun processes against 1, recorded, with equal reports;
+- ``test_thinking``: the thinking model pusht-refine along its budget K (``wmcore.thinking``).
 
 A project adds its own cases beside them (``wmcore bench bench/``) with the same fixtures
 (``wm_model``, ``wm_prepared``, ``wm_record``, ...): see ``examples/my-project`` in the repository.

@@ -14,6 +14,7 @@ import torch
 
 from wmcore import timing
 from wmcore.rollout import open_loop
+from wmcore.settings import apply_think
 
 BATCHES = [1, 8, 32]
 ROLLOUT_STEPS = 10
@@ -60,8 +61,9 @@ def test_encoder(benchmark, wm_model, wm_episodes, wm_settings, batch):
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_predictor_step(benchmark, wm_model, wm_prepared, wm_settings, batch):
+def test_predictor_step(benchmark, wm_model, wm_prepared, wm_settings, wm_think, batch):
     _, prep = wm_prepared("recorded")
+    apply_think(wm_model, wm_think)  # a thinking model spends K passes per prediction (K = 1 without --wm-think)
     ctx = min(wm_model.max_context or 1, prep.actions.shape[1])
     z, a, s = _inputs(prep, batch, ctx)
     st = None if s is None else s[:, :ctx]  # models that read states (V-JEPA 2-AC) get them
@@ -74,11 +76,13 @@ def test_predictor_step(benchmark, wm_model, wm_prepared, wm_settings, batch):
     info = _record(benchmark, wm_settings, f"predictor step ({ctx} context frames)", batch, flops,
                    batch * wm_model.tokens_per_frame, "tokens")
     info["context_frames"] = ctx
+    info["think"] = wm_think
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_open_loop_rollout(benchmark, wm_model, wm_prepared, wm_settings, batch):
+def test_open_loop_rollout(benchmark, wm_model, wm_prepared, wm_settings, wm_think, batch):
     _, prep = wm_prepared("recorded")
+    apply_think(wm_model, wm_think)  # a thinking model spends K passes per prediction (K = 1 without --wm-think)
     steps = min(ROLLOUT_STEPS, prep.actions.shape[1])
     z, a, s = _inputs(prep, batch, steps)
     # open loop reads the first state only, and only where the model propagates states itself
@@ -92,3 +96,4 @@ def test_open_loop_rollout(benchmark, wm_model, wm_prepared, wm_settings, batch)
     info = _record(benchmark, wm_settings, f"open-loop rollout ({steps} steps)", batch, flops,
                    batch * steps * wm_model.tokens_per_frame, "tokens")
     info["steps_per_s"] = steps / benchmark.stats.stats.median
+    info["think"] = wm_think
