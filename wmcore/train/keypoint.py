@@ -34,7 +34,7 @@ from ..fsio import write_replace
 from ..models.checkpoint import read_error
 from ..models.keypoint import SCALE, KeypointConfig, KeypointModel, keypoints_from_state, load_checkpoint, pixels, save_pretrained
 
-__all__ = ["KeypointData", "KeypointTrainConfig", "load_data", "train_keypoint"]
+__all__ = ["KeypointData", "KeypointTrainConfig", "load_data", "recipe_document", "start_run", "train_keypoint"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,18 @@ def _stage(name: str, out: Path, module, steps: int, lr: float, cfg: KeypointTra
     return history
 
 
+def start_run(out_dir: str, cfg: KeypointTrainConfig) -> tuple[Path, Path]:
+    """``(out, out/model)`` of a training run; WMError if a finished model is there already. Sets the
+    recipe's torch threads."""
+    out = Path(out_dir)
+    final = out / "model"
+    if (final / "model.safetensors").exists():
+        raise WMError(f"{final}: a finished model is already there; choose another --out (nothing is overwritten)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return out, final
+
+
 def _units(err: Tensor) -> float:
     """Root mean square of latent errors ``[..., 2]`` per point, in workspace units."""
     return float(err.pow(2).sum(-1).mean().sqrt() * SCALE)
@@ -192,14 +204,21 @@ def rollout_loss(predictor, z: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(errs).mean(), (one - z[:, 1:].flatten(0, 1)).pow(2).mean()
 
 
-def read_recipe(path: str) -> tuple[KeypointConfig, KeypointTrainConfig]:
-    """A recipe JSON ``{"model": {KeypointConfig fields}, "train": {KeypointTrainConfig fields}}``."""
+def recipe_document(path: str) -> dict:
+    """A recipe file's JSON object ``{"model": ..., "train": ..., "comment": ...}``; WMError naming
+    ``--recipe`` if it cannot be read or has other keys."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WMError(f"--recipe {path}: not a readable JSON file ({e})") from None
     if not isinstance(doc, dict) or set(doc) - {"model", "train", "comment"}:
         raise WMError(f"--recipe {path}: expected an object with \"model\" and \"train\" (and \"comment\")")
+    return doc
+
+
+def read_recipe(path: str) -> tuple[KeypointConfig, KeypointTrainConfig]:
+    """A recipe JSON ``{"model": {KeypointConfig fields}, "train": {KeypointTrainConfig fields}}``."""
+    doc = recipe_document(path)
     out = []
     for key, cls in (("model", KeypointConfig), ("train", KeypointTrainConfig)):
         part = doc.get(key, {})
@@ -232,12 +251,7 @@ def train_keypoint(dirs: Sequence[str], out_dir: str, model_cfg: KeypointConfig,
                    encoder_from: str | None = None) -> Path:
     """Train both stages into ``out_dir`` (resumable; with ``encoder_from``, a keypoint model directory,
     its encoder is taken and only the predictor trained); returns the finished model's directory."""
-    out = Path(out_dir)
-    final = out / "model"
-    if (final / "model.safetensors").exists():
-        raise WMError(f"{final}: a finished model is already there; choose another --out (nothing is overwritten)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    out, final = start_run(out_dir, cfg)
     data = data if data is not None else load_data(dirs, model_cfg, log)
     e_all = len(data.ids)
     if e_all < max(cfg.min_episodes, cfg.val_episodes + 1):

@@ -13,7 +13,6 @@ keypoint stages are (``out/refine.pt``); the held-out episodes are the base reci
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,19 +22,14 @@ from torch import Tensor
 from ..errors import WMError
 from ..models.keypoint import load_checkpoint as load_keypoint
 from ..models.refine import RefineConfig, RefineModel, save_pretrained
-from .keypoint import KeypointTrainConfig, _stage, _units, _windows, load_data
+from .keypoint import KeypointTrainConfig, _stage, _units, _windows, load_data, recipe_document, start_run
 
 __all__ = ["read_refine_recipe", "train_refine"]
 
 
 def read_refine_recipe(path: str) -> tuple[dict, KeypointTrainConfig]:
     """``{"model": {RefineConfig fields but base}, "train": {KeypointTrainConfig fields}}``."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WMError(f"--recipe {path}: not a readable JSON file ({e})") from None
-    if not isinstance(doc, dict) or set(doc) - {"model", "train", "comment"}:
-        raise WMError(f"--recipe {path}: expected an object with \"model\" and \"train\" (and \"comment\")")
+    doc = recipe_document(path)
     model, train = doc.get("model", {}), doc.get("train", {})
     known_m = {f.name for f in dataclasses.fields(RefineConfig)} - {"base"}
     known_t = {f.name for f in dataclasses.fields(KeypointTrainConfig)}
@@ -53,12 +47,7 @@ def train_refine(dirs: Sequence[str], out_dir: str, base_dir: str, model_fields:
                  log: Callable[[str], None] = print, limit: int | None = None) -> Path:
     """Train the block of a refinement model over the frozen keypoint model in ``base_dir``, into
     ``out_dir`` (resumable); returns the finished model's directory ``out_dir/model``."""
-    out = Path(out_dir)
-    final = out / "model"
-    if (final / "model.safetensors").exists():
-        raise WMError(f"{final}: a finished model is already there; choose another --out (nothing is overwritten)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    out, final = start_run(out_dir, cfg)
     base = load_keypoint(base_dir)
     rcfg = RefineConfig(base=base.cfg.to_json(), **model_fields)
     if rcfg.train_max_think > rcfg.max_think:
