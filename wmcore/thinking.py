@@ -72,8 +72,11 @@ def time_per_step(model: Any, prep: Prepared, k: int, batch: int = 32, repeats: 
 
 
 def _residuals(model: Any, prep: Prepared, k: int, batch: int = 256) -> list[float] | None:
-    if not callable(getattr(model, "residuals", None)) or k < 2:
-        return None if not callable(getattr(model, "residuals", None)) else []
+    """The mean inner residual of each refinement pass at budget ``k`` (None: the model exposes none)."""
+    if not callable(getattr(model, "residuals", None)):
+        return None
+    if k < 2:
+        return []
     b, s = prep.latents.shape[:2]
     e = torch.arange(batch) % b
     t = (torch.arange(batch) * 7) % (s - 1)
