@@ -203,3 +203,16 @@ def test_the_plugin_runs_the_drift_suite_at_each_budget(pytester, tmp_path):
     assert r.ret == pytest.ExitCode.USAGE_ERROR and "cannot think" in r.stderr.str()
     r = pytester.runpytest(*common, "--wm-model", "analytic", "--wm-think", "0")
     assert r.ret == pytest.ExitCode.USAGE_ERROR and "--wm-think" in r.stderr.str()
+
+
+def test_train_refine_bad_input_exits_2(tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pusht-refine.json"
+    out = tmp_path / "out"
+    for argv, words in (
+        (["--base", "pusht-lewm", "--recipe", str(recipe)], "keypoint model"),
+        (["--base", str(tmp_path / "none"), "--recipe", str(recipe)], "no such keypoint model directory"),
+        (["--recipe", str(tmp_path / "none.json")], "--recipe"),
+    ):
+        assert main(["train-refine", "--data", PUSHT, "--out", str(out), *argv]) == 2, argv
+        assert words in capsys.readouterr().err, argv
+        assert not out.exists()

@@ -461,15 +461,13 @@ def _add_train_keypoint(sub) -> None:
 
 
 def _cmd_train_refine(args: argparse.Namespace) -> int:
-    import dataclasses as dc
-
     from .models import EMBEDDED
     from .paths import fixtures_dir
     from .train.refine import read_refine_recipe, train_refine
 
     fields, cfg = read_refine_recipe(args.recipe)
     over = {k: v for k, v in (("seed", args.seed), ("threads", args.threads), ("predictor_steps", args.steps)) if v is not None}
-    cfg = dc.replace(cfg, **over) if over else cfg
+    cfg = dataclasses.replace(cfg, **over) if over else cfg
     base = args.base
     if base in EMBEDDED:
         if EMBEDDED[base] != "keypoint":
