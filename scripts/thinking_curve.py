@@ -52,9 +52,10 @@ def main(argv: list[str]) -> int:
             raise WMError(f"{out / 'thinking.json'} exists; choose another --out (nothing is overwritten)")
         say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
         model = load_model(args.model)
-        episodes = load_data("pusht", limit=args.episodes)
-        taskset = build(load_data("pusht"), data_id="pusht")
-        prior = ActionPrior.from_actions([e.actions for e in load_data("pusht")])
+        held_out = load_data("pusht")  # read once: the drift episodes, the task set and the action prior
+        episodes = held_out[: args.episodes] if args.episodes else held_out
+        taskset = build(held_out, data_id="pusht")
+        prior = ActionPrior.from_actions([e.actions for e in held_out])
         cfg, thresholds = resolve(model.name)
         planner = preset(thresholds.planner, model.frameskip) if thresholds.planner else CEMConfig()
         tasks = taskset.tasks[: args.tasks]

@@ -60,8 +60,7 @@ class Installed:
         return d
 
     def run(self, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        exe = cmd[0] if cmd[0] != "python" else "python"
-        return subprocess.run([str(self.bin / exe), *cmd[1:]], cwd=cwd, env=self.env, capture_output=True,
+        return subprocess.run([str(self.bin / cmd[0]), *cmd[1:]], cwd=cwd, env=self.env, capture_output=True,
                               text=True, timeout=TIMEOUT)
 
 

@@ -95,13 +95,6 @@ class RefineModel(nn.Module):
             guesses.append(self.refine(z, guesses[-1], actions))
         return guesses
 
-    def step(self, z: Tensor, actions: Tensor, k: int) -> Tensor:
-        """The prediction at budget ``k`` (``k`` = 1: the base predictor's, untouched)."""
-        out = self.base.predictor(z, actions)
-        for _ in range(k - 1):
-            out = self.refine(z, out, actions)
-        return out
-
 
 class RefineWorldModel(KeypointWorldModel):
     """A frozen refinement model as a ``ThinkingWorldModel``: ``think`` passes per prediction."""
@@ -120,9 +113,9 @@ class RefineWorldModel(KeypointWorldModel):
         k = self.think
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_think:
             raise WMError(f"{self.name}: thinking budget {k!r}; expected an integer in 1..{self.max_think}")
-        if k == 1:  # the base path, bit for bit
-            return super().predict(context, actions, states)
-        base_out = super().predict(context, actions, states)  # checks the shapes
+        base_out = super().predict(context, actions, states)  # the base path (K = 1, bit for bit); checks shapes
+        if k == 1:
+            return base_out
         p = self._param
         with torch.inference_mode():
             z, a = context[:, -1, 0].to(p.device, p.dtype), actions[:, -1].to(p.device, p.dtype)
