@@ -37,7 +37,7 @@ TRAIN_OUT ?= runs/train-pusht-lewm
 AC_TRAIN_OUT ?= runs/train-pusht-ac-tiny
 
 PHONY_DOCS := docs docs-check
-.PHONY: $(PHONY_DOCS) bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm train-refine thinking-curve drift-vs-control pusht-data pusht-wm-data
+.PHONY: $(PHONY_DOCS) bench bench-control policy-study test test-random lint-imports setup lock clean train train-ac-tiny train-wm train-refine train-thinker thinking-curve thinker-curve drift-vs-control pusht-data pusht-wm-data
 
 # Both run in a fixed order (pyproject.toml's addopts turn pytest-randomly off, so a run replays as
 # it was); test first checks the architecture contracts of pyproject.toml ([tool.importlinter]).
@@ -154,6 +154,16 @@ train-wm: pusht-wm-data
 REFINE_TRAIN_OUT ?= runs/train-pusht-refine
 train-refine: pusht-wm-data
 	$(BIN)/wmcore train-refine --data $(WM_DATA_A) $(WM_DATA_B) --out $(REFINE_TRAIN_OUT) --recipe recipes/pusht-refine.json --base pusht-wm
+
+# The ThinkJEPA-style thinking model pusht-thinker (wmcore/fixtures/models/pusht-thinker, see its
+# MODEL_CARD.md): a thinker over sparse past frames FiLMing the frozen pusht-wm's predictor, and its
+# parameter-matched control (the same networks reading the current frame only), both on pusht-wm's
+# training episodes (resumable).
+THINKER_TRAIN_OUT ?= runs/train-pusht-thinker
+THINKER_CONTROL_OUT ?= runs/train-pusht-thinker-control
+train-thinker: pusht-wm-data
+	$(BIN)/wmcore train-thinker --data $(WM_DATA_A) $(WM_DATA_B) --out $(THINKER_TRAIN_OUT) --recipe recipes/pusht-thinker.json --base pusht-wm
+	$(BIN)/wmcore train-thinker --data $(WM_DATA_A) $(WM_DATA_B) --out $(THINKER_CONTROL_OUT) --recipe recipes/pusht-thinker-control.json --base pusht-wm
 
 # The thinking curve of pusht-refine (scripts/thinking_curve.py): K = 1, 2, 4, 8 on the 32 held-out
 # episodes and the 64 planning tasks; resumable (a K whose control report exists is not re-planned).

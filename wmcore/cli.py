@@ -327,7 +327,7 @@ def _add_report_commands(sub) -> None:
     se.add_argument("--batch-size", type=_count(1), help="episodes per chunk: read, encoded and rolled out together, "
                     "and the unit shared out over torchrun's processes (memory, not results; default 16)")
     se.add_argument("--think", type=_count(1), default=1, help="thinking budget K a thinking model spends per "
-                    "prediction (refine:DIR, pusht-refine; recorded in the report's config; default 1, the base path; "
+                    "prediction (refine:DIR, pusht-refine, thinker:DIR, pusht-thinker; recorded in the report's config; default 1, the base path; "
                     "a model that cannot think runs at 1 only)")
     se.add_argument("--out", help="directory for the JSON and PNG (default: a new runs/run-*/); files are never overwritten")
     se.set_defaults(func=_cmd_evaluate)
@@ -460,24 +460,53 @@ def _add_train_keypoint(sub) -> None:
     p.set_defaults(func=_cmd_train_keypoint)
 
 
-def _cmd_train_refine(args: argparse.Namespace) -> int:
+def _keypoint_base(base: str, what: str) -> str:
+    """``--base``: an embedded keypoint model's directory, or a keypoint directory; WMError otherwise."""
     from .models import EMBEDDED
     from .paths import fixtures_dir
-    from .train.refine import read_refine_recipe, train_refine
 
-    fields, cfg = read_refine_recipe(args.recipe)
-    over = {k: v for k, v in (("seed", args.seed), ("threads", args.threads), ("predictor_steps", args.steps)) if v is not None}
-    cfg = dataclasses.replace(cfg, **over) if over else cfg
-    base = args.base
+    given = base
     if base in EMBEDDED:
         if EMBEDDED[base] != "keypoint":
-            raise WMError(f"--base {base}: the refinement block goes on a keypoint model (pusht-wm or a keypoint "
+            raise WMError(f"--base {base}: the {what} goes on a keypoint model (pusht-wm or a keypoint "
                           f"directory), not a {EMBEDDED[base]} one")
         base = str(fixtures_dir() / "models" / base)
     if not Path(base).is_dir():
-        raise WMError(f"--base {args.base!r}: no such keypoint model directory (config.json + model.safetensors)")
-    train_refine(args.data, args.out, base, fields, cfg, log=lambda s: print(s, flush=True), limit=args.episodes)
+        raise WMError(f"--base {given!r}: no such keypoint model directory (config.json + model.safetensors)")
+    return base
+
+
+def _train_over_keypoint(args: argparse.Namespace, read_recipe, train, what: str) -> int:
+    fields, cfg = read_recipe(args.recipe)
+    over = {k: v for k, v in (("seed", args.seed), ("threads", args.threads), ("predictor_steps", args.steps)) if v is not None}
+    cfg = dataclasses.replace(cfg, **over) if over else cfg
+    base = _keypoint_base(args.base, what)
+    train(args.data, args.out, base, fields, cfg, log=lambda s: print(s, flush=True), limit=args.episodes)
     return 0
+
+
+def _cmd_train_refine(args: argparse.Namespace) -> int:
+    from .train.refine import read_refine_recipe, train_refine
+
+    return _train_over_keypoint(args, read_refine_recipe, train_refine, "refinement block")
+
+
+def _cmd_train_thinker(args: argparse.Namespace) -> int:
+    from .train.thinker import read_thinker_recipe, train_thinker
+
+    return _train_over_keypoint(args, read_thinker_recipe, train_thinker, "thinker")
+
+
+def _add_over_keypoint_args(p, ckpt: str, recipe: str, fields: str) -> None:
+    p.add_argument("--data", required=True, nargs="+", help="directories of PushT episodes (the base's training set)")
+    p.add_argument("--out", required=True, help=f"training directory: {ckpt}, and model/ at the end")
+    p.add_argument("--recipe", required=True, help=f"JSON {{\"model\": {fields} fields, \"train\": "
+                   f"KeypointTrainConfig fields}} ({recipe})")
+    p.add_argument("--base", default="pusht-wm", help="the frozen keypoint model: pusht-wm or a directory (default pusht-wm)")
+    p.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    p.add_argument("--threads", type=int, help="torch threads (0 = torch's default)")
+    p.add_argument("--steps", type=int, help="overrides the recipe's predictor_steps (the optimiser steps)")
+    p.add_argument("--episodes", type=int, help="train on the first N episodes only")
 
 
 def _add_train_refine(sub) -> None:
@@ -486,16 +515,20 @@ def _add_train_refine(sub) -> None:
                        description="A weight-shared refinement block after a frozen keypoint world model's "
                        "predictor, K - 1 gated residual passes at thinking budget K (wmcore.models.refine, "
                        "wmcore.train.refine). Seeded and resumable: rerun the same command to continue.")
-    p.add_argument("--data", required=True, nargs="+", help="directories of PushT episodes (the base's training set)")
-    p.add_argument("--out", required=True, help="training directory: refine.pt, and model/ at the end")
-    p.add_argument("--recipe", required=True, help="JSON {\"model\": RefineConfig fields, \"train\": "
-                   "KeypointTrainConfig fields} (recipes/pusht-refine.json)")
-    p.add_argument("--base", default="pusht-wm", help="the frozen keypoint model: pusht-wm or a directory (default pusht-wm)")
-    p.add_argument("--seed", type=int, help="overrides the recipe's seed")
-    p.add_argument("--threads", type=int, help="torch threads (0 = torch's default)")
-    p.add_argument("--steps", type=int, help="overrides the recipe's predictor_steps (the block's optimiser steps)")
-    p.add_argument("--episodes", type=int, help="train on the first N episodes only")
+    _add_over_keypoint_args(p, "refine.pt", "recipes/pusht-refine.json", "RefineConfig")
     p.set_defaults(func=_cmd_train_refine)
+
+
+def _add_train_thinker(sub) -> None:
+    p = sub.add_parser("train-thinker", help="train the ThinkJEPA-style thinker model over a frozen keypoint model "
+                       "(the embedded pusht-thinker: make train-thinker)",
+                       description="A thinker over sparse past frames whose per-layer features FiLM every block "
+                       "of a frozen keypoint world model's predictor (tanh gates at 0); thinking budget K = K - 1 "
+                       "past frames read (wmcore.models.thinker, wmcore.train.thinker). \"past\": false in the "
+                       "recipe trains the parameter-matched control. Seeded and resumable: rerun the same command "
+                       "to continue.")
+    _add_over_keypoint_args(p, "thinker.pt", "recipes/pusht-thinker.json", "ThinkerConfig")
+    p.set_defaults(func=_cmd_train_thinker)
 
 
 PRESET_FIELDS = ("samples", "elites", "iterations", "horizon", "execute")
@@ -876,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_train_keypoint(sub)
     _add_train_refine(sub)
+    _add_train_thinker(sub)
     _add_control(sub)
     _add_policy(sub)
     return p

@@ -13,9 +13,9 @@ DEFAULT_TRAIN_DATA = "data/pusht-train"  # what `make pusht-data` generates (the
 # Embedded models: NAME -> the family whose loader reads wmcore/fixtures/models/NAME. The drift bench
 # measures all of them by default; the command line's default model is DEFAULT_MODEL.
 EMBEDDED: dict[str, str] = {"pusht-lewm": "lewm", "pusht-ac-tiny": "ac-tiny", "pusht-wm": "keypoint",
-                            "pusht-refine": "refine"}
+                            "pusht-refine": "refine", "pusht-thinker": "thinker"}
 # What the drift and throughput suites measure without --wm-model: the embedded models but the thinking
-# one, whose budget K = 1 is pusht-wm bit for bit (the thinking suite measures it along K).
+# ones, whose budget K = 1 is pusht-wm bit for bit (the thinking suite measures it along K).
 BENCHED: tuple[str, ...] = ("pusht-lewm", "pusht-ac-tiny", "pusht-wm")
 DEFAULT_MODEL = "pusht-lewm"
 

@@ -3,7 +3,7 @@ and the recording of reports.
 
 Options (all in the ``wmcore`` group of ``pytest --help``):
   --wm-model SPEC      model to benchmark, repeatable (default: the embedded pusht-lewm, pusht-ac-tiny
-                       and pusht-wm; the thinking pusht-refine has a suite of its own)
+                       and pusht-wm; the thinking pusht-refine and pusht-thinker have a suite of their own)
   --wm-data PATH       episode directory, LeRobot dataset, wmcore/fixtures/ set name, or one video (default: pusht)
   --wm-camera KEY      camera of a LeRobot dataset with several
   --wm-actions-file F  actions of a single-video --wm-data (default: the file beside the video)
@@ -136,7 +136,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 "with wmcore compare's paired statistics and the tolerances of [tool.wmcore.compare]: the verdict "
                 "in the summary, exit 1 on a regression; a baseline over other episodes is a usage error")
     g.addoption("--wm-think", action="append", default=None, metavar="K[,K...]",
-                help="thinking budgets: the drift, throughput and thinking cases run at each K (a thinking "
+                help="thinking budgets: the drift, throughput, control and thinking cases run at each K (a thinking "
                 "model's extra computation per prediction; K = 1 is its base path); repeatable or comma-separated, "
                 "e.g. 1,2,4,8 (default: 1 only)")
     g.addoption("--wm-no-filmstrip", action="store_true", default=False,
@@ -151,6 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from . import dist
 
         dist.init_from_env()
+    config.addinivalue_line("markers", "wm_think_only: a case that runs only with --wm-think (planning along K)")
     config.stash[_WRITTEN] = []
     config.stash[_REPORTS] = []
     config.stash[_CONTROL] = []
@@ -283,6 +284,18 @@ def _same_items_on_every_rank(session: pytest.Session) -> None:
                 f"torchrun ranks collected different tests: rank {rank} has {len(ids)}, rank {r} has {len(other)}"
                 + (f" (e.g. {', '.join(extra)} on one side only)" if extra else " in another order")
                 + "; give every rank the same arguments, files and environment")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Without ``--wm-think`` the cases marked ``wm_think_only`` are deselected (not skipped: they are
+    not asked for)."""
+    s = config.stash.get(_SETTINGS, None)
+    if s is None or s.think:
+        return
+    keep = [i for i in items if i.get_closest_marker("wm_think_only") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("wm_think_only") is not None])
+        items[:] = keep
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -442,7 +442,7 @@ def apply_think(model: Any, k: int, option: str = "think") -> Any:
     if not hasattr(model, "think"):
         if k != 1:
             raise WMError(f"{option} {k}: model {name!r} cannot think (it has no thinking budget: no 'think' "
-                          f"attribute); run it at K = 1, or use a thinking model (refine:DIR, pusht-refine)")
+                          f"attribute); run it at K = 1, or use a thinking model (pusht-refine, pusht-thinker, refine:DIR, thinker:DIR)")
         return model
     most = getattr(model, "max_think", None)
     if most is not None and k > most:

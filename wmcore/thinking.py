@@ -30,7 +30,7 @@ from .report import DriftReport
 from .settings import EvalConfig, Thresholds, Tolerances, apply_think
 from .stats import mean_ci, paired_delta
 
-__all__ = ["curve", "plot", "render", "think_no_worse", "time_per_step"]
+__all__ = ["ablations", "curve", "plot", "render", "render_ablations", "think_no_worse", "time_per_step"]
 
 Log = Callable[[str], None]
 
@@ -109,7 +109,7 @@ def curve(model: Any, episodes, ks: Sequence[int], cfg: EvalConfig, thresholds: 
         op, cl = rep.loops["open_loop"], rep.loops["closed_loop"]
         row: dict[str, Any] = {
             "think": k, "auc": float(aucs.mean()), "auc_lo": lo, "auc_hi": hi, "drift_horizon": op.drift_horizon,
-            "step1_cosine": cl.cosine[0], "step1_skill": cl.skill["copy_last"][0],
+            "step1_cosine": cl.cosine[0], "step1_skill": cl.skill["copy_last"][0], "closed_auc": cl.auc,
             "open_cosine_at_h": op.cosine[-1],
             "seconds_per_step": time_per_step(model, prep, k),
             "residuals": _residuals(model, prep, k),
@@ -144,7 +144,7 @@ def render(doc: dict) -> str:
     lines = [f"thinking curve of {doc['name']} ({doc['model']}) on {doc['data']}: {doc['episodes']} episodes, "
              f"horizon {doc['horizon']} model steps; AUC = open-loop mean cosine over steps 1..H, 95% CI over "
              "episodes; change vs K=1 paired over episodes",
-             f"{'K':>3} {'AUC':>7} {'95% CI':>17} {'vs K=1':>26} {'horizon':>7} {'skill@1':>8} {'ms/step':>8} "
+             f"{'K':>3} {'AUC':>7} {'95% CI':>17} {'vs K=1':>26} {'horizon':>7} {'skill@1':>8} {'closed':>7} {'ms/step':>8} "
              f"{'residuals (units)':>20} {'success':>18} {'ms/action':>9}"]
     for r in doc["rows"]:
         v = r.get("vs_k1")
@@ -156,9 +156,60 @@ def render(doc: dict) -> str:
         spa = "-" if s is None else f"{s['seconds_per_action'] * 1e3:.1f}"
         lines.append(f"{r['think']:>3} {r['auc']:>7.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] {vs:>26} "
                      f"{'never' if r['drift_horizon'] is None else r['drift_horizon']:>7} {r['step1_skill']:>+8.3f} "
+                     f"{r.get('closed_auc', float('nan')):>7.4f} "
                      f"{r['seconds_per_step'] * 1e3:>8.2f} {res_s:>20} {succ:>18} {spa:>9}")
     lines.append(f"think_no_worse: {'PASS' if doc['think_no_worse'] else 'FAIL'} (no K regressed against K=1 in AUC: "
-                 "a drop beyond 0.02 with its 95% CI excluding 0, as wmcore compare rules)")
+                 "a drop beyond 0.02 with its 95% CI excluding 0, as wmcore compare rules); closed = the teacher-forced "
+                 "AUC (the model reads the real past frames)")
+    return "\n".join(lines)
+
+
+def ablations(model: Any, prep: Prepared, reference: dict[int, DriftReport], cfg: EvalConfig, thresholds: Thresholds, *,
+              spec: str, data_id: str, variants: Sequence[str] = ("zero", "shuffle"), log: Log = lambda s: None) -> list[dict]:
+    """A thinker's ablations (``model.ablation``, e.g. ``wmcore.models.thinker``): at each budget K of
+    ``reference`` (K -> the intact model's DriftReport on ``prep``) but 1, the drift with the thinker's
+    features zeroed and shuffled across the episodes of a batch; each row's AUC with its CI and its paired
+    change against the intact model at the same K. The model is left intact."""
+    if not hasattr(model, "ablation"):
+        raise WMError(f"{model.name}: has no thinker to ablate (no `ablation` attribute)")
+    rows = []
+    for k in sorted(reference):
+        if k == 1:
+            continue
+        for v in variants:
+            t0 = time.perf_counter()
+            model.ablation = v
+            try:
+                rep = evaluate(model, prep, dataclasses.replace(cfg, think=k), thresholds, spec=spec, data_id=data_id)
+            finally:
+                model.ablation = None
+            rows.append({"variant": v, "think": k, **_drift_row(rep), "vs_intact": think_no_worse(reference[k], rep)})
+            log(f"K={k} {v}: AUC {rows[-1]['auc']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    return rows
+
+
+def _drift_row(rep: DriftReport) -> dict:
+    aucs = _auc_rows(rep)
+    lo, hi = mean_ci(aucs)
+    cl = rep.loops["closed_loop"]
+    return {"auc": float(aucs.mean()), "auc_lo": lo, "auc_hi": hi, "closed_auc": cl.auc,
+            "step1_skill": cl.skill["copy_last"][0]}
+
+
+def control_row(other: DriftReport, reference: DriftReport, label: str) -> dict:
+    """A parameter-matched control's drift against the thinker at one budget (``reference``), paired
+    over the same episodes."""
+    return {"variant": label, "think": reference.config.get("think", 1), **_drift_row(other),
+            "vs_intact": think_no_worse(reference, other)}
+
+
+def render_ablations(rows: list[dict]) -> str:
+    """The ablation table: each variant's AUC against the intact thinker at the same K."""
+    lines = [f"{'variant':>22} {'K':>3} {'AUC':>7} {'95% CI':>17} {'vs intact (paired)':>26} {'closed':>7} {'skill@1':>8}"]
+    for r in rows:
+        v = r["vs_intact"]
+        lines.append(f"{r['variant']:>22} {r['think']:>3} {r['auc']:>7.4f} [{r['auc_lo']:.4f}, {r['auc_hi']:.4f}] "
+                     f"{v['delta']:>+8.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}] {r['closed_auc']:>7.4f} {r['step1_skill']:>+8.3f}")
     return "\n".join(lines)
 
 

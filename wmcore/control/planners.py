@@ -198,12 +198,34 @@ class LatentGoalCost:
             np.asarray(goal_proprio, dtype=np.float64)[:2], dtype=torch.float32).to(device)
         with torch.inference_mode():
             self.z_goal = model.encode(torch.as_tensor(goal)[None, None].to(device))[:, 0]  # [1, N, D]
-        self.z0 = None
+        # observed frames the model plans from: 1 (the current one), or up to the model's plan_history for
+        # a model that reads past frames and no proprioception
+        self.history = 1 if self.reads_state else max(1, int(getattr(model, "plan_history", 1) or 1))
+        self.z0 = None  # [1, C, N, D]: the observed history, the current frame last
+        self.past_blocks = None  # [C - 1, A]: the action blocks executed between them
         self.state = None
 
-    def observe(self, frame: np.ndarray, state: np.ndarray | None = None) -> None:
+    def observe(self, frame: np.ndarray, state: np.ndarray | None = None, *, executed=None, seen=None) -> None:
+        """The current observation. For a model that plans from a history of frames (``plan_history`` >
+        1: a thinker reading past frames), ``executed`` ``[L, a]`` (the actions run since the last
+        observation) and ``seen`` (the L frames after each of them, the last being ``frame``) extend the
+        history by the frames every frameskip steps and their action blocks; without them (the task's
+        first observation, or a chunk that is not whole model steps) the history starts again here."""
         with torch.inference_mode():
-            self.z0 = self.model.encode(torch.as_tensor(frame)[None, None].to(self.device))  # [1, 1, N, D]
+            z = self.model.encode(torch.as_tensor(frame)[None, None].to(self.device))  # [1, 1, N, D]
+            k = self.model.frameskip
+            if (self.history > 1 and self.z0 is not None and executed is not None and seen is not None
+                    and len(executed) == len(seen) and len(executed) % k == 0 and len(executed) > 0):
+                frames = np.stack([np.asarray(f) for f in seen[k - 1 :: k]])
+                past = self.model.encode(torch.as_tensor(frames)[None].to(self.device))  # [1, L/k, N, D]
+                past = torch.cat([past[:, :-1], z], 1)  # the last one is the current frame itself
+                blocks = torch.as_tensor(np.asarray(executed, dtype=np.float32)).reshape(-1, k * np.shape(executed)[-1])
+                self.z0 = torch.cat([self.z0, past], 1)[:, -self.history :]
+                self.past_blocks = torch.cat([self.past_blocks, blocks.to(self.device)])[-(self.z0.shape[1] - 1):] \
+                    if self.z0.shape[1] > 1 else self.past_blocks[:0]
+            else:
+                self.z0 = z
+                self.past_blocks = torch.zeros(0, self.model.action_dim, device=self.device)
         self.state = None if state is None else torch.as_tensor(state, dtype=torch.float32).to(self.device)
         if self.proprio_weight > 0 and self.state is None:
             raise WMError("a proprio cost needs the current proprioceptive state: observe(frame, state)")
@@ -228,6 +250,8 @@ class LatentGoalCost:
                 st = None
                 if self.state is not None and self.reads_state:
                     st = self.state[None, None].expand(b.shape[0], 1, -1)
+                if len(self.past_blocks):
+                    b = torch.cat([self.past_blocks[None].expand(b.shape[0], -1, -1), b], 1)
                 z = open_loop(self.model, z0, b, h, states=st)  # [n, h, N, D]
                 d = (z.float() - self.z_goal[:, None]).pow(2).mean((-2, -1))  # [n, h]
                 lat.append(d[:, -1] if self.kind == "final" else d.sum(1))

@@ -72,6 +72,7 @@ def run_task(sim: PushTSim, task: Task, controller: Controller) -> TaskResult:
     last = np.asarray(task.start[:2], dtype=np.float64)  # the agent's target: where it is
     executed: list[np.ndarray] = []
     done = bool(success(sim.state, goal))
+    see = getattr(controller, "see", None)  # optional: a controller that remembers the frames between its calls
     t0 = time.perf_counter()
     while not done and len(executed) < task.budget:
         chunk = np.asarray(controller.act(frame, sim.state, sim.velocity, last), dtype=np.float64)
@@ -83,6 +84,8 @@ def run_task(sim: PushTSim, task: Task, controller: Controller) -> TaskResult:
             frame = sim.step(a)
             executed.append(a)
             last = a
+            if see is not None:
+                see(frame)
             if success(sim.state, goal):
                 done = True
                 break
@@ -218,13 +221,21 @@ class WorldModelCEM:
         self.cost = LatentGoalCost(self.model, goal_frame, cost=self.cfg.cost, device=self.device,
                                    proprio_weight=self.cfg.proprio_weight, goal_proprio=self.goal_proprio)
         self.fidelity, self.first, self.task = None, True, task
+        self.chunk, self.seen = None, []
+
+    def see(self, frame) -> None:
+        """A frame after one executed action (``run_task``), kept for a model that plans from past frames."""
+        if self.cost.history > 1:
+            self.seen.append(frame)
 
     def act(self, frame, state, velocity, last) -> np.ndarray:
-        self.cost.observe(frame, state if self.reads_state else None)
+        self.cost.observe(frame, state if self.reads_state else None, executed=self.chunk, seen=self.seen)
+        self.seen = []
         if self.first and self.measure:
             self.fidelity = self.ranking_fidelity(np.concatenate([state, velocity]), last)
         self.first = False
         plan, _ = self.planner.plan(self.cost, last)
+        self.chunk = np.asarray(plan[: self.cfg.execute], dtype=np.float32)  # as run_task executes it
         return plan[: self.cfg.execute]
 
     def ranking_fidelity(self, state7, last) -> dict:

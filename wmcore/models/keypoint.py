@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ from ..protocol import fingerprint as _fingerprint
 from .checkpoint import config_from_json, load_model_dir, save_model_dir
 
 __all__ = [
-    "CENTRE", "CONFIG_FILE", "FORMAT", "KeypointConfig", "KeypointModel", "KeypointWorldModel", "SCALE",
+    "CENTRE", "CONFIG_FILE", "FORMAT", "KeypointConfig", "KeypointExtension", "KeypointModel", "KeypointWorldModel", "SCALE",
     "WEIGHTS_FILE", "block_pose", "keypoints_from_state", "load_checkpoint", "load_world_model", "pixels", "save_pretrained",
     "tiny_config",
 ]
@@ -202,7 +202,9 @@ class BlockFramePredictor(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, z: Tensor, actions: Tensor) -> Tensor:
+    def forward(self, z: Tensor, actions: Tensor, film: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+        """``film(j, h)``: an optional modulation of hidden block j's activations ``[B, hidden]`` (after
+        its GELU), as the thinker's per-block FiLM; None is the plain predictor (the same operations)."""
         cfg = self.cfg
         pts = z.reshape(*z.shape[:-1], -1, 2) * SCALE + CENTRE  # [B, 1 + K, 2] workspace units
         agent, kps = pts[..., 0, :], pts[..., 1:, :]
@@ -215,7 +217,14 @@ class BlockFramePredictor(nn.Module):
             return torch.einsum("bij,bmj->bmi", rt, x - centre[:, None]) / SCALE
 
         feats = torch.cat([to_block(agent[:, None]).flatten(1), to_block(targets).flatten(1)], -1)
-        out = self.mlp(feats)
+        if film is None:
+            out = self.mlp(feats)
+        else:
+            out = feats
+            for i, m in enumerate(self.mlp):
+                out = m(out)
+                if isinstance(m, nn.GELU):
+                    out = film(i // 2, out)
         move = torch.einsum("bij,bmj->bmi", r, out[:, :4].reshape(-1, 2, 2)) * SCALE  # back to world
         agent2 = agent + move[:, 0]
         centre2 = centre + move[:, 1]
@@ -282,16 +291,19 @@ class KeypointWorldModel:
     def predict(self, context: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
         """context ``[B, Tc, 1, D]``, action blocks ``[B, Tc, A]`` -> next latent ``[B, 1, D]`` (from the last
         frame; states are not read)."""
+        self._check(context, actions)
+        p = self._param
+        with torch.inference_mode():
+            out = self.model.predictor(context[:, -1, 0].to(p.device, p.dtype), actions[:, -1].to(p.device, p.dtype))
+        return out[:, None].to(context.device, context.dtype)
+
+    def _check(self, context: Tensor, actions: Tensor) -> None:
         d = self.cfg.latent_dim
         if context.dim() != 4 or context.shape[2] != 1 or context.shape[3] != d or context.shape[1] < 1:
             raise ValueError(f"context: expected [B, Tc >= 1, 1, {d}], found {tuple(context.shape)}")
         if actions.dim() != 3 or actions.shape[:2] != context.shape[:2] or actions.shape[2] != self.action_dim:
             raise ValueError(f"actions: expected [B={context.shape[0]}, Tc={context.shape[1]}, A={self.action_dim}], "
                              f"found {tuple(actions.shape)}")
-        p = self._param
-        with torch.inference_mode():
-            out = self.model.predictor(context[:, -1, 0].to(p.device, p.dtype), actions[:, -1].to(p.device, p.dtype))
-        return out[:, None].to(context.device, context.dtype)
 
     def fingerprint(self) -> str:
         """sha256 of the weights and the config entries that affect predictions (not the name)."""
@@ -300,6 +312,28 @@ class KeypointWorldModel:
 
     def config(self) -> dict:
         return self.cfg.to_json()
+
+
+class KeypointExtension(KeypointWorldModel):
+    """A frozen model made of a keypoint model (``full.base``) and parts trained over it (``full``: an
+    ``nn.Module`` with ``cfg``, whose ``to_json()`` holds the base's config under ``base``): the
+    refinement and thinker models. Encodes and predicts at the base's path until a subclass adds more."""
+
+    def __init__(self, full: nn.Module, name: str | None = None):
+        self.full = full.eval().requires_grad_(False)
+        super().__init__(full.base, name=name or full.cfg.name)
+
+    def to(self, device=None, dtype=None) -> "KeypointExtension":
+        self.full.to(device=device, dtype=dtype)
+        return self
+
+    def fingerprint(self) -> str:
+        cfg = {k: v for k, v in self.full.cfg.to_json().items() if k != "name"}
+        cfg["base"] = {k: v for k, v in cfg["base"].items() if k not in ("name", "rollout_steps")}
+        return _fingerprint(self.full.state_dict(), cfg)
+
+    def config(self) -> dict:
+        return self.full.cfg.to_json()
 
 
 def save_pretrained(model: KeypointModel, directory: str | Path) -> Path:

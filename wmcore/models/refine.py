@@ -21,9 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WMError
-from ..protocol import fingerprint as _fingerprint
 from .checkpoint import config_from_json, load_model_dir, save_model_dir
-from .keypoint import CENTRE, SCALE, KeypointConfig, KeypointModel, KeypointWorldModel
+from .keypoint import CENTRE, SCALE, KeypointConfig, KeypointExtension, KeypointModel
 
 __all__ = ["FORMAT", "RefineConfig", "RefineModel", "RefineWorldModel", "load_world_model", "save_pretrained"]
 
@@ -96,18 +95,13 @@ class RefineModel(nn.Module):
         return guesses
 
 
-class RefineWorldModel(KeypointWorldModel):
+class RefineWorldModel(KeypointExtension):
     """A frozen refinement model as a ``ThinkingWorldModel``: ``think`` passes per prediction."""
 
     def __init__(self, model: RefineModel, name: str | None = None):
-        self.full = model.eval().requires_grad_(False)
-        super().__init__(model.base, name=name or model.cfg.name)
+        super().__init__(model, name)
         self.max_think = model.cfg.max_think
         self.think = 1
-
-    def to(self, device=None, dtype=None) -> "RefineWorldModel":
-        self.full.to(device=device, dtype=dtype)
-        return self
 
     def predict(self, context: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
         k = self.think
@@ -134,14 +128,6 @@ class RefineWorldModel(KeypointWorldModel):
             return torch.zeros(context.shape[0], 0)
         steps = torch.stack([g2 - g1 for g1, g2 in zip(guesses, guesses[1:])], 1)  # [B, k-1, D]
         return (steps.reshape(*steps.shape[:2], -1, 2).norm(dim=-1).mean(-1) * SCALE).float().cpu()
-
-    def fingerprint(self) -> str:
-        cfg = {k: v for k, v in self.full.cfg.to_json().items() if k != "name"}
-        cfg["base"] = {k: v for k, v in cfg["base"].items() if k not in ("name", "rollout_steps")}
-        return _fingerprint(self.full.state_dict(), cfg)
-
-    def config(self) -> dict:
-        return self.full.cfg.to_json()
 
 
 def save_pretrained(model: RefineModel, directory: str | Path) -> Path:

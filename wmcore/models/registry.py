@@ -4,7 +4,8 @@ A spec is ``NAME`` (an embedded model shipped in ``wmcore/fixtures/models/NAME``
 family with a path or options), e.g. ``pusht-lewm``, ``pusht-ac-tiny``, ``lewm:path/to/dir``, ``analytic``,
 ``analytic:delta=0.1,offset=0.3``, ``vjepa2-ac:vjepa2-ac-vitg.pt,encoder=DIR``, ``ac-tiny:DIR`` (a
 small V-JEPA 2-AC written by ``wmcore train --arch ac-tiny``), ``keypoint:DIR`` (a keypoint world model
-written by ``wmcore train-keypoint``, as the embedded pusht-wm). Families register a loader here.
+written by ``wmcore train-keypoint``, as the embedded pusht-wm), ``refine:DIR`` and ``thinker:DIR`` (the
+thinking models written by ``wmcore train-refine`` and ``wmcore train-thinker``). Families register a loader here.
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ def _load_refine(arg: str, name: str | None = None) -> WorldModel:
     return load_world_model(arg, name=name)
 
 
+def _load_thinker(arg: str, name: str | None = None) -> WorldModel:
+    from .thinker import load_world_model
+
+    if not arg:
+        raise WMError("model spec 'thinker' needs a model directory: thinker:DIR (config.json + model.safetensors)")
+    return load_world_model(arg, name=name)
+
+
 # family -> loader(the argument after the colon). A user registers a family of their own from a
 # conftest: register_family("mine", lambda arg: MyModel(arg)). Ours also take the display name of an
 # embedded model as a second argument.
 FAMILIES: dict[str, Callable[..., WorldModel]] = {
     "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
-    "keypoint": _load_keypoint, "refine": _load_refine,
+    "keypoint": _load_keypoint, "refine": _load_refine, "thinker": _load_thinker,
 }
 _OURS = frozenset(FAMILIES)
 

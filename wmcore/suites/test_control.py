@@ -9,6 +9,10 @@ and asserts the model's ``success_min`` gate where pyproject sets one.
 
 ``WMCORE_CONTROL_TASKS`` (default 8) sets how many tasks; ``make bench-control`` runs all 64
 (the oracle, at ~10 s per task, gets at most ``WMCORE_ORACLE_TASKS``, default 4).
+
+With ``--wm-think 1,2,4`` (and thinking ``--wm-model`` specs, e.g. pusht-thinker), ``test_control_along_k``
+plans the same tasks with each model at each budget K (``control-MODEL-thinkK.json``); without
+``--wm-think`` it is deselected.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from wmcore.dist import is_main
 from wmcore.control.tasks import build
 from wmcore.data import load as load_data
 from wmcore.models import load as load_model
+from wmcore.settings import apply_think
 
 TASKS = int(os.environ.get("WMCORE_CONTROL_TASKS", "8"))
 ORACLE_TASKS = min(TASKS, int(os.environ.get("WMCORE_ORACLE_TASKS", "4")))
@@ -66,6 +71,28 @@ def test_control(benchmark, held_out, kind, spec, wm_record_control, wm_threshol
     wm_record_control(report, f"control-{spec or kind}", benchmark)
     if is_main():
         print("\n" + report.render_text())
+    assert not replay_report(report), "saved actions did not replay to the same outcome"
+    failed = [g.message for g in report.gates if not g.passed]
+    assert not failed, failed
+
+
+@pytest.mark.wm_think_only
+def test_control_along_k(benchmark, held_out, wm_model, wm_think, wm_record_control, wm_thresholds):
+    """CEM with a ``--wm-model`` thinking model at budget K (``--wm-think``), as test_control plans pusht-wm."""
+    episodes, taskset, prior = held_out
+    t = wm_thresholds(wm_model.name)
+    cfg = planner_config(wm_model.name, wm_model, t.planner)
+    apply_think(wm_model, wm_think, "--wm-think")
+    try:
+        ctrl = make_controller("cem", prior, cfg, wm_model)
+        results = benchmark.pedantic(run_sharded, args=(taskset.tasks[:TASKS], ctrl), rounds=1, iterations=1)
+        controller = controller_meta(ctrl, "cem", cfg, wm_model, wm_model.name, prior)
+    finally:
+        apply_think(wm_model, 1)
+    report = ControlReport.build(controller, taskset, taskset.tasks[:TASKS], results, success_min=t.success_min,
+                                 rule=t.gate_rule)
+    wm_record_control(report, f"control-{wm_model.name}-think{wm_think}", benchmark)
+    assert report.controller["model"]["think"] == wm_think
     assert not replay_report(report), "saved actions did not replay to the same outcome"
     failed = [g.message for g in report.gates if not g.passed]
     assert not failed, failed

@@ -1,7 +1,9 @@
-"""Thinking suite: each embedded thinking model (today pusht-refine, ``wmcore.models.refine``) along
-its thinking budget K, on the held-out PushT episodes and the first tasks of the planning task set.
+"""Thinking suite: each embedded thinking model (pusht-refine, ``wmcore.models.refine``; pusht-thinker,
+``wmcore.models.thinker``) along its thinking budget K, on the held-out PushT episodes and the first
+tasks of the planning task set.
 
-For every K (``--wm-think``, default ``WMCORE_THINK_BUDGETS`` = 1,2,4): open-loop AUC with its CI and
+For every K (``--wm-think``, default ``WMCORE_THINK_BUDGETS``: 1,2,4 for pusht-refine, 1,4 for the
+costlier pusht-thinker, whose FiLM makes a step about 7 times as slow): open-loop AUC with its CI and
 the paired change against K = 1, drift horizon, step-1 skill, energy ranks, time per predicted step,
 the refinement's inner residuals, and planning success on ``WMCORE_THINK_TASKS`` (default 4) tasks
 (``wmcore.thinking.curve``). The case writes ``thinking-MODEL.json`` and ``.png`` into the run
@@ -28,8 +30,10 @@ from wmcore.models import load as load_model
 from wmcore.settings import apply_think, resolve
 from wmcore.thinking import curve
 
-MODELS = {"pusht-refine": "pusht-wm"}  # thinking model -> its base, which K = 1 must equal
-BUDGETS = tuple(int(k) for k in os.environ.get("WMCORE_THINK_BUDGETS", "1,2,4").split(","))
+MODELS = {"pusht-refine": "pusht-wm", "pusht-thinker": "pusht-wm"}  # thinking model -> its base, which K = 1 must equal
+_ENV = os.environ.get("WMCORE_THINK_BUDGETS")
+BUDGETS = {m: tuple(int(k) for k in (_ENV or default).split(",")) for m, default in
+           (("pusht-refine", "1,2,4"), ("pusht-thinker", "1,4"))}
 TASKS = int(os.environ.get("WMCORE_THINK_TASKS", "4"))
 
 
@@ -43,7 +47,7 @@ def held_out():
 def test_thinking_curve(benchmark, spec, held_out, wm_settings, wm_record_thinking, wm_record_control):
     episodes, taskset, prior = held_out
     model = load_model(spec)
-    ks = sorted(set(wm_settings.think or BUDGETS) | {1})
+    ks = sorted(set(wm_settings.think or BUDGETS[spec]) | {1})
     cfg, thresholds = resolve(model.name)
     planner = preset(thresholds.planner, model.frameskip) if thresholds.planner else CEMConfig()
     tasks = taskset.tasks[:TASKS]

@@ -204,6 +204,40 @@ def rollout_loss(predictor, z: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(errs).mean(), (one - z[:, 1:].flatten(0, 1)).pow(2).mean()
 
 
+def read_extension_recipe(path: str, config_cls) -> tuple[dict, KeypointTrainConfig]:
+    """A recipe of a model trained over a frozen keypoint base (pusht-refine, pusht-thinker):
+    ``{"model": {config_cls fields but base}, "train": {KeypointTrainConfig fields}}``."""
+    doc = recipe_document(path)
+    model, train = doc.get("model", {}), doc.get("train", {})
+    known_m = {f.name for f in dataclasses.fields(config_cls)} - {"base"}
+    known_t = {f.name for f in dataclasses.fields(KeypointTrainConfig)}
+    if not isinstance(model, dict) or set(model) - known_m:
+        raise WMError(f"--recipe {path}: \"model\" must be an object of {sorted(known_m)}")
+    if not isinstance(train, dict) or set(train) - known_t:
+        raise WMError(f"--recipe {path}: \"train\" must be an object of KeypointTrainConfig fields")
+    try:
+        return model, KeypointTrainConfig(**train)
+    except TypeError as e:
+        raise WMError(f"--recipe {path}: \"train\": {e}") from None
+
+
+def start_extension(model_cls, model_cfg, base: KeypointModel, dirs: Sequence[str], cfg: "KeypointTrainConfig",
+                    log: Callable[[str], None], limit: int | None, what: str):
+    """The prologue of training parts over a frozen keypoint ``base`` (the refine and thinker models):
+    ``(model, data)``, the model built under the recipe's seed with the base's weights loaded and
+    frozen, the episodes read; WMError if there are too few of them."""
+    torch.manual_seed(cfg.seed)
+    model = model_cls(model_cfg)
+    model.base.load_state_dict(base.state_dict())
+    model.base.eval().requires_grad_(False)
+    data = load_data(dirs, base.cfg, log, limit=limit)
+    need = max(cfg.min_episodes, cfg.val_episodes + 1)
+    if len(data.ids) < need:
+        raise WMError(f"{', '.join(dirs)}: {len(data.ids)} episodes; the {what} recipe needs at least {need} "
+                      f"({cfg.val_episodes} held out)")
+    return model, data
+
+
 def recipe_document(path: str) -> dict:
     """A recipe file's JSON object ``{"model": ..., "train": ..., "comment": ...}``; WMError naming
     ``--recipe`` if it cannot be read or has other keys."""

@@ -22,25 +22,14 @@ from torch import Tensor
 from ..errors import WMError
 from ..models.keypoint import load_checkpoint as load_keypoint
 from ..models.refine import RefineConfig, RefineModel, save_pretrained
-from .keypoint import KeypointTrainConfig, _stage, _units, _windows, load_data, recipe_document, start_run
+from .keypoint import KeypointTrainConfig, _stage, _units, _windows, read_extension_recipe, start_extension, start_run
 
 __all__ = ["read_refine_recipe", "train_refine"]
 
 
 def read_refine_recipe(path: str) -> tuple[dict, KeypointTrainConfig]:
     """``{"model": {RefineConfig fields but base}, "train": {KeypointTrainConfig fields}}``."""
-    doc = recipe_document(path)
-    model, train = doc.get("model", {}), doc.get("train", {})
-    known_m = {f.name for f in dataclasses.fields(RefineConfig)} - {"base"}
-    known_t = {f.name for f in dataclasses.fields(KeypointTrainConfig)}
-    if not isinstance(model, dict) or set(model) - known_m:
-        raise WMError(f"--recipe {path}: \"model\" must be an object of {sorted(known_m)}")
-    if not isinstance(train, dict) or set(train) - known_t:
-        raise WMError(f"--recipe {path}: \"train\" must be an object of KeypointTrainConfig fields")
-    try:
-        return model, KeypointTrainConfig(**train)
-    except TypeError as e:
-        raise WMError(f"--recipe {path}: \"train\": {e}") from None
+    return read_extension_recipe(path, RefineConfig)
 
 
 def train_refine(dirs: Sequence[str], out_dir: str, base_dir: str, model_fields: dict, cfg: KeypointTrainConfig,
@@ -52,15 +41,8 @@ def train_refine(dirs: Sequence[str], out_dir: str, base_dir: str, model_fields:
     rcfg = RefineConfig(base=base.cfg.to_json(), **model_fields)
     if rcfg.train_max_think > rcfg.max_think:
         raise WMError(f"train_max_think {rcfg.train_max_think} > max_think {rcfg.max_think}")
-    torch.manual_seed(cfg.seed)
-    model = RefineModel(rcfg)
-    model.base.load_state_dict(base.state_dict())
-    model.base.eval().requires_grad_(False)
-    data = load_data(dirs, base.cfg, log, limit=limit)
+    model, data = start_extension(RefineModel, rcfg, base, dirs, cfg, log, limit, "refine")
     e_all = len(data.ids)
-    if e_all < max(cfg.min_episodes, cfg.val_episodes + 1):
-        raise WMError(f"{', '.join(dirs)}: {e_all} episodes; the refine recipe needs at least "
-                      f"{max(cfg.min_episodes, cfg.val_episodes + 1)} ({cfg.val_episodes} held out)")
     k, n = base.cfg.frameskip, base.cfg.rollout_steps
     steps = data.actions.shape[1]
     if steps < k * n + 1:
