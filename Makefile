@@ -171,6 +171,13 @@ THINK_OUT ?= runs/thinking-refine
 thinking-curve: setup
 	$(BIN)/python scripts/thinking_curve.py --model pusht-refine --think 1 2 4 8 --out $(THINK_OUT)
 
+# The thinking curve of pusht-thinker with its ablations (thinker features zeroed and shuffled; the
+# parameter-matched control that `make train-thinker` trains beside it): K = 1, 2, 4, 8 on the 32
+# held-out episodes and the 64 tasks (resumable: planned K are read back).
+THINKER_CURVE_OUT ?= runs/thinking-thinker
+thinker-curve: setup
+	$(BIN)/python scripts/thinking_curve.py --model pusht-thinker --think 1 2 4 8 --ablations --control thinker:$(THINKER_CONTROL_OUT)/model --out $(THINKER_CURVE_OUT)
+
 # Drift vs control over versions of pusht-wm and the older models (scripts/drift_vs_control.py; needs
 # make train-wm for the run's snapshots): short-training and smaller-data predictors on pusht-wm's
 # encoder, checkpoints, degraded copies, pusht-lewm; all planned with the lewm preset on the 64 tasks.
