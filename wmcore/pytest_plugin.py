@@ -292,10 +292,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     s = config.stash.get(_SETTINGS, None)
     if s is None or s.think:
         return
-    keep = [i for i in items if i.get_closest_marker("wm_think_only") is None]
-    if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("wm_think_only") is not None])
-        items[:] = keep
+    dropped = [i for i in items if i.get_closest_marker("wm_think_only") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i.get_closest_marker("wm_think_only") is None]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -104,12 +104,9 @@ def curve(model: Any, episodes, ks: Sequence[int], cfg: EvalConfig, thresholds: 
         t1 = time.perf_counter()
         rep = evaluate(model, prep, dataclasses.replace(cfg, think=k), thresholds, spec=spec, data_id=data_id)
         reports[k] = rep
-        aucs = _auc_rows(rep)
-        lo, hi = mean_ci(aucs)
         op, cl = rep.loops["open_loop"], rep.loops["closed_loop"]
         row: dict[str, Any] = {
-            "think": k, "auc": float(aucs.mean()), "auc_lo": lo, "auc_hi": hi, "drift_horizon": op.drift_horizon,
-            "step1_cosine": cl.cosine[0], "step1_skill": cl.skill["copy_last"][0], "closed_auc": cl.auc,
+            "think": k, **_drift_row(rep), "drift_horizon": op.drift_horizon, "step1_cosine": cl.cosine[0],
             "open_cosine_at_h": op.cosine[-1],
             "seconds_per_step": time_per_step(model, prep, k),
             "residuals": _residuals(model, prep, k),
@@ -130,7 +127,7 @@ def curve(model: Any, episodes, ks: Sequence[int], cfg: EvalConfig, thresholds: 
                 d = compare_control(controls[1], ctl)["success_rate"]
                 row["success"]["vs_k1"] = {"delta": d.delta, "lo": d.lo, "hi": d.hi, "verdict": d.verdict}
         rows.append(row)
-        log(f"K={k}: AUC {row['auc']:.4f} [{lo:.4f}, {hi:.4f}], {row['seconds_per_step'] * 1e3:.2f} ms/step"
+        log(f"K={k}: AUC {row['auc']:.4f} [{row['auc_lo']:.4f}, {row['auc_hi']:.4f}], {row['seconds_per_step'] * 1e3:.2f} ms/step"
             + (f", success {row['success']['successes']}/{row['success']['tasks']}" if plan is not None else "")
             + f" ({time.perf_counter() - t1:.0f} s)")
     apply_think(model, 1)
@@ -189,6 +186,7 @@ def ablations(model: Any, prep: Prepared, reference: dict[int, DriftReport], cfg
 
 
 def _drift_row(rep: DriftReport) -> dict:
+    """Open-loop AUC with its 95% CI over episodes, closed-loop AUC and step-1 skill of one report."""
     aucs = _auc_rows(rep)
     lo, hi = mean_ci(aucs)
     cl = rep.loops["closed_loop"]

@@ -221,8 +221,8 @@ class LatentGoalCost:
                 past = torch.cat([past[:, :-1], z], 1)  # the last one is the current frame itself
                 blocks = torch.as_tensor(np.asarray(executed, dtype=np.float32)).reshape(-1, k * np.shape(executed)[-1])
                 self.z0 = torch.cat([self.z0, past], 1)[:, -self.history :]
-                self.past_blocks = torch.cat([self.past_blocks, blocks.to(self.device)])[-(self.z0.shape[1] - 1):] \
-                    if self.z0.shape[1] > 1 else self.past_blocks[:0]
+                every = torch.cat([self.past_blocks, blocks.to(self.device)])
+                self.past_blocks = every[len(every) - (self.z0.shape[1] - 1) :]  # the blocks between the kept frames
             else:
                 self.z0 = z
                 self.past_blocks = torch.zeros(0, self.model.action_dim, device=self.device)
