@@ -3,7 +3,7 @@
 tasks of the planning task set.
 
 For every K (``--wm-think``, default ``WMCORE_THINK_BUDGETS``: 1,2,4 for pusht-refine, 1,4 for the
-costlier pusht-thinker, whose FiLM makes a step about 7 times as slow): open-loop AUC with its CI and
+costlier pusht-thinker, whose FiLM makes a step about 3 times as slow): open-loop AUC with its CI and
 the paired change against K = 1, drift horizon, step-1 skill, energy ranks, time per predicted step,
 the refinement's inner residuals, and planning success on ``WMCORE_THINK_TASKS`` (default 4) tasks
 (``wmcore.thinking.curve``). The case writes ``thinking-MODEL.json`` and ``.png`` into the run
