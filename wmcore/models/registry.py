@@ -10,6 +10,7 @@ thinking models written by ``wmcore train-refine`` and ``wmcore train-thinker``)
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from ..errors import WMError
@@ -42,44 +43,25 @@ def _load_vjepa2_ac(arg: str, name: str | None = None) -> WorldModel:
     return load_world_model(path, **kw)
 
 
-def _load_ac_tiny(arg: str, name: str | None = None) -> WorldModel:
-    from .ac_tiny import load_world_model
+def _model_dir(family: str, module: str) -> Callable[..., WorldModel]:
+    """The loader of a family whose argument is a model directory written by our own training
+    (``FAMILY:DIR``, config.json + model.safetensors): ``wmcore.models.MODULE.load_world_model``."""
 
-    if not arg:
-        raise WMError("model spec 'ac-tiny' needs a model directory: ac-tiny:DIR (config.json + model.safetensors)")
-    return load_world_model(arg, name=name)
+    def load_dir(arg: str, name: str | None = None) -> WorldModel:
+        if not arg:
+            raise WMError(f"model spec '{family}' needs a model directory: {family}:DIR (config.json + model.safetensors)")
+        return importlib.import_module(f".{module}", __package__).load_world_model(arg, name=name)
 
-
-def _load_keypoint(arg: str, name: str | None = None) -> WorldModel:
-    from .keypoint import load_world_model
-
-    if not arg:
-        raise WMError("model spec 'keypoint' needs a model directory: keypoint:DIR (config.json + model.safetensors)")
-    return load_world_model(arg, name=name)
-
-
-def _load_refine(arg: str, name: str | None = None) -> WorldModel:
-    from .refine import load_world_model
-
-    if not arg:
-        raise WMError("model spec 'refine' needs a model directory: refine:DIR (config.json + model.safetensors)")
-    return load_world_model(arg, name=name)
-
-
-def _load_thinker(arg: str, name: str | None = None) -> WorldModel:
-    from .thinker import load_world_model
-
-    if not arg:
-        raise WMError("model spec 'thinker' needs a model directory: thinker:DIR (config.json + model.safetensors)")
-    return load_world_model(arg, name=name)
+    return load_dir
 
 
 # family -> loader(the argument after the colon). A user registers a family of their own from a
 # conftest: register_family("mine", lambda arg: MyModel(arg)). Ours also take the display name of an
 # embedded model as a second argument.
 FAMILIES: dict[str, Callable[..., WorldModel]] = {
-    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac, "ac-tiny": _load_ac_tiny,
-    "keypoint": _load_keypoint, "refine": _load_refine, "thinker": _load_thinker,
+    "analytic": _load_analytic, "lewm": _load_lewm, "vjepa2-ac": _load_vjepa2_ac,
+    **{family: _model_dir(family, module) for family, module in
+       (("ac-tiny", "ac_tiny"), ("keypoint", "keypoint"), ("refine", "refine"), ("thinker", "thinker"))},
 }
 _OURS = frozenset(FAMILIES)
 
